@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up, start the services the tests need, and run the whole suite on the
+# embedded defaults (SQLite), then the accounts tests again on PostgreSQL.
+# Arguments go to the first pytest run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup.sh
+services=$(bash deploy/start-services.sh)
+redis_url=$(sed -n 's/^REDIS_URL=//p' <<<"$services")
+database_url=$(sed -n 's/^DATABASE_URL=//p' <<<"$services")
+
+export HERDER_TEST_REDIS_URL=$redis_url
+.venv/bin/python -m pytest "$@"
+if [ -d tests/accounts ]; then
+  echo "--- the accounts tests again, on PostgreSQL"
+  DATABASE_URL=$database_url .venv/bin/python -m pytest tests/accounts
+fi

@@ -1,0 +1,124 @@
+"""API errors and the one handler that renders every error as SPEC's JSON.
+
+Every error leaves the herder as `{"code": "<short_code>", "detail": "<sentence>"}`
+with its status. Raise these rather than returning error responses, so the
+handler renders them and the request's transaction rolls back.
+"""
+
+import logging
+
+from django.core.exceptions import (
+    PermissionDenied as DjangoPermissionDenied,
+)
+from django.core.exceptions import (
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class BadInput(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request is not valid."
+    default_code = "bad_input"
+
+
+class UnknownEnv(BadInput):
+    default_detail = "Unknown env."
+    default_code = "unknown_env"
+
+
+class BadFileName(BadInput):
+    default_detail = "A file name is not allowed."
+    default_code = "bad_file_name"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request is too large."
+    default_code = "too_large"
+
+
+class RuntimeUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The container engine is unavailable; try again later."
+    default_code = "runtime_unavailable"
+
+
+class ImageMissing(RuntimeUnavailable):
+    default_detail = "An image the herder needs is not present."
+    default_code = "image_missing"
+
+
+def _sentence(detail) -> str:
+    """Flatten DRF's nested validation details into one readable sentence."""
+    if isinstance(detail, dict):
+        parts = []
+        for field, value in detail.items():
+            text = _sentence(value)
+            parts.append(text if field == "non_field_errors" else f"{field}: {text}")
+        return " ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(_sentence(item) for item in detail)
+    return str(detail)
+
+
+def _code(exc: exceptions.APIException) -> str:
+    if isinstance(exc, exceptions.ValidationError):
+        return "bad_input"
+    codes = exc.get_codes()
+    return codes if isinstance(codes, str) else exc.default_code
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map Django's own exceptions onto API errors."""
+    if isinstance(exc, Http404):
+        return exceptions.NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        return exceptions.PermissionDenied()
+    if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent)):
+        return PayloadTooLarge(str(exc) or None)
+    return exc
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    """DRF's EXCEPTION_HANDLER: every error in SPEC's shape; unknown ones a logged 500."""
+    exc = _translate(exc)
+    if not isinstance(exc, exceptions.APIException):
+        logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)
+        return Response(
+            {"code": "server_error", "detail": "The herder failed; the error is logged."},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+    return Response(
+        {"code": _code(exc), "detail": _sentence(exc.detail)},
+        status=exc.status_code,
+        headers=headers,
+    )
+
+
+def error_response(status_code: int, code: str, detail: str) -> JsonResponse:
+    """The same shape for the few answers made outside DRF (handler404, handler500)."""
+    return JsonResponse({"code": code, "detail": detail}, status=status_code)
+
+
+def not_found(request, exception=None) -> JsonResponse:
+    return error_response(404, "not_found", "No such route.")
+
+
+def server_error(request) -> JsonResponse:
+    return error_response(500, "server_error", "The herder failed; the error is logged.")
+
+
+def bad_request(request, exception=None) -> JsonResponse:
+    return error_response(400, "bad_input", "The request is not valid.")

@@ -1,0 +1,3 @@
+"""WebSocket routes; the apps add their consumers here."""
+
+websocket_urlpatterns: list = []

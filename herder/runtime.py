@@ -1,0 +1,449 @@
+"""The container runtime: the only module that imports docker.
+
+Apps describe a container with a `ContainerSpec` and get back a `Handle`; they
+never see the SDK. Every container carries the labels `herder.kind` (minion,
+golem, daemon) and `herder.owner`, so the herder can find, account for and
+clean up its containers after a restart.
+
+The SDK blocks: from async code call these methods through `sync_to_async`.
+Choose the implementation with `HERDER_RUNTIME`; `get_runtime()` returns it.
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import socket
+import struct
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import docker
+import docker.errors
+import requests.exceptions
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from herder.errors import ImageMissing, RuntimeUnavailable
+
+LABEL_KIND = "herder.kind"
+LABEL_OWNER = "herder.owner"
+
+STDOUT, STDERR = 1, 2
+
+
+class ContainerGone(Exception):
+    """The container no longer exists."""
+
+
+@dataclass
+class ContainerSpec:
+    """What to run. Limits left None are the engine's defaults."""
+
+    kind: str
+    owner: str
+    image: str
+    name: str | None = None
+    command: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    # None: the engine's default network; "none": no network at all.
+    network: str | None = "none"
+    read_only: bool = False
+    # mount point -> tmpfs options ("size=64m,mode=1777")
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    # volume name -> mount point
+    volumes: dict[str, str] = field(default_factory=dict)
+    # container port -> host port (None: any free one), published on `port_host`
+    ports: dict[int, int | None] = field(default_factory=dict)
+    port_host: str = "127.0.0.1"
+    # Drop every capability and forbid gaining privileges.
+    confined: bool = True
+    # Keep stdin open for an attached client; its close reaches the container as EOF.
+    stdin: bool = False
+    auto_remove: bool = False
+    restart: str | None = None
+    # Minions are read through attach only: keeping logs would let one fill the disk.
+    keep_logs: bool = True
+
+
+@dataclass(frozen=True)
+class Handle:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    handle: Handle
+    kind: str
+    owner: str
+    status: str
+    created: datetime
+    labels: dict[str, str]
+
+
+class Attachment:
+    """A container's stdin, stdout and stderr over one held socket.
+
+    Without a TTY the engine multiplexes stdout and stderr in frames with an
+    8-byte header: stream id, three zero bytes, big-endian length.
+    """
+
+    def __init__(self, sock) -> None:
+        self._wrapper = sock
+        self._sock: socket.socket = getattr(sock, "_sock", sock)
+        self._sock.setblocking(True)
+        self._buffer = bytearray()
+        self._eof = False
+
+    def send(self, data: bytes, *, timeout: float | None = None) -> None:
+        """Write to the container's stdin. Raises TimeoutError when it stops reading."""
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(data)
+        except socket.timeout as exc:
+            raise TimeoutError("the container stopped reading its stdin") from exc
+
+    def close_stdin(self) -> None:
+        """Half-close: the container reads EOF, its output keeps coming."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def read_frame(self, *, timeout: float | None) -> tuple[int, bytes] | None:
+        """The next (stream, bytes) frame; None at the end of the stream.
+
+        Raises TimeoutError when no complete frame arrives within `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(self._buffer) >= 8:
+                stream, length = struct.unpack(">BxxxL", self._buffer[:8])
+                if len(self._buffer) >= 8 + length:
+                    data = bytes(self._buffer[8 : 8 + length])
+                    del self._buffer[: 8 + length]
+                    return stream, data
+            if self._eof:
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self._sock], [], [], remaining)
+            if not ready:
+                raise TimeoutError
+            chunk = self._sock.recv(256 * 1024)
+            if chunk:
+                self._buffer += chunk
+            else:
+                self._eof = True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        for closable in (self._sock, self._wrapper):
+            try:
+                closable.close()
+            except OSError:
+                pass
+
+
+class Runtime:
+    """What the apps need of a container engine. Every method may raise
+    `RuntimeUnavailable` (the engine does not answer) or `ImageMissing`."""
+
+    def start(self, spec: ContainerSpec) -> Handle:
+        """Create and start a container; return its handle."""
+        raise NotImplementedError
+
+    def start_attached(self, spec: ContainerSpec) -> tuple[Handle, Attachment]:
+        """Create a container, attach to its streams, then start it, so that no
+        output is lost. The caller owns both: close the attachment, remove the
+        container."""
+        raise NotImplementedError
+
+    def attach(self, handle: Handle) -> Attachment:
+        """Attach to a running container's stdin, stdout and stderr."""
+        raise NotImplementedError
+
+    def stop(self, handle: Handle, *, now: bool = False, grace: float = 10) -> None:
+        """Stop: SIGTERM, then SIGKILL after `grace` seconds, or SIGKILL at once
+        with `now`. A container already gone counts as stopped."""
+        raise NotImplementedError
+
+    def remove(self, handle: Handle, *, volumes: bool = False) -> None:
+        """Kill and remove the container. A container already gone counts as removed."""
+        raise NotImplementedError
+
+    def poll(self, handle: Handle) -> int | None:
+        """None while the container runs, else its exit code. Raises ContainerGone."""
+        raise NotImplementedError
+
+    def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
+        """The herder's containers, running or not, filtered by label."""
+        raise NotImplementedError
+
+    def put_archive(self, handle: Handle, path: str, files: dict[str, bytes]) -> None:
+        """Write files (relative name -> bytes) under `path` in the container.
+        Not into a tmpfs mount: the engine cannot."""
+        raise NotImplementedError
+
+    def get_file(self, handle: Handle, path: str, *, limit: int) -> bytes | None:
+        """One file's bytes, or None when it is missing or larger than `limit`."""
+        raise NotImplementedError
+
+    def logs(self, handle: Handle, *, follow: bool = False) -> Iterator[bytes]:
+        """The container's output as kept by the engine."""
+        raise NotImplementedError
+
+    def image_exists(self, image: str) -> bool:
+        raise NotImplementedError
+
+    def remove_volume(self, name: str) -> None:
+        """Delete a volume; one already gone counts as deleted."""
+        raise NotImplementedError
+
+
+@contextmanager
+def _engine_errors(image: str | None = None):
+    """Turn the SDK's failures into the herder's own errors."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise ImageMissing(f"Image {image or ''} is not present; build it with deploy/build-images.sh.") from exc
+    except docker.errors.NotFound as exc:
+        raise ContainerGone(str(exc)) from exc
+    except docker.errors.APIError as exc:
+        if exc.response is not None and exc.response.status_code >= 500:
+            raise RuntimeUnavailable(f"The container engine failed: {exc.explanation}") from exc
+        raise
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        raise RuntimeUnavailable() from exc
+
+
+class DockerRuntime(Runtime):
+    """The Runtime on a Docker engine (local, or DOCKER_HOST)."""
+
+    def __init__(self) -> None:
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        # Made on first use, and again after a failure: the engine may come back.
+        with self._lock:
+            if self._client is None:
+                with _engine_errors():
+                    if settings.DOCKER_HOST:
+                        self._client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=30)
+                    else:
+                        self._client = docker.from_env(timeout=30)
+            return self._client
+
+    def _create(self, spec: ContainerSpec) -> Handle:
+        labels = {**spec.labels, LABEL_KIND: spec.kind, LABEL_OWNER: spec.owner}
+        api = self.client.api
+        host_config = api.create_host_config(
+            auto_remove=spec.auto_remove,
+            init=True,
+            mem_limit=spec.memory,
+            # No swap beyond the memory limit.
+            memswap_limit=spec.memory,
+            nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+            pids_limit=spec.pids,
+            network_mode=spec.network,
+            read_only=spec.read_only,
+            tmpfs=spec.tmpfs or None,
+            binds={name: {"bind": path, "mode": "rw"} for name, path in spec.volumes.items()} or None,
+            port_bindings={port: (spec.port_host, host) for port, host in spec.ports.items()} or None,
+            cap_drop=["ALL"] if spec.confined else None,
+            security_opt=["no-new-privileges"] if spec.confined else None,
+            restart_policy={"Name": spec.restart} if spec.restart else None,
+            log_config=None if spec.keep_logs else {"Type": "none", "Config": {}},
+        )
+        with _engine_errors(spec.image):
+            created = api.create_container(
+                spec.image,
+                command=spec.command,
+                name=spec.name,
+                user=spec.user,
+                environment=spec.environment,
+                labels=labels,
+                # Not detached with stdin open: the SDK sets StdinOnce too.
+                stdin_open=spec.stdin,
+                detach=not spec.stdin,
+                tty=False,
+                ports=list(spec.ports) or None,
+                network_disabled=spec.network == "none",
+                host_config=host_config,
+            )
+        cid = created["Id"]
+        return Handle(id=cid, name=spec.name or cid[:12])
+
+    def start(self, spec: ContainerSpec) -> Handle:
+        handle = self._create(spec)
+        try:
+            with _engine_errors(spec.image):
+                self.client.api.start(handle.id)
+        except BaseException:
+            self.remove(handle)
+            raise
+        return handle
+
+    def start_attached(self, spec: ContainerSpec) -> tuple[Handle, Attachment]:
+        handle = self._create(spec)
+        attachment = None
+        try:
+            attachment = self.attach(handle)
+            with _engine_errors(spec.image):
+                self.client.api.start(handle.id)
+        except BaseException:
+            if attachment is not None:
+                attachment.close()
+            self.remove(handle)
+            raise
+        return handle, attachment
+
+    def attach(self, handle: Handle) -> Attachment:
+        with _engine_errors():
+            sock = self.client.api.attach_socket(
+                handle.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        return Attachment(sock)
+
+    def stop(self, handle: Handle, *, now: bool = False, grace: float = 10) -> None:
+        try:
+            with _engine_errors():
+                if now:
+                    self.client.api.kill(handle.id)
+                else:
+                    self.client.api.stop(handle.id, timeout=int(grace))
+        except ContainerGone:
+            pass
+        except docker.errors.APIError as exc:
+            # 409: not running, which is what we wanted.
+            if exc.response is None or exc.response.status_code != 409:
+                raise
+
+    def remove(self, handle: Handle, *, volumes: bool = False) -> None:
+        try:
+            with _engine_errors():
+                self.client.api.remove_container(handle.id, force=True, v=volumes)
+        except ContainerGone:
+            pass
+        except docker.errors.APIError as exc:
+            # 409: removal already under way (auto-remove); it will finish.
+            if exc.response is None or exc.response.status_code != 409:
+                raise
+
+    def poll(self, handle: Handle) -> int | None:
+        with _engine_errors():
+            state = self.client.api.inspect_container(handle.id)["State"]
+        if state.get("Running") or state.get("Restarting"):
+            return None
+        return int(state.get("ExitCode", -1))
+
+    def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
+        filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
+        if owner is not None:
+            filters.append(f"{LABEL_OWNER}={owner}")
+        with _engine_errors():
+            rows = self.client.api.containers(all=True, filters={"label": filters})
+        return [
+            ContainerInfo(
+                handle=Handle(id=row["Id"], name=(row.get("Names") or ["/" + row["Id"][:12]])[0].lstrip("/")),
+                kind=row["Labels"].get(LABEL_KIND, ""),
+                owner=row["Labels"].get(LABEL_OWNER, ""),
+                status=row.get("State", ""),
+                created=datetime.fromtimestamp(row["Created"]).astimezone(),
+                labels=row["Labels"],
+            )
+            for row in rows
+        ]
+
+    def put_archive(self, handle: Handle, path: str, files: dict[str, bytes]) -> None:
+        with _engine_errors():
+            self.client.api.put_archive(handle.id, path, tar_of(files))
+
+    def get_file(self, handle: Handle, path: str, *, limit: int) -> bytes | None:
+        try:
+            with _engine_errors():
+                stream, stat = self.client.api.get_archive(handle.id, path)
+                if stat.get("size", 0) > limit:
+                    return None
+                data = b"".join(stream)
+        except ContainerGone:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.next()
+            if member is None or not member.isfile():
+                return None
+            extracted = archive.extractfile(member)
+            return extracted.read() if extracted else None
+
+    def logs(self, handle: Handle, *, follow: bool = False) -> Iterator[bytes]:
+        with _engine_errors():
+            yield from self.client.api.logs(handle.id, stream=True, follow=follow)
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            with _engine_errors(image):
+                self.client.api.inspect_image(image)
+        except (ContainerGone, ImageMissing):
+            return False
+        return True
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            with _engine_errors():
+                self.client.api.remove_volume(name, force=True)
+        except ContainerGone:
+            pass
+
+
+def tar_of(files: dict[str, bytes], *, mode: int = 0o644) -> bytes:
+    """A tar archive of relative name -> bytes, folders made as needed."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The configured runtime, one per process."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = import_string(settings.HERDER_RUNTIME)()
+        return _runtime
+
+
+def _forget_runtime(*, setting: str, **kwargs) -> None:
+    global _runtime
+    if setting in ("HERDER_RUNTIME", "DOCKER_HOST"):
+        with _runtime_lock:
+            _runtime = None
+
+
+setting_changed.connect(_forget_runtime)

@@ -1,0 +1,207 @@
+"""Herder settings: the only module that reads the environment.
+
+Every setting has a default that works on one machine (SQLite, the in-memory
+channel layer, the local Docker engine). Secrets may also be given as files:
+`NAME_FILE=/run/secrets/name` (django-environ's FileAwareEnv).
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+env = environ.FileAwareEnv()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# The herder's own state: the SQLite file, the secret key, the token keys.
+HERDER_DATA_DIR = Path(env.str("HERDER_DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
+HERDER_DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """The configured key, else one made on first start and kept in the data folder."""
+    configured = env.str("HERDER_SECRET_KEY", default="")
+    if configured:
+        return configured
+    path = HERDER_DATA_DIR / "secret_key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be positive, not {value}")
+    return value
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("HERDER_DEBUG", default=False)
+# Golems reach the herder through bridge gateways and public names alike.
+ALLOWED_HOSTS = env.list("HERDER_ALLOWED_HOSTS", default=["*"])
+
+HERDER_PUBLIC_URL = env.str("HERDER_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+HERDER_WEBSTRATES_URL = env.str("HERDER_WEBSTRATES_URL", default="http://127.0.0.1:7007").rstrip("/")
+HERDER_TOKEN_PASSWORD = env.str("HERDER_TOKEN_PASSWORD", default="")
+HERDER_DAEMON_IMAGES = env.list("HERDER_DAEMON_IMAGES", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "herder",
+    "accounts",
+    "minions",
+    "golems",
+    "daemons",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "herder.urls"
+ASGI_APPLICATION = "herder.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{HERDER_DATA_DIR / 'herder.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent writers wait for the lock instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve the admin's and the API docs' assets from the installed apps: no
+# collectstatic step on a fresh machine.
+WHITENOISE_USE_FINDERS = True
+
+CORS_ALLOW_ALL_ORIGINS = True
+CORS_URLS_REGEX = r"^/($|golem/|minion/|daemon/|token/)"
+
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "herder.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.JSONParser",
+    ],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "herder",
+    "DESCRIPTION": "Containers for webstrates: golems, minions and daemons.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- The container runtime -------------------------------------------------
+HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime")
+# The docker SDK's own variable; unset means the local engine.
+DOCKER_HOST = env.str("DOCKER_HOST", default="")
+
+# --- Controlled minions ----------------------------------------------------
+# env name -> image. HERDER_MINION_ENVS adds or replaces: "julia=me/julia:1,r=me/r".
+HERDER_MINION_IMAGES = {
+    name: f"herder/minion-{name}:latest" for name in ("python", "ruby", "node", "latex")
+}
+HERDER_MINION_IMAGES.update(env.dict("HERDER_MINION_ENVS", default={}))
+
+HERDER_MINION_TIMEOUT = _positive("HERDER_MINION_TIMEOUT", env.float("HERDER_MINION_TIMEOUT", default=30.0))
+HERDER_MINION_MEMORY = env.str("HERDER_MINION_MEMORY", default="512m")
+HERDER_MINION_CPUS = _positive("HERDER_MINION_CPUS", env.float("HERDER_MINION_CPUS", default=1.0))
+HERDER_MINION_PIDS = int(_positive("HERDER_MINION_PIDS", env.int("HERDER_MINION_PIDS", default=256)))
+HERDER_MINION_USER = env.str("HERDER_MINION_USER", default="65534:65534")
+HERDER_MINION_WORKDIR_SIZE = env.str("HERDER_MINION_WORKDIR_SIZE", default="256m")
+HERDER_MINION_TMP_SIZE = env.str("HERDER_MINION_TMP_SIZE", default="64m")
+HERDER_MINION_OUTPUT_CAP = env.int("HERDER_MINION_OUTPUT_CAP", default=1024 * 1024)
+HERDER_MINION_FILE_CAP = env.int("HERDER_MINION_FILE_CAP", default=32 * 1024 * 1024)
+HERDER_MINION_MAX_FILES = env.int("HERDER_MINION_MAX_FILES", default=64)
+HERDER_MINION_MAX_BYTES = env.int("HERDER_MINION_MAX_BYTES", default=10 * 1024 * 1024)
+
+# Django refuses larger bodies before our own checks can answer 413: leave room.
+DATA_UPLOAD_MAX_MEMORY_SIZE = HERDER_MINION_MAX_BYTES + 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FIELDS = HERDER_MINION_MAX_FILES + 16
+DATA_UPLOAD_MAX_NUMBER_FILES = HERDER_MINION_MAX_FILES + 16
+
+# --- The supervisor --------------------------------------------------------
+HERDER_SUPERVISOR_INTERVAL = _positive(
+    "HERDER_SUPERVISOR_INTERVAL", env.float("HERDER_SUPERVISOR_INTERVAL", default=5.0)
+)
+# Each is called once per interval with no arguments; apps add theirs here.
+HERDER_SUPERVISOR_DUTIES = [
+    "minions.services.minion_reap_orphans",
+]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("HERDER_LOG_LEVEL", default="INFO")},
+}

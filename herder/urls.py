@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from minions.views import MinionSpawnView
+
+urlpatterns = [
+    path("minion/v1/spawn", MinionSpawnView.as_view(), name="minion-spawn"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "herder.errors.bad_request"
+handler404 = "herder.errors.not_found"
+handler500 = "herder.errors.server_error"

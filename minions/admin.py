@@ -1,0 +1,20 @@
+from django.contrib import admin
+
+from minions.models import MinionRun
+
+
+@admin.register(MinionRun)
+class MinionRunAdmin(admin.ModelAdmin):
+    """Read-only audit of controlled-minion runs."""
+
+    list_display = ("created", "env", "webstrate", "client_addr", "exit_code", "timed_out",
+                    "truncated", "duration_ms", "files_count", "files_bytes", "error")
+    list_filter = ("env", "timed_out", "truncated", "created")
+    search_fields = ("webstrate", "origin", "client_addr", "container", "error")
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,183 @@
+"""Controlled minions: run submitted code in a sandboxed container, once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.utils import timezone
+
+from herder.errors import UnknownEnv
+from herder.runtime import ContainerSpec, Handle, get_runtime
+from minions import runner
+from minions.files import check_files, check_name
+from minions.models import MinionRun
+
+logger = logging.getLogger(__name__)
+
+# Containers of runs in progress in this process, removed if the herder stops.
+_live: set[Handle] = set()
+_live_lock = threading.Lock()
+
+
+@dataclass
+class MinionResult:
+    run: MinionRun
+    outcome: runner.Outcome
+
+    def as_json(self) -> dict:
+        """The original's StdOut/StdErr keys, plus what the original did not say."""
+        outcome = self.outcome
+        return {
+            "StdOut": outcome.stdout.decode("utf-8", "replace"),
+            "StdErr": outcome.stderr.decode("utf-8", "replace"),
+            "ExitCode": outcome.exit_code,
+            "TimedOut": outcome.timed_out,
+            "Truncated": outcome.truncated,
+            "DurationMs": self.run.duration_ms,
+        }
+
+
+def minion_image(env: str) -> str:
+    """The image of an env. Raises UnknownEnv naming the known ones."""
+    images = settings.HERDER_MINION_IMAGES
+    if env not in images:
+        known = ", ".join(sorted(images))
+        shown = f"Unknown env {env!r}" if env else "No env given"
+        raise UnknownEnv(f"{shown}; the known envs are: {known}.")
+    return images[env]
+
+
+def minion_spec(*, env: str, image: str, owner: str) -> ContainerSpec:
+    """The sandbox every minion runs in; each limit is a setting."""
+    return ContainerSpec(
+        kind="minion",
+        owner=owner,
+        image=image,
+        command=["--serve"],
+        labels={"herder.env": env},
+        user=settings.HERDER_MINION_USER,
+        memory=settings.HERDER_MINION_MEMORY,
+        cpus=settings.HERDER_MINION_CPUS,
+        pids=settings.HERDER_MINION_PIDS,
+        network="none",
+        read_only=True,
+        tmpfs={
+            "/minion": f"rw,exec,nosuid,nodev,size={settings.HERDER_MINION_WORKDIR_SIZE},"
+            f"uid={_uid()},gid={_gid()},mode=0755",
+            "/tmp": f"rw,exec,nosuid,nodev,size={settings.HERDER_MINION_TMP_SIZE},mode=1777",
+        },
+        confined=True,
+        stdin=True,
+        auto_remove=True,
+        keep_logs=False,
+    )
+
+
+def _uid() -> str:
+    return settings.HERDER_MINION_USER.split(":")[0]
+
+
+def _gid() -> str:
+    user = settings.HERDER_MINION_USER
+    return user.split(":")[1] if ":" in user else user
+
+
+def webstrate_of(url: str) -> str:
+    """The webstrate a page URL names: the first segment of its path."""
+    path = urlsplit(url).path.strip("/")
+    return path.split("/", 1)[0][:128] if path else ""
+
+
+def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
+               client_addr: str = "", origin: str = "") -> MinionResult:
+    """Run `files` in a fresh sandboxed container of `env` and collect the result.
+
+    Raises UnknownEnv, BadFileName, PayloadTooLarge (before Docker is touched),
+    RuntimeUnavailable and ImageMissing. The container is gone when this returns
+    or raises.
+    """
+    image = minion_image(env)
+    check_files(files)
+    if output:
+        check_name(output)
+    webstrate = webstrate_of(origin)
+    run = MinionRun(
+        env=env, image=image, client_addr=client_addr[:64], origin=origin[:512],
+        webstrate=webstrate, files_count=len(files),
+        files_bytes=sum(len(data) for data in files.values()), output_name=output or "",
+    )
+    spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
+    nonce = runner.new_nonce()
+    request = runner.encode_request(
+        nonce=nonce, output=output, timeout=settings.HERDER_MINION_TIMEOUT,
+        file_cap=settings.HERDER_MINION_FILE_CAP, files=files,
+    )
+    runtime = get_runtime()
+    started = time.monotonic()
+    handle = attachment = None
+    outcome = None
+    try:
+        handle, attachment = runtime.start_attached(spec)
+        with _live_lock:
+            _live.add(handle)
+        run.container = handle.id[:64]
+        outcome = runner.exchange(
+            attachment, request=request, nonce=nonce,
+            deadline=started + settings.HERDER_MINION_TIMEOUT,
+            output_cap=settings.HERDER_MINION_OUTPUT_CAP,
+            file_cap=settings.HERDER_MINION_FILE_CAP,
+        )
+    except BaseException as exc:
+        run.error = f"{type(exc).__name__}: {exc}"[:255]
+        raise
+    finally:
+        run.duration_ms = int((time.monotonic() - started) * 1000)
+        if attachment is not None:
+            attachment.close()
+        if handle is not None:
+            # A finished runner's container removes itself (auto-remove);
+            # every other path kills it here.
+            if outcome is None or not outcome.finished:
+                runtime.remove(handle)
+            with _live_lock:
+                _live.discard(handle)
+        if outcome is not None:
+            run.exit_code = outcome.exit_code
+            run.timed_out = outcome.timed_out
+            run.truncated = outcome.truncated
+            run.stdout_bytes = len(outcome.stdout)
+            run.stderr_bytes = len(outcome.stderr)
+            run.output_bytes = len(outcome.output) if outcome.output is not None else None
+        run.save()
+    return MinionResult(run=run, outcome=outcome)
+
+
+def minion_remove_live() -> int:
+    """Remove the containers of this process's runs in progress (the herder is stopping)."""
+    with _live_lock:
+        handles = list(_live)
+    runtime = get_runtime()
+    for handle in handles:
+        runtime.remove(handle)
+    return len(handles)
+
+
+def minion_reap_orphans() -> int:
+    """Remove minion containers older than any run may last: those of a herder
+    process that died mid-run. Safe beside other herder processes."""
+    limit = timedelta(seconds=settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS + 30)
+    runtime = get_runtime()
+    reaped = 0
+    for info in runtime.list(kind="minion"):
+        if timezone.now() - info.created > limit:
+            runtime.remove(info.handle)
+            reaped += 1
+    if reaped:
+        logger.info("removed %d orphaned minion containers", reaped)
+    return reaped

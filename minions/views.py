@@ -1,0 +1,78 @@
+import mimetypes
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from herder.errors import PayloadTooLarge
+from minions.services import minion_run
+
+_PROTOCOL_FIELDS = ("env", "output")
+# Multipart framing around the files themselves.
+_BODY_OVERHEAD = 1024 * 1024
+
+
+class MinionSpawnView(APIView):
+    """Run code in a short-lived sandboxed container and answer its output."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        env = serializers.CharField(help_text="python, ruby, node, latex, or an env the operators added.")
+        output = serializers.CharField(
+            required=False, help_text="A file to answer instead of the JSON result."
+        )
+        files = serializers.DictField(
+            child=serializers.CharField(), required=False,
+            help_text="Every other field or upload is a file written into /minion, "
+            "named by the field (sub-folders allowed).",
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        StdOut = serializers.CharField()
+        StdErr = serializers.CharField()
+        ExitCode = serializers.IntegerField(allow_null=True, help_text="null when timed out.")
+        TimedOut = serializers.BooleanField()
+        Truncated = serializers.BooleanField(help_text="Output past a cap was cut.")
+        DurationMs = serializers.IntegerField()
+
+    @extend_schema(
+        operation_id="minion_spawn",
+        request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
+        responses={
+            200: OpenApiResponse(OutputSerializer, description="The run's result, or the output file's bytes."),
+            400: OpenApiResponse(description="Unknown env or a bad file name."),
+            413: OpenApiResponse(description="Too many files or too many bytes."),
+            503: OpenApiResponse(description="The container engine is unavailable."),
+        },
+    )
+    def post(self, request):
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
+            # Refused before the body is read, so a huge upload costs nothing.
+            raise PayloadTooLarge(
+                f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}."
+            )
+        fields = request.POST
+        files = {name: values[-1].encode() for name, values in fields.lists()
+                 if name not in _PROTOCOL_FIELDS}
+        for name, upload in request.FILES.items():
+            files[name] = upload.read()
+        output = fields.get("output") or None
+        result = minion_run(
+            env=fields.get("env", ""),
+            files=files,
+            output=output,
+            client_addr=request.META.get("REMOTE_ADDR", ""),
+            origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
+        )
+        if output and result.outcome.output is not None:
+            content_type = mimetypes.guess_type(output)[0] or "application/octet-stream"
+            response = HttpResponse(result.outcome.output, content_type=content_type)
+            response["Content-Disposition"] = f'inline; filename="{output.rsplit("/", 1)[-1]}"'
+            return response
+        return Response(self.OutputSerializer(result.as_json()).data)

@@ -1,0 +1,51 @@
+"""Fixtures shared by every app's tests.
+
+Docker tests run against the real engine and the herder's images (built by
+deploy/build-images.sh); they fail, not skip, when the engine is missing.
+Deselect them on purpose with `-m "not docker"`.
+"""
+
+import time
+
+import pytest
+
+from herder.errors import RuntimeUnavailable
+from herder.runtime import get_runtime
+
+
+def herder_containers(kind: str) -> list:
+    return get_runtime().list(kind=kind)
+
+
+def wait_until_gone(kind: str, *, seconds: float = 10.0) -> list:
+    """The herder's containers of `kind` still there after waiting for auto-removal."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = herder_containers(kind)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    try:
+        get_runtime().list()
+    except RuntimeUnavailable:
+        pytest.fail("The Docker engine does not answer: run deploy/start-docker.sh "
+                    "(or deselect with -m 'not docker').")
+    return get_runtime()
+
+
+@pytest.fixture(autouse=True)
+def _docker_tests_leave_no_minion(request):
+    """Every Docker test must leave no minion container behind."""
+    if request.node.get_closest_marker("docker") is None:
+        yield
+        return
+    request.getfixturevalue("docker_engine")
+    yield
+    left = wait_until_gone("minion")
+    for info in left:
+        get_runtime().remove(info.handle)
+    assert not left, f"minion containers left behind: {[c.handle.name for c in left]}"
