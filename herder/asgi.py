@@ -1,10 +1,12 @@
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "herder.settings")
-# Django must be set up before the consumers' modules are imported.
-django_application = get_asgi_application()
+# Django must be set up before the consumers' modules are imported. Static
+# files (the admin's, the API docs') come straight from the installed apps.
+django_application = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

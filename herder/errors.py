@@ -44,6 +44,13 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "too_large"
 
 
+class ClientGone(exceptions.APIException):
+    # nginx's "client closed request": nobody is left to read it.
+    status_code = 499
+    default_detail = "The client went away before the run finished."
+    default_code = "client_gone"
+
+
 class RuntimeUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The container engine is unavailable; try again later."

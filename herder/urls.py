@@ -2,10 +2,10 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from minions.views import MinionSpawnView
+from minions.views import minion_spawn
 
 urlpatterns = [
-    path("minion/v1/spawn", MinionSpawnView.as_view(), name="minion-spawn"),
+    path("minion/v1/spawn", minion_spawn, name="minion-spawn"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from herder.runtime import STDERR, STDOUT, Attachment, tar_of
@@ -20,6 +21,12 @@ _END = b"\x00HERDER-END:"
 # How long after the host's own deadline herder-run kills the program itself,
 # for when the host is gone.
 BACKSTOP_SECONDS = 2
+# How often a run waiting for output looks whether its client is still there.
+_CANCEL_CHECK_SECONDS = 0.25
+
+
+class Cancelled(Exception):
+    """The client went away; the run was abandoned."""
 
 
 @dataclass
@@ -111,9 +118,12 @@ def encode_request(*, nonce: str, output: str | None, timeout: float, file_cap: 
 
 
 def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: float,
-             output_cap: int, file_cap: int) -> Outcome:
+             output_cap: int, file_cap: int,
+             cancelled: Callable[[], bool] = lambda: False) -> Outcome:
     """Send the request and read the run's output until the trailer, the end of
-    the stream or the deadline (time.monotonic()), whichever comes first."""
+    the stream or the deadline (time.monotonic()), whichever comes first.
+
+    Raises Cancelled as soon as `cancelled()` turns true."""
     stdout = _StdoutScanner(nonce, output_cap)
     stderr = _Capped(output_cap)
     timed_out = False
@@ -121,7 +131,15 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
         attachment.send(request, timeout=max(deadline - time.monotonic(), 0.001))
         attachment.close_stdin()
         while not stdout.done:
-            frame = attachment.read_frame(timeout=deadline - time.monotonic())
+            if cancelled():
+                raise Cancelled
+            remaining = deadline - time.monotonic()
+            try:
+                frame = attachment.read_frame(timeout=min(remaining, _CANCEL_CHECK_SECONDS))
+            except TimeoutError:
+                if remaining > _CANCEL_CHECK_SECONDS:
+                    continue
+                raise
             if frame is None:
                 stdout.flush()
                 break

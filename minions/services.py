@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 # Containers of runs in progress in this process, removed if the herder stops.
 _live: set[Handle] = set()
 _live_lock = threading.Lock()
+# Set when the herder stops: every run in progress gives up at once.
+_stopping = threading.Event()
 
 
 @dataclass
@@ -95,9 +98,12 @@ def webstrate_of(url: str) -> str:
 
 
 def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
-               client_addr: str = "", origin: str = "") -> MinionResult:
+               client_addr: str = "", origin: str = "",
+               cancelled: Callable[[], bool] = lambda: False) -> MinionResult:
     """Run `files` in a fresh sandboxed container of `env` and collect the result.
 
+    `cancelled` is polled while the run waits: once true the run is abandoned
+    (the client went away) and runner.Cancelled raised.
     Raises UnknownEnv, BadFileName, PayloadTooLarge (before Docker is touched),
     RuntimeUnavailable and ImageMissing. The container is gone when this returns
     or raises.
@@ -112,8 +118,9 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
         webstrate=webstrate, files_count=len(files),
         files_bytes=sum(len(data) for data in files.values()), output_name=output or "",
     )
-    spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
     nonce = runner.new_nonce()
+    spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
+    spec.name = f"herder-minion-{nonce[:16]}"
     request = runner.encode_request(
         nonce=nonce, output=output, timeout=settings.HERDER_MINION_TIMEOUT,
         file_cap=settings.HERDER_MINION_FILE_CAP, files=files,
@@ -132,6 +139,7 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
             deadline=started + settings.HERDER_MINION_TIMEOUT,
             output_cap=settings.HERDER_MINION_OUTPUT_CAP,
             file_cap=settings.HERDER_MINION_FILE_CAP,
+            cancelled=lambda: cancelled() or _stopping.is_set(),
         )
     except BaseException as exc:
         run.error = f"{type(exc).__name__}: {exc}"[:255]
@@ -158,8 +166,10 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     return MinionResult(run=run, outcome=outcome)
 
 
-def minion_remove_live() -> int:
-    """Remove the containers of this process's runs in progress (the herder is stopping)."""
+def minion_abort_all() -> int:
+    """The herder is stopping: end this process's runs in progress and remove
+    their containers. Returns how many there were."""
+    _stopping.set()
     with _live_lock:
         handles = list(_live)
     runtime = get_runtime()

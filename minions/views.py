@@ -1,5 +1,9 @@
+import asyncio
+import contextvars
 import mimetypes
+import threading
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -8,12 +12,17 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from herder.errors import PayloadTooLarge
+from herder.errors import ClientGone, PayloadTooLarge
+from minions.runner import Cancelled
 from minions.services import minion_run
 
 _PROTOCOL_FIELDS = ("env", "output")
 # Multipart framing around the files themselves.
 _BODY_OVERHEAD = 1024 * 1024
+# Set by minion_spawn when the client disconnects mid-run.
+_client_gone: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "client_gone", default=None
+)
 
 
 class MinionSpawnView(APIView):
@@ -63,16 +72,45 @@ class MinionSpawnView(APIView):
         for name, upload in request.FILES.items():
             files[name] = upload.read()
         output = fields.get("output") or None
-        result = minion_run(
-            env=fields.get("env", ""),
-            files=files,
-            output=output,
-            client_addr=request.META.get("REMOTE_ADDR", ""),
-            origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
-        )
+        gone = _client_gone.get()
+        try:
+            result = minion_run(
+                env=fields.get("env", ""),
+                files=files,
+                output=output,
+                client_addr=request.META.get("REMOTE_ADDR", ""),
+                origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
+                cancelled=gone.is_set if gone else (lambda: False),
+            )
+        except Cancelled as exc:
+            raise ClientGone() from exc
         if output and result.outcome.output is not None:
             content_type = mimetypes.guess_type(output)[0] or "application/octet-stream"
             response = HttpResponse(result.outcome.output, content_type=content_type)
             response["Content-Disposition"] = f'inline; filename="{output.rsplit("/", 1)[-1]}"'
             return response
         return Response(self.OutputSerializer(result.as_json()).data)
+
+
+_spawn_view = MinionSpawnView.as_view()
+
+
+async def minion_spawn(request):
+    """MinionSpawnView under ASGI, told when the client disconnects.
+
+    Django cancels an async view whose client went away; a sync view would run
+    on to the time limit. The run itself stays in the request's own thread.
+    """
+    gone = threading.Event()
+    _client_gone.set(gone)
+    try:
+        return await sync_to_async(_spawn_view)(request)
+    except asyncio.CancelledError:
+        gone.set()
+        raise
+
+
+# Let drf-spectacular find the view class behind the wrapper.
+minion_spawn.cls = _spawn_view.cls
+minion_spawn.initkwargs = _spawn_view.initkwargs
+minion_spawn.csrf_exempt = True
