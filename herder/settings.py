@@ -180,6 +180,9 @@ HERDER_MINION_OUTPUT_CAP = env.int("HERDER_MINION_OUTPUT_CAP", default=1024 * 10
 HERDER_MINION_FILE_CAP = env.int("HERDER_MINION_FILE_CAP", default=32 * 1024 * 1024)
 HERDER_MINION_MAX_FILES = env.int("HERDER_MINION_MAX_FILES", default=64)
 HERDER_MINION_MAX_BYTES = env.int("HERDER_MINION_MAX_BYTES", default=10 * 1024 * 1024)
+# A minion container older than its time limit plus this is an orphan of a
+# herder process that died mid-run; the supervisor removes it.
+HERDER_MINION_REAP_GRACE = env.float("HERDER_MINION_REAP_GRACE", default=30.0)
 
 # Django refuses larger bodies before our own checks can answer 413: leave room.
 DATA_UPLOAD_MAX_MEMORY_SIZE = HERDER_MINION_MAX_BYTES + 1024 * 1024

@@ -181,7 +181,8 @@ def minion_abort_all() -> int:
 def minion_reap_orphans() -> int:
     """Remove minion containers older than any run may last: those of a herder
     process that died mid-run. Safe beside other herder processes."""
-    limit = timedelta(seconds=settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS + 30)
+    limit = timedelta(seconds=settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS
+                      + settings.HERDER_MINION_REAP_GRACE)
     runtime = get_runtime()
     reaped = 0
     for info in runtime.list(kind="minion"):

@@ -1,0 +1,36 @@
+import time
+
+import pytest
+
+from herder.runtime import ContainerSpec
+from herder.supervisor import Supervisor
+from minions.services import minion_reap_orphans
+
+pytestmark = pytest.mark.docker
+
+
+def test_orphaned_minion_containers_are_reaped(docker_engine, settings):
+    settings.HERDER_MINION_TIMEOUT = 0.5
+    settings.HERDER_MINION_REAP_GRACE = 0
+    orphan = docker_engine.start(ContainerSpec(kind="minion", owner="herder-test-orphan",
+                                               image="herder/minion-python:latest", command=["sleep", "60"]))
+
+    time.sleep(4)  # older than time limit + backstop; the engine counts in whole seconds
+    calls = []
+    supervisor = Supervisor(interval=1, duties=[lambda: 1 / 0, minion_reap_orphans, lambda: calls.append(1)])
+    supervisor.run_once()
+
+    assert docker_engine.list(owner="herder-test-orphan") == []
+    assert calls == [1], "a failing duty must not stop the others"
+    docker_engine.remove(orphan)
+
+
+def test_runs_in_progress_are_not_reaped(docker_engine, settings):
+    settings.HERDER_MINION_REAP_GRACE = 0
+    young = docker_engine.start(ContainerSpec(kind="minion", owner="herder-test-young",
+                                              image="herder/minion-python:latest", command=["sleep", "60"]))
+    try:
+        assert minion_reap_orphans() == 0
+        assert len(docker_engine.list(owner="herder-test-young")) == 1
+    finally:
+        docker_engine.remove(young)
