@@ -1,4 +1,4 @@
-"""API errors and the one handler that renders every error as SPEC's JSON.
+"""API errors and the one handler that renders every error as one JSON shape.
 
 Every error leaves the herder as `{"code": "<short_code>", "detail": "<sentence>"}`
 with its status. Raise these rather than returning error responses, so the
@@ -94,7 +94,7 @@ def _translate(exc: Exception) -> Exception:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response:
-    """DRF's EXCEPTION_HANDLER: every error in SPEC's shape; unknown ones a logged 500."""
+    """DRF's EXCEPTION_HANDLER: every error in that shape; unknown ones a logged 500."""
     exc = _translate(exc)
     if not isinstance(exc, exceptions.APIException):
         logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)

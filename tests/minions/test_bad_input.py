@@ -1,4 +1,4 @@
-"""Bad input is refused with SPEC's JSON error before Docker is touched."""
+"""Bad input is refused with a JSON error before Docker is touched."""
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
