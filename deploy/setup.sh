@@ -20,7 +20,8 @@ stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages"
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt >.venv/pip.log 2>&1 \
+    || { tail -n 30 .venv/pip.log; exit 1; }
   echo "$want" >"$stamp"
 fi
 

@@ -6,7 +6,7 @@ from herder.runtime import ContainerSpec
 from herder.supervisor import Supervisor
 from minions.services import minion_reap_orphans
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
 
 def test_orphaned_minion_containers_are_reaped(docker_engine, settings):
