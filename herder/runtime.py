@@ -69,8 +69,10 @@ class ContainerSpec:
     port_host: str = "127.0.0.1"
     # Drop every capability and forbid gaining privileges.
     confined: bool = True
-    # Keep stdin open for an attached client; its close reaches the container as EOF.
+    # Keep stdin open for attached clients. With stdin_once the first client's
+    # close reaches the container as EOF; without it, clients come and go.
     stdin: bool = False
+    stdin_once: bool = True
     auto_remove: bool = False
     restart: str | None = None
     # Minions are read through attach only: keeping logs would let one fill the disk.
@@ -164,8 +166,11 @@ class Runtime:
     """What the apps need of a container engine. Every method may raise
     `RuntimeUnavailable` (the engine does not answer) or `ImageMissing`."""
 
-    def start(self, spec: ContainerSpec) -> Handle:
-        """Create and start a container; return its handle."""
+    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None,
+              files_at: str = "/minion") -> Handle:
+        """Create and start a container; return its handle. `files` (relative
+        name -> bytes) are written under `files_at` before it starts: into the
+        image's file system or a volume, not a tmpfs. Nothing is left behind on failure."""
         raise NotImplementedError
 
     def start_attached(self, spec: ContainerSpec) -> tuple[Handle, Attachment]:
@@ -189,6 +194,10 @@ class Runtime:
 
     def poll(self, handle: Handle) -> int | None:
         """None while the container runs, else its exit code. Raises ContainerGone."""
+        raise NotImplementedError
+
+    def published_ports(self, handle: Handle) -> dict[int, int]:
+        """Container port -> host port of a running container's published TCP ports."""
         raise NotImplementedError
 
     def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
@@ -281,9 +290,9 @@ class DockerRuntime(Runtime):
                 user=spec.user,
                 environment=spec.environment,
                 labels=labels,
-                # Not detached with stdin open: the SDK sets StdinOnce too.
                 stdin_open=spec.stdin,
-                detach=not spec.stdin,
+                # The SDK sets StdinOnce for a container that is not detached.
+                detach=not (spec.stdin and spec.stdin_once),
                 tty=False,
                 ports=list(spec.ports) or None,
                 network_disabled=spec.network == "none",
@@ -292,10 +301,13 @@ class DockerRuntime(Runtime):
         cid = created["Id"]
         return Handle(id=cid, name=spec.name or cid[:12])
 
-    def start(self, spec: ContainerSpec) -> Handle:
+    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None,
+              files_at: str = "/minion") -> Handle:
         handle = self._create(spec)
         try:
             with _engine_errors(spec.image):
+                if files:
+                    self.client.api.put_archive(handle.id, files_at, tar_of(files))
                 self.client.api.start(handle.id)
         except BaseException:
             self.remove(handle)
@@ -354,6 +366,16 @@ class DockerRuntime(Runtime):
         if state.get("Running") or state.get("Restarting"):
             return None
         return int(state.get("ExitCode", -1))
+
+    def published_ports(self, handle: Handle) -> dict[int, int]:
+        with _engine_errors():
+            ports = self.client.api.inspect_container(handle.id)["NetworkSettings"]["Ports"] or {}
+        published = {}
+        for key, bindings in ports.items():
+            port, _, proto = key.partition("/")
+            if proto == "tcp" and bindings:
+                published[int(port)] = int(bindings[0]["HostPort"])
+        return published
 
     def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
         filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
