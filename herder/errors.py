@@ -38,6 +38,17 @@ class BadFileName(BadInput):
     default_code = "bad_file_name"
 
 
+class ImageNotAllowed(BadInput):
+    default_detail = "That image may not run here."
+    default_code = "image_not_allowed"
+
+
+class InsufficientCredits(exceptions.APIException):
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    default_detail = "Not enough credits."
+    default_code = "insufficient_credits"
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request is too large."

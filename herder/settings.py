@@ -189,6 +189,21 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = HERDER_MINION_MAX_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = HERDER_MINION_MAX_FILES + 16
 DATA_UPLOAD_MAX_NUMBER_FILES = HERDER_MINION_MAX_FILES + 16
 
+# --- Daemons -----------------------------------------------------------------
+HERDER_DAEMON_MEMORY = env.str("HERDER_DAEMON_MEMORY", default="512m")
+HERDER_DAEMON_CPUS = _positive("HERDER_DAEMON_CPUS", env.float("HERDER_DAEMON_CPUS", default=1.0))
+HERDER_DAEMON_PIDS = int(_positive("HERDER_DAEMON_PIDS", env.int("HERDER_DAEMON_PIDS", default=256)))
+# Published ports listen here; 0.0.0.0 exposes daemons on every interface.
+HERDER_DAEMON_PORT_HOST = env.str("HERDER_DAEMON_PORT_HOST", default="127.0.0.1")
+# What spawn answers as "Address": how clients reach the published ports.
+HERDER_DAEMON_ADDRESS = env.str("HERDER_DAEMON_ADDRESS", default=HERDER_DAEMON_PORT_HOST)
+# Docker restart policy: a crashing daemon restarts, up to a few times.
+HERDER_DAEMON_RESTART = env.str("HERDER_DAEMON_RESTART", default="on-failure")
+# Drop every capability and forbid gaining privileges, as for minions.
+HERDER_DAEMON_CONFINED = env.bool("HERDER_DAEMON_CONFINED", default=True)
+HERDER_DAEMON_COST_PER_SECOND = env.int("HERDER_DAEMON_COST_PER_SECOND", default=1)
+HERDER_DAEMON_MAX_PORTS = env.int("HERDER_DAEMON_MAX_PORTS", default=16)
+
 # --- The supervisor --------------------------------------------------------
 HERDER_SUPERVISOR_INTERVAL = _positive(
     "HERDER_SUPERVISOR_INTERVAL", env.float("HERDER_SUPERVISOR_INTERVAL", default=5.0)
@@ -196,6 +211,7 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
 # Each is called once per interval with no arguments; apps add theirs here.
 HERDER_SUPERVISOR_DUTIES = [
     "minions.services.minion_reap_orphans",
+    "daemons.services.daemon_supervise",
 ]
 
 LOGGING = {
