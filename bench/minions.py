@@ -1,8 +1,9 @@
 """Controlled-minion latency and throughput, beside the engine's own floor.
 
 Starts `manage.py herd` on a free loopback port (its own data folder), then:
-  - 20 sequential python hello-world runs through the HTTP API: p50/p95/max;
-  - runs per second at concurrency 4;
+  - 20 sequential python hello-world runs through the HTTP API: p50/p95/max,
+    with the warm pool (a pause between runs lets it refill) and cold;
+  - runs per second at concurrency 4, warm and cold;
   - the floor, in the same run: a bare `docker run --rm` of the same image with
     the same sandbox options, sequential and at concurrency 4.
 
@@ -43,8 +44,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_herd(data_dir: str) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "HERDER_DATA_DIR": data_dir}
+def start_herd(data_dir: str, pool_size: int) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "HERDER_DATA_DIR": data_dir, "HERDER_MINION_POOL_SIZE": str(pool_size)}
     env.pop("DATABASE_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
@@ -60,7 +61,8 @@ def start_herd(data_dir: str) -> tuple[subprocess.Popen, int]:
     raise SystemExit("herd did not start")
 
 
-def spawn(port: int) -> float:
+def spawn(port: int, pause: float = 0) -> float:
+    time.sleep(pause)
     body = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
     started = time.perf_counter()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/minion/v1/spawn", data=body, timeout=60) as answer:
@@ -103,25 +105,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--concurrent-runs", type=int, default=40)
+    parser.add_argument("--pool-size", type=int, default=4, help="warm containers per env")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as data_dir:
-        process, port = start_herd(data_dir)
-        try:
-            herder_seq = sequential(lambda: spawn(port), args.runs)
-            herder_rate = concurrent(lambda: spawn(port), args.concurrent_runs)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+    results = {}
+    for label, pool_size in (("warm", args.pool_size), ("cold", 0)):
+        with tempfile.TemporaryDirectory() as data_dir:
+            process, port = start_herd(data_dir, pool_size)
+            try:
+                # Sequential runs leave the pool time to refill between runs.
+                results[label] = (sequential(lambda: spawn(port, pause=0.3 if pool_size else 0), args.runs),
+                                  concurrent(lambda: spawn(port), args.concurrent_runs))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
     floor_seq = sequential(docker_run, args.runs)
     floor_rate = concurrent(docker_run, args.concurrent_runs)
 
-    print(f"python hello world, {args.runs} sequential runs")
-    print(f"  herder HTTP API   {summary(herder_seq)}")
+    print(f"python hello world, {args.runs} sequential runs through the HTTP API")
+    for label, (seq, _) in results.items():
+        print(f"  herder {label:4}       {summary(seq)}")
     print(f"  docker run --rm   {summary(floor_seq)}   (floor)")
-    print(f"  herder / floor p50: {statistics.median(herder_seq) / statistics.median(floor_seq):.2f}")
+    cold = statistics.median(results["cold"][0])
+    print(f"  cold / floor p50: {cold / statistics.median(floor_seq):.2f}")
     print(f"concurrency 4, {args.concurrent_runs} runs")
-    print(f"  herder HTTP API   {herder_rate:5.1f} runs/s")
+    for label, (_, rate) in results.items():
+        print(f"  herder {label:4}       {rate:5.1f} runs/s")
     print(f"  docker run --rm   {floor_rate:5.1f} runs/s   (floor)")
 
 

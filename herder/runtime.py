@@ -11,6 +11,7 @@ Choose the implementation with `HERDER_RUNTIME`; `get_runtime()` returns it.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import select
 import socket
@@ -131,14 +132,9 @@ class Attachment:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if len(self._buffer) >= 8:
-                stream, length = struct.unpack(">BxxxL", self._buffer[:8])
-                if len(self._buffer) >= 8 + length:
-                    data = bytes(self._buffer[8 : 8 + length])
-                    del self._buffer[: 8 + length]
-                    return stream, data
-            if self._eof:
-                return None
+            frame = self._next_frame()
+            if frame is not None or self._eof:
+                return frame
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError
@@ -150,6 +146,43 @@ class Attachment:
                 self._buffer += chunk
             else:
                 self._eof = True
+
+    async def aread_frame(self) -> tuple[int, bytes] | None:
+        """read_frame for async code: waits on the event loop, never blocks it."""
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        while True:
+            frame = self._next_frame()
+            if frame is not None or self._eof:
+                return frame
+            chunk = await loop.sock_recv(self._sock, 256 * 1024)
+            if chunk:
+                self._buffer += chunk
+            else:
+                self._eof = True
+
+    async def asend(self, data: bytes) -> None:
+        self._sock.setblocking(False)
+        await asyncio.get_running_loop().sock_sendall(self._sock, data)
+
+    def _next_frame(self) -> tuple[int, bytes] | None:
+        if len(self._buffer) >= 8:
+            stream, length = struct.unpack(">BxxxL", self._buffer[:8])
+            if len(self._buffer) >= 8 + length:
+                data = bytes(self._buffer[8 : 8 + length])
+                del self._buffer[: 8 + length]
+                return stream, data
+        return None
+
+    def is_quiet(self) -> bool:
+        """True when nothing waits to be read and the stream is still open."""
+        if self._buffer or self._eof:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def fileno(self) -> int:
         return self._sock.fileno()

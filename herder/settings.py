@@ -157,6 +157,47 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- Tokens ----------------------------------------------------------------
+# JWTs naming an account (accounts/), signed with simplejwt. The key pair is
+# HERDER_TOKEN_PRIVATE_KEY / HERDER_TOKEN_PUBLIC_KEY (PEM text, or *_FILE);
+# with none configured it is created on first start in HERDER_DATA_DIR
+# (token_private.pem, mode 0600, and token_public.pem).
+from datetime import timedelta  # noqa: E402
+
+from accounts.keys import token_key_pair  # noqa: E402
+
+HERDER_TOKEN_ALGORITHM = env.str("HERDER_TOKEN_ALGORITHM", default="RS512")
+if HERDER_TOKEN_ALGORITHM not in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"):
+    raise ImproperlyConfigured(
+        f"HERDER_TOKEN_ALGORITHM must be an RSA algorithm (RS512, PS512...), not {HERDER_TOKEN_ALGORITHM}"
+    )
+HERDER_TOKEN_PRIVATE_KEY, HERDER_TOKEN_PUBLIC_KEY = token_key_pair(
+    private_pem=env.str("HERDER_TOKEN_PRIVATE_KEY", default="", multiline=True),
+    public_pem=env.str("HERDER_TOKEN_PUBLIC_KEY", default="", multiline=True),
+    data_dir=HERDER_DATA_DIR,
+)
+HERDER_TOKEN_ISSUER = env.str("HERDER_TOKEN_ISSUER", default="herder")
+HERDER_TOKEN_LIFETIME = timedelta(
+    days=_positive("HERDER_TOKEN_LIFETIME_DAYS", env.float("HERDER_TOKEN_LIFETIME_DAYS", default=365.0))
+)
+HERDER_TOKEN_DEFAULT_CREDITS = env.int("HERDER_TOKEN_DEFAULT_CREDITS", default=30000)
+
+SIMPLE_JWT = {
+    "ALGORITHM": HERDER_TOKEN_ALGORITHM,
+    "SIGNING_KEY": HERDER_TOKEN_PRIVATE_KEY,
+    "VERIFYING_KEY": HERDER_TOKEN_PUBLIC_KEY,
+    "ISSUER": HERDER_TOKEN_ISSUER,
+    "LEEWAY": 0,
+    "ACCESS_TOKEN_LIFETIME": HERDER_TOKEN_LIFETIME,
+    "USER_ID_FIELD": "email",
+    "USER_ID_CLAIM": "sub",
+    "JTI_CLAIM": "jti",
+    # The "app" claim doubles as simplejwt's token type: only herder tokens pass.
+    "TOKEN_TYPE_CLAIM": "app",
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "AUTH_TOKEN_CLASSES": ("accounts.tokens.AccountJWT",),
+}
+
 # --- The container runtime -------------------------------------------------
 HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime")
 # The docker SDK's own variable; unset means the local engine.
@@ -180,6 +221,8 @@ HERDER_MINION_OUTPUT_CAP = env.int("HERDER_MINION_OUTPUT_CAP", default=1024 * 10
 HERDER_MINION_FILE_CAP = env.int("HERDER_MINION_FILE_CAP", default=32 * 1024 * 1024)
 HERDER_MINION_MAX_FILES = env.int("HERDER_MINION_MAX_FILES", default=64)
 HERDER_MINION_MAX_BYTES = env.int("HERDER_MINION_MAX_BYTES", default=10 * 1024 * 1024)
+# Warm containers kept ready per env that has been asked for (0: every run cold).
+HERDER_MINION_POOL_SIZE = env.int("HERDER_MINION_POOL_SIZE", default=2)
 # A minion container older than its time limit plus this is an orphan of a
 # herder process that died mid-run; the supervisor removes it.
 HERDER_MINION_REAP_GRACE = env.float("HERDER_MINION_REAP_GRACE", default=30.0)
@@ -211,7 +254,6 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
 # Each is called once per interval with no arguments; apps add theirs here.
 HERDER_SUPERVISOR_DUTIES = [
     "minions.services.minion_reap_orphans",
-    "daemons.services.daemon_supervise",
 ]
 
 LOGGING = {

@@ -8,8 +8,8 @@ class MinionRunAdmin(admin.ModelAdmin):
     """Read-only audit of controlled-minion runs."""
 
     list_display = ("created", "env", "webstrate", "client_addr", "exit_code", "timed_out",
-                    "truncated", "duration_ms", "files_count", "files_bytes", "error")
-    list_filter = ("env", "timed_out", "truncated", "created")
+                    "truncated", "duration_ms", "warm", "files_count", "files_bytes", "error")
+    list_filter = ("env", "timed_out", "truncated", "warm", "created")
     search_fields = ("webstrate", "origin", "client_addr", "container", "error")
     date_hierarchy = "created"
 

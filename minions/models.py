@@ -12,6 +12,8 @@ class MinionRun(models.Model):
     origin = models.CharField(max_length=512, blank=True)
     webstrate = models.CharField(max_length=128, blank=True, db_index=True)
     container = models.CharField(max_length=64, blank=True)
+    # Served by a container started ahead of time.
+    warm = models.BooleanField(default=False)
     files_count = models.PositiveIntegerField(default=0)
     files_bytes = models.PositiveBigIntegerField(default=0)
     output_name = models.CharField(max_length=1024, blank=True)

@@ -1,8 +1,9 @@
 """The host side of herder-run's serve protocol.
 
 The protocol is written down in deploy/images/common/herder-run: four header
-lines and a tar on stdin; the program's output on stdout and stderr, then on
-stdout a trailer naming the exit code and the output file's size, then its bytes.
+lines and a tar on stdin; the program's output on stdout and stderr, then an
+end marker on both, on stdout followed by the exit code, the output file's size
+and its bytes.
 The trailer carries a nonce the program never sees, so its own output cannot end
 the run early.
 """
@@ -59,13 +60,42 @@ class _Capped:
         self.data += chunk
 
 
-class _StdoutScanner:
-    """Splits stdout into the program's output, the trailer and the output file."""
+class _ProgramStream:
+    """One of the program's streams, up to the runner's end marker."""
 
-    def __init__(self, nonce: str, cap: int) -> None:
-        self.marker = _END + nonce.encode() + b":"
+    def __init__(self, marker: bytes, cap: int) -> None:
+        self.marker = marker
         self.program = _Capped(cap)
         self._pending = bytearray()
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """Returns what follows the marker once it is seen, else None."""
+        self._pending += chunk
+        at = self._pending.find(self.marker)
+        if at < 0:
+            # Keep what could be the start of a marker split across frames.
+            keep = len(self.marker) - 1
+            self.program.add(self._pending[:-keep])
+            del self._pending[:-keep]
+            return None
+        self.program.add(self._pending[:at])
+        rest = bytes(self._pending[at + len(self.marker) :])
+        self._pending.clear()
+        self.ended = True
+        return rest
+
+    def flush(self) -> None:
+        """The stream ended without a marker: what is pending was the program's."""
+        self.program.add(self._pending)
+        self._pending.clear()
+
+
+class _StdoutScanner(_ProgramStream):
+    """stdout: the program's output, then the trailer and the output file."""
+
+    def __init__(self, marker: bytes, cap: int) -> None:
+        super().__init__(marker, cap)
         self._header: bytearray | None = None
         self.exit_code: int | None = None
         self.file_size: int | None = None
@@ -77,18 +107,10 @@ class _StdoutScanner:
 
     def feed(self, chunk: bytes) -> None:
         if self._header is None:
-            self._pending += chunk
-            at = self._pending.find(self.marker)
-            if at < 0:
-                # Keep what could be the start of a marker split across frames.
-                keep = len(self.marker) - 1
-                self.program.add(self._pending[:-keep])
-                del self._pending[:-keep]
+            rest = super().feed(chunk)
+            if rest is None:
                 return
-            self.program.add(self._pending[:at])
-            chunk = bytes(self._pending[at + len(self.marker) :])
-            self._pending.clear()
-            self._header = bytearray()
+            self._header, chunk = bytearray(), rest
         if self.file_size is None:
             self._header += chunk
             end = self._header.find(b"\n")
@@ -100,10 +122,8 @@ class _StdoutScanner:
         self.file += chunk
 
     def flush(self) -> None:
-        """The stream ended without a trailer: what is pending was the program's."""
         if self._header is None:
-            self.program.add(self._pending)
-            self._pending.clear()
+            super().flush()
 
 
 def new_nonce() -> str:
@@ -124,13 +144,16 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
     the stream or the deadline (time.monotonic()), whichever comes first.
 
     Raises Cancelled as soon as `cancelled()` turns true."""
-    stdout = _StdoutScanner(nonce, output_cap)
-    stderr = _Capped(output_cap)
+    # The runner ends both streams with the marker: stderr's bytes may reach
+    # the host after stdout's trailer, and none of them may be lost.
+    marker = _END + nonce.encode() + b":"
+    stdout = _StdoutScanner(marker, output_cap)
+    stderr = _ProgramStream(marker, output_cap)
     timed_out = False
     try:
         attachment.send(request, timeout=max(deadline - time.monotonic(), 0.001))
         attachment.close_stdin()
-        while not stdout.done:
+        while not (stdout.done and stderr.ended):
             if cancelled():
                 raise Cancelled
             remaining = deadline - time.monotonic()
@@ -142,23 +165,25 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
                 raise
             if frame is None:
                 stdout.flush()
+                stderr.flush()
                 break
             stream, data = frame
             if stream == STDOUT:
                 stdout.feed(data)
-            elif stream == STDERR:
-                stderr.add(data)
+            elif stream == STDERR and not stderr.ended:
+                stderr.feed(data)
     except TimeoutError:
         timed_out = True
         stdout.flush()
-    finished = stdout.done
+        stderr.flush()
+    finished = stdout.done and stderr.ended
     size = stdout.file_size
     return Outcome(
         stdout=bytes(stdout.program.data),
-        stderr=bytes(stderr.data),
+        stderr=bytes(stderr.program.data),
         exit_code=stdout.exit_code if finished else None,
         timed_out=timed_out,
-        truncated=stdout.program.truncated or stderr.truncated,
+        truncated=stdout.program.truncated or stderr.program.truncated,
         output=bytes(stdout.file) if finished and size is not None and size >= 0 else None,
         output_too_large=size == -2,
         finished=finished,

@@ -18,6 +18,7 @@ from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
 from minions.files import check_files, check_name
 from minions.models import MinionRun
+from minions.pool import POOLED_LABEL, Pool
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
         files_bytes=sum(len(data) for data in files.values()), output_name=output or "",
     )
     nonce = runner.new_nonce()
-    spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
-    spec.name = f"herder-minion-{nonce[:16]}"
     request = runner.encode_request(
         nonce=nonce, output=output, timeout=settings.HERDER_MINION_TIMEOUT,
         file_cap=settings.HERDER_MINION_FILE_CAP, files=files,
@@ -130,7 +129,14 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     handle = attachment = None
     outcome = None
     try:
-        handle, attachment = runtime.start_attached(spec)
+        warm = pool.take(env)
+        if warm is not None:
+            handle, attachment = warm.handle, warm.attachment
+            run.warm = True
+        else:
+            spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
+            spec.name = f"herder-minion-{nonce[:16]}"
+            handle, attachment = runtime.start_attached(spec)
         with _live_lock:
             _live.add(handle)
         run.container = handle.id[:64]
@@ -166,10 +172,14 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     return MinionResult(run=run, outcome=outcome)
 
 
+pool = Pool(lambda env: minion_spec(env=env, image=minion_image(env), owner="pool"))
+
+
 def minion_abort_all() -> int:
     """The herder is stopping: end this process's runs in progress and remove
     their containers. Returns how many there were."""
     _stopping.set()
+    pool.close()
     with _live_lock:
         handles = list(_live)
     runtime = get_runtime()
@@ -186,6 +196,8 @@ def minion_reap_orphans() -> int:
     runtime = get_runtime()
     reaped = 0
     for info in runtime.list(kind="minion"):
+        if POOLED_LABEL in info.labels:
+            continue
         if timezone.now() - info.created > limit:
             runtime.remove(info.handle)
             reaped += 1

@@ -38,6 +38,16 @@ def docker_engine():
 
 
 @pytest.fixture(autouse=True)
+def _cold_minions_unless_asked(settings):
+    """Runs go cold unless a test turns the warm pool on; it is emptied after."""
+    from minions.services import pool
+
+    settings.HERDER_MINION_POOL_SIZE = 0
+    yield
+    pool.close()
+
+
+@pytest.fixture(autouse=True)
 def _docker_tests_leave_no_minion(request):
     """Every Docker test must leave no minion container behind."""
     if request.node.get_closest_marker("docker") is None:

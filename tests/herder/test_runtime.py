@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.test import override_settings
 
 from herder.errors import ImageMissing, RuntimeUnavailable
 from herder.runtime import ContainerGone, ContainerSpec, Handle, get_runtime
@@ -86,7 +87,6 @@ def test_missing_image_says_so(runtime):
     assert not runtime.image_exists("herder/no-such-image:latest")
 
 
-def test_unreachable_engine_is_runtime_unavailable(settings):
-    settings.DOCKER_HOST = "unix:///nonexistent/docker.sock"
-    with pytest.raises(RuntimeUnavailable):
+def test_unreachable_engine_is_runtime_unavailable():
+    with override_settings(DOCKER_HOST="unix:///nonexistent/docker.sock"), pytest.raises(RuntimeUnavailable):
         get_runtime().list()

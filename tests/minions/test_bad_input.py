@@ -2,7 +2,7 @@
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.test import Client, override_settings
 
 from minions.models import MinionRun
 
@@ -75,11 +75,12 @@ def test_get_is_refused_as_json():
     assert response.json()["code"] == "method_not_allowed"
 
 
-def test_docker_unreachable_is_a_503(settings):
+def test_docker_unreachable_is_a_503():
     # The engine is real elsewhere; here the herder is pointed at a socket no
     # engine listens on, which is what a stopped engine looks like to it.
-    settings.DOCKER_HOST = "unix:///nonexistent/docker.sock"
-    body = assert_error(spawn({"env": "python", "main.py": "print(1)"}), 503, "runtime_unavailable", runs=1)
+    with override_settings(DOCKER_HOST="unix:///nonexistent/docker.sock"):
+        response = spawn({"env": "python", "main.py": "print(1)"})
+    body = assert_error(response, 503, "runtime_unavailable", runs=1)
     assert "Traceback" not in body["detail"]
     # The failed attempt is still audited.
     assert MinionRun.objects.get().error.startswith("RuntimeUnavailable")

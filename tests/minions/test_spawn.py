@@ -4,9 +4,23 @@ import pytest
 from django.test import Client
 
 from minions.models import MinionRun
+from minions.services import pool
 from tests.conftest import herder_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def minion_path(request, settings):
+    """Every test here runs on both paths: a fresh container, and a warm one
+    taken from the pool (python's pre-filled; other envs warm up as used)."""
+    if request.param == "warm":
+        settings.HERDER_MINION_POOL_SIZE = 2
+        pool.take("python")  # registers the env; the pool starts filling
+        pool.drain()
+        pool.fill("python")
+    yield request.param
+    pool.close()
 
 HELLO = {
     "python": {"main.py": "print('hello from python')"},
@@ -196,7 +210,7 @@ def test_a_background_process_cannot_outlive_its_run():
     assert result["StdOut"] == "early\n"
 
 
-def test_the_run_is_recorded_for_the_admin():
+def test_the_run_is_recorded_for_the_admin(minion_path):
     spawn({"env": "python", "main.py": "print('x')"},
           HTTP_REFERER="https://webstrates.example/my-strate/page", REMOTE_ADDR="127.0.0.9")
 
@@ -205,6 +219,7 @@ def test_the_run_is_recorded_for_the_admin():
     assert run.files_count == 1 and run.files_bytes == len("print('x')")
     assert run.exit_code == 0 and run.stdout_bytes == 2
     assert run.container and not run.error
+    assert run.warm is (minion_path == "warm")
 
 
 def test_no_minion_container_is_left_after_runs():
@@ -212,5 +227,6 @@ def test_no_minion_container_is_left_after_runs():
         spawn({"env": "python", "main.py": program})
     from tests.conftest import wait_until_gone
 
+    pool.close()  # idle warm containers are kept on purpose until then
     assert wait_until_gone("minion") == []
     assert herder_containers("minion") == []
