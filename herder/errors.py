@@ -49,6 +49,31 @@ class InsufficientCredits(exceptions.APIException):
     default_code = "insufficient_credits"
 
 
+class InvalidToken(exceptions.AuthenticationFailed):
+    # An AuthenticationFailed, so DRF adds the WWW-Authenticate header.
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "A valid token is required."
+    default_code = "invalid_token"
+
+
+class WrongPassword(exceptions.APIException):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "Wrong token password."
+    default_code = "wrong_password"
+
+
+class TokenGenerationOff(exceptions.APIException):
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    default_detail = "Token generation over HTTP is off: no token password is configured."
+    default_code = "token_generation_off"
+
+
+class AlreadyGranted(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This token's credits were already granted."
+    default_code = "already_granted"
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request is too large."

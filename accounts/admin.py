@@ -1,0 +1,157 @@
+"""Auditing accounts, tokens and the credit ledger.
+
+Read-only except for two operator actions, both through the services so they
+leave ledger rows: revoking tokens, and adding grant or adjustment entries.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from accounts.models import Account, CreditEntry, Token
+from accounts.services import credits_grant, token_revoke
+
+RECENT_ENTRIES = 50
+
+
+class _ReadOnly:
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class RecentEntriesFormSet(BaseInlineFormSet):
+    def get_queryset(self) -> QuerySet:
+        # Metering writes many rows; the full ledger is one link away.
+        return super().get_queryset()[:RECENT_ENTRIES]
+
+
+class CreditEntryInline(_ReadOnly, admin.TabularInline):
+    model = CreditEntry
+    formset = RecentEntriesFormSet
+    fields = ("created", "kind", "amount", "subject", "token", "note")
+    readonly_fields = fields
+    ordering = ("-created", "-pk")
+    verbose_name_plural = f"ledger (latest {RECENT_ENTRIES} entries)"
+    show_change_link = False
+
+
+class TokenInline(_ReadOnly, admin.TabularInline):
+    model = Token
+    fields = ("jti", "credits", "issued", "expires", "revoked")
+    readonly_fields = fields
+
+
+@admin.register(Account)
+class AccountAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("email", "balance", "token_count", "created")
+    search_fields = ("email",)
+    list_filter = (("created", admin.DateFieldListFilter),)
+    date_hierarchy = "created"
+    fields = ("email", "balance", "created", "ledger_links")
+    readonly_fields = fields
+    inlines = [TokenInline, CreditEntryInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(token_total=Count("tokens"))
+
+    @admin.display(description="tokens", ordering="token_total")
+    def token_count(self, account: Account) -> int:
+        return account.token_total
+
+    @admin.display(description="ledger")
+    def ledger_links(self, account: Account) -> str:
+        entries = reverse("admin:accounts_creditentry_changelist")
+        add = reverse("admin:accounts_creditentry_add")
+        return format_html('<a href="{}?account__id__exact={}">every entry</a> · '
+                           '<a href="{}?account={}">grant or adjust credits</a>',
+                           entries, account.pk, add, account.pk)
+
+
+@admin.register(Token)
+class TokenAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("jti", "account", "credits", "issued", "expires", "revoked")
+    search_fields = ("account__email", "jti")
+    list_filter = (("revoked", admin.EmptyFieldListFilter), ("issued", admin.DateFieldListFilter),
+                   ("expires", admin.DateFieldListFilter))
+    date_hierarchy = "issued"
+    list_select_related = ("account",)
+    readonly_fields = ("jti", "account", "credits", "issued", "expires", "revoked")
+    actions = ["revoke"]
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.change_token")
+
+    @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        tokens = list(queryset)
+        for token in tokens:
+            token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(tokens)} token(s).", messages.SUCCESS)
+
+
+class CreditEntryForm(forms.ModelForm):
+    kind = forms.ChoiceField(choices=[(CreditEntry.Kind.GRANT, "grant (adds credits)"),
+                                      (CreditEntry.Kind.ADJUST, "adjust (adds or takes credits)")])
+
+    class Meta:
+        model = CreditEntry
+        fields = ("account", "kind", "amount", "note")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        account, kind, amount = data.get("account"), data.get("kind"), data.get("amount")
+        if amount is None or account is None:
+            return data
+        if amount == 0:
+            self.add_error("amount", "A ledger entry changes the balance: not 0.")
+        elif kind == CreditEntry.Kind.GRANT and amount < 0:
+            self.add_error("amount", "A grant adds credits; take credits with an adjustment.")
+        elif amount < 0 and account.balance + amount < 0:
+            self.add_error("amount", f"{account.email} has only {account.balance} credits.")
+        return data
+
+
+@admin.register(CreditEntry)
+class CreditEntryAdmin(admin.ModelAdmin):
+    """Who spent what, when, on which daemon."""
+
+    form = CreditEntryForm
+    list_display = ("created", "account", "kind", "amount", "subject", "token", "note")
+    list_filter = ("kind", ("created", admin.DateFieldListFilter))
+    search_fields = ("account__email", "subject", "note", "token__jti")
+    date_hierarchy = "created"
+    list_select_related = ("account", "token")
+    autocomplete_fields = ("account",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> tuple:
+        if obj is None:
+            return ()
+        return ("created", "account", "kind", "amount", "subject", "token", "note")
+
+    def get_fields(self, request: HttpRequest, obj=None) -> tuple:
+        if obj is None:
+            return ("account", "kind", "amount", "note")
+        return ("created", "account", "kind", "amount", "subject", "token", "note")
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: CreditEntry, form: forms.Form, change: bool) -> None:
+        # Through the service, so the balance and the ledger change together.
+        note = " - ".join(filter(None, [obj.note, f"by {request.user.get_username()} in the admin"]))
+        entry = credits_grant(account=obj.account, amount=obj.amount, kind=obj.kind, note=note)
+        obj.pk, obj.created, obj.note = entry.pk, entry.created, entry.note
+        obj._state.adding = False

@@ -1,0 +1,67 @@
+"""POST /token/v1/generate and GET /token/v1/inspect/<token>."""
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.services import token_generate, token_inspect
+from herder.errors import InvalidToken
+
+
+class TokenGenerateView(APIView):
+    """Mint a token for an email when the configured token password is given."""
+
+    class InputSerializer(serializers.Serializer):
+        # Strings on purpose: token_generate checks the password before it
+        # judges the rest, so a caller without it learns nothing else.
+        password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
+        email = serializers.CharField(required=False, allow_blank=True, default="")
+        credits = serializers.CharField(required=False, allow_blank=True, default="",
+                                        help_text="Whole number, at least 0; default 30000.")
+
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        email = serializers.EmailField()
+        credits = serializers.IntegerField()
+
+    @extend_schema(
+        operation_id="token_generate",
+        parameters=[InputSerializer],
+        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer},
+        responses={200: OutputSerializer,
+                   400: OpenApiResponse(description="Bad email or credits."),
+                   401: OpenApiResponse(description="Wrong password."),
+                   405: OpenApiResponse(description="No token password is configured.")},
+    )
+    def post(self, request: Request) -> Response:
+        # Form fields or query parameters (the original took both); fields win.
+        data = request.query_params.dict()
+        data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
+        serializer = self.InputSerializer(data={k: v for k, v in data.items() if isinstance(v, str)})
+        serializer.is_valid(raise_exception=True)
+        token, email, credits = token_generate(**serializer.validated_data)
+        return Response(self.OutputSerializer({"token": token, "email": email, "credits": credits}).data)
+
+
+class TokenInspectView(APIView):
+    """The email and remaining credits of a token's account."""
+
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        email = serializers.EmailField()
+        credits = serializers.IntegerField(source="balance")
+
+    @extend_schema(
+        operation_id="token_inspect",
+        responses={200: OutputSerializer, 404: OpenApiResponse(description="The token does not validate.")},
+    )
+    def get(self, request: Request, token: str) -> Response:
+        try:
+            account = token_inspect(token)
+        except InvalidToken as exc:
+            raise NotFound(f"No such token. {exc.detail}") from None
+        return Response(self.OutputSerializer({"token": token, "email": account.email,
+                                               "balance": account.balance}).data)
