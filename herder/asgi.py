@@ -11,11 +11,13 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
+from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        # The daemon proxy streams bodies, so it bypasses Django's request handling.
+        "http": PrefixRouter(django_application),
         # Sets scope["account"] and scope["token"] from ?token= or a Bearer header.
         "websocket": TokenAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }

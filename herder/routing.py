@@ -1,3 +1,11 @@
 """WebSocket routes; the apps add their consumers here."""
 
-websocket_urlpatterns: list = []
+from django.urls import path, re_path
+
+from daemons.consumers import DaemonAttachConsumer
+from daemons.proxy import DaemonProxyConsumer
+
+websocket_urlpatterns: list = [
+    path("daemon/v1/attach/<str:name>", DaemonAttachConsumer.as_asgi()),
+    re_path(r"^daemon/v1/proxy/(?P<name>[^/]+)(?P<path>/.*)?$", DaemonProxyConsumer.as_asgi()),
+]

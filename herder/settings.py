@@ -254,6 +254,7 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
 # Each is called once per interval with no arguments; apps add theirs here.
 HERDER_SUPERVISOR_DUTIES = [
     "minions.services.minion_reap_orphans",
+    "daemons.services.daemon_supervise",
 ]
 
 LOGGING = {
@@ -262,4 +263,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("HERDER_LOG_LEVEL", default="INFO")},
+    # One line per proxied request is the access log's job, not the app's.
+    "loggers": {"httpx": {"level": "WARNING"}},
 }

@@ -3,12 +3,16 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.views import TokenGenerateView, TokenInspectView
+from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from minions.views import minion_spawn
 
 urlpatterns = [
     path("minion/v1/spawn", minion_spawn, name="minion-spawn"),
     path("token/v1/generate", TokenGenerateView.as_view(), name="token-generate"),
     path("token/v1/inspect/<str:token>", TokenInspectView.as_view(), name="token-inspect"),
+    path("daemon/v1/spawn", DaemonSpawnView.as_view(), name="daemon-spawn"),
+    path("daemon/v1/ls", DaemonListView.as_view(), name="daemon-list"),
+    path("daemon/v1/kill/<str:name>", DaemonKillView.as_view(), name="daemon-kill"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

@@ -1,0 +1,88 @@
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import TokenAuthentication
+from daemons.models import Daemon
+from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
+from herder.errors import PayloadTooLarge
+
+_PROTOCOL_FIELDS = ("name", "image", "ports", "token")
+_BODY_OVERHEAD = 1024 * 1024
+
+
+class DaemonOutputSerializer(serializers.Serializer):
+    Name = serializers.CharField(source="full_name")
+    Address = serializers.SerializerMethodField()
+    Ports = serializers.DictField(source="host_ports", child=serializers.IntegerField())
+    ProxyURL = serializers.SerializerMethodField()
+    name = serializers.CharField()
+    image = serializers.CharField()
+    state = serializers.CharField()
+    started = serializers.DateTimeField(allow_null=True)
+    credits_used = serializers.IntegerField()
+
+    def get_Address(self, daemon: Daemon) -> str:
+        return settings.HERDER_DAEMON_ADDRESS
+
+    def get_ProxyURL(self, daemon: Daemon) -> str:
+        return f"/daemon/v1/proxy/{daemon.full_name}/"
+
+
+class _TokenView(APIView):
+    authentication_classes = [TokenAuthentication]
+
+
+class DaemonSpawnView(_TokenView):
+    """Start a daemon, or restart it when the account has one of that name."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField()
+        image = serializers.CharField()
+        ports = serializers.CharField(required=False, help_text='A JSON list: [8080] or ["80", "443"].')
+
+    @extend_schema(
+        operation_id="daemon_spawn",
+        request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
+        responses={200: DaemonOutputSerializer, 400: OpenApiResponse(description="Bad name, image or ports."),
+                   401: OpenApiResponse(description="No valid token."),
+                   402: OpenApiResponse(description="No credits left.")},
+    )
+    def post(self, request):
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
+            raise PayloadTooLarge(f"The request has {length} bytes; files may total "
+                                  f"{settings.HERDER_MINION_MAX_BYTES}.")
+        fields = request.POST
+        files = {name: values[-1].encode() for name, values in fields.lists() if name not in _PROTOCOL_FIELDS}
+        for name, upload in request.FILES.items():
+            files[name] = upload.read()
+        daemon = daemon_spawn(
+            account=request.user, jti=request.auth.jti,
+            name=fields.get("name", ""), image=fields.get("image", ""),
+            ports=parse_ports(fields.get("ports")), files=files,
+        )
+        return Response(DaemonOutputSerializer(daemon).data)
+
+
+class DaemonListView(_TokenView):
+    @extend_schema(operation_id="daemon_list", responses={200: DaemonOutputSerializer(many=True)})
+    def get(self, request):
+        return Response(DaemonOutputSerializer(daemon_list(account=request.user), many=True).data)
+
+
+class DaemonKillView(_TokenView):
+    @extend_schema(operation_id="daemon_kill", responses={200: DaemonOutputSerializer,
+                                                           404: OpenApiResponse(description="No such daemon.")})
+    def get(self, request, name: str):
+        wipe = (request.query_params.get("wipe") or request.POST.get("wipe") or "").lower() in ("1", "true", "yes")
+        return Response(DaemonOutputSerializer(daemon_kill(account=request.user, name=name, wipe=wipe)).data)
+
+    @extend_schema(operation_id="daemon_kill_post", responses={200: DaemonOutputSerializer})
+    def post(self, request, name: str):
+        return self.get(request, name)

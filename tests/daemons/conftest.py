@@ -1,0 +1,48 @@
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.services import token_authenticate, token_mint
+from herder.runtime import get_runtime
+
+ECHO = "herder/daemon-echo:latest"
+
+
+class Holder:
+    """An account with a token and an API client that sends it."""
+
+    def __init__(self, email: str, credits: int) -> None:
+        self.token = token_mint(email=email, credits=credits)
+        self.account, self.token_row = token_authenticate(self.token)
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
+
+    def spawn(self, name="echo", image=ECHO, ports='["8080"]', **files):
+        return self.client.post("/daemon/v1/spawn", {"name": name, "image": image, "ports": ports, **files})
+
+
+@pytest.fixture(autouse=True)
+def daemon_images(settings):
+    settings.HERDER_DAEMON_IMAGES = [ECHO]
+
+
+@pytest.fixture
+def daemon_cleanup(docker_engine):
+    """Remove every daemon container and volume a test made."""
+    from daemons.models import Daemon
+
+    yield
+    for info in docker_engine.list(kind="daemon"):
+        docker_engine.remove(info.handle)
+    for daemon in Daemon.objects.all():
+        docker_engine.remove_volume(daemon.volume)
+    assert get_runtime().list(kind="daemon") == []
+
+
+@pytest.fixture
+def alice(db, daemon_cleanup):
+    return Holder("alice@herder.test", 100_000)
+
+
+@pytest.fixture
+def bob(db, daemon_cleanup):
+    return Holder("bob@herder.test", 100_000)
