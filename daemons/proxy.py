@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import weakref
 
 import httpx
@@ -48,9 +49,34 @@ def _upstream_client() -> httpx.AsyncClient:
     return client
 
 
+# full name -> (target, when to look again). Spawn and kill forget their entry
+# at once in this process; other processes see changes within the TTL. Misses
+# are not kept, so a daemon is reachable as soon as it runs.
+_targets: dict[str, tuple[tuple[str, int], float]] = {}
+_TARGET_TTL = 2.0
+
+
+def forget_target(full_name: str) -> None:
+    _targets.pop(full_name, None)
+
+
+async def daemon_target(full_name: str) -> tuple[str, int] | None:
+    """Where the running daemon's first declared port is published, or None.
+    Cached: no database or Docker call on most proxied requests."""
+    now = time.monotonic()
+    cached = _targets.get(full_name)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    target = await _lookup_target(full_name)
+    if target is not None:
+        if len(_targets) > 10_000:
+            _targets.clear()
+        _targets[full_name] = (target, now + _TARGET_TTL)
+    return target
+
+
 @database_sync_to_async
-def daemon_target(full_name: str) -> tuple[str, int] | None:
-    """Where the running daemon's first declared port is published, or None."""
+def _lookup_target(full_name: str) -> tuple[str, int] | None:
     daemon = Daemon.objects.filter(full_name=full_name, state=Daemon.State.RUNNING).first()
     if daemon is None or daemon.first_port is None:
         return None

@@ -19,6 +19,7 @@ from herder.runtime import ContainerGone, ContainerSpec, Handle, get_runtime
 from minions.files import check_files
 
 from daemons.models import Daemon
+from daemons.proxy import forget_target
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
         daemon.image, daemon.ports, daemon.host_ports = image, ports, {}
         daemon.state, daemon.container_id, daemon.stopped = State.STARTING, "", None
         daemon.save()
+    forget_target(daemon.full_name)
     runtime = get_runtime()
     if old:
         runtime.remove(Handle(id=old, name=old))
@@ -160,6 +162,7 @@ def daemon_stop(daemon: Daemon, *, state: str, wipe: bool = False) -> Daemon:
         container, daemon.container_id = daemon.container_id, ""
         daemon.state, daemon.stopped = state, timezone.now()
         daemon.save()
+    forget_target(daemon.full_name)
     runtime = get_runtime()
     if container:
         runtime.remove(Handle(id=container, name=container))
