@@ -22,10 +22,16 @@ class TokenGenerateView(APIView):
         credits = serializers.CharField(required=False, allow_blank=True, default="",
                                         help_text="Whole number, at least 0; default 30000.")
 
+        class Meta:
+            ref_name = "TokenGenerateInput"
+
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
         email = serializers.EmailField()
-        credits = serializers.IntegerField()
+        credits = serializers.IntegerField(help_text="Credits granted with this token.")
+
+        class Meta:
+            ref_name = "TokenGenerated"
 
     @extend_schema(
         operation_id="token_generate",
@@ -52,7 +58,10 @@ class TokenInspectView(APIView):
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
         email = serializers.EmailField()
-        credits = serializers.IntegerField(source="balance")
+        credits = serializers.IntegerField(source="balance", help_text="The account's remaining credits.")
+
+        class Meta:
+            ref_name = "TokenInspected"
 
     @extend_schema(
         operation_id="token_inspect",

@@ -131,3 +131,12 @@ def test_token_routes_allow_any_origin(anon_client, alice_token):
     response = anon_client.get(f"/token/v1/inspect/{alice_token}", HTTP_ORIGIN="https://webstrates.example")
 
     assert response["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.urls("tests.accounts.urls")  # holds a view with TokenAuthentication
+def test_openapi_schema_lists_the_token_routes_and_the_bearer_scheme(anon_client):
+    schema = anon_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    assert "post" in schema["paths"]["/token/v1/generate"]
+    assert "get" in schema["paths"]["/token/v1/inspect/{token}"]
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
