@@ -13,11 +13,13 @@ import re
 import time
 import weakref
 
-import httpx
+import aiohttp
 import websockets
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from multidict import CIMultiDict
+from yarl import URL
 
 from daemons.models import Daemon
 
@@ -29,24 +31,25 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "proxy-connection",
 })
 
-# One pooled client per event loop: connections to daemons are reused, and
+# One pooled session per event loop: connections to daemons are reused, and
 # a pooled connection belongs to the loop that opened it.
-_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _upstream_client() -> httpx.AsyncClient:
+def _upstream_session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5, read=None, write=None, pool=10),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        session = _sessions[loop] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            # Bytes pass through as the daemon sent them, with the client's
+            # headers only: none of aiohttp's own, no cookies kept.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # Forward the client's headers only: none of httpx's defaults.
-        for default in list(client.headers):
-            del client.headers[default]
-    return client
+    return session
 
 
 # full name -> (target, when to look again). Spawn and kill forget their entry
@@ -147,24 +150,24 @@ async def proxy_http(scope: dict, receive, send) -> None:
             if not message.get("more_body"):
                 return
 
-    client = _upstream_client()
     names = {k.lower() for k, _ in scope["headers"]}
     has_body = b"content-length" in names or b"transfer-encoding" in names
-    request = client.build_request(scope["method"], url, headers=_forwarded_headers(scope, scope["headers"], name),
-                                   content=body() if has_body else None)
+    headers = [(k.decode("latin-1"), v.decode("latin-1"))
+               for k, v in _forwarded_headers(scope, scope["headers"], name)]
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+        upstream = await _upstream_session().request(
+            scope["method"], URL(url, encoded=True), headers=CIMultiDict(headers),
+            data=body() if has_body else None, allow_redirects=False,
+        )
+    except (aiohttp.ClientError, OSError) as exc:
         await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
         return
-    try:
-        headers = _end_to_end(response.headers.raw)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        async for chunk in response.aiter_raw():
+    async with upstream:
+        await send({"type": "http.response.start", "status": upstream.status,
+                    "headers": _end_to_end(list(upstream.raw_headers))})
+        async for chunk in upstream.content.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    finally:
-        await response.aclose()
 
 
 class PrefixRouter:

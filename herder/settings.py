@@ -198,6 +198,9 @@ SIMPLE_JWT = {
     "AUTH_TOKEN_CLASSES": ("accounts.tokens.AccountJWT",),
 }
 
+# The ASGI server `herd` runs: "uvicorn" (faster, see bench/) or "daphne".
+HERDER_SERVER = env.str("HERDER_SERVER", default="uvicorn")
+
 # --- The container runtime -------------------------------------------------
 HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime")
 # The docker SDK's own variable; unset means the local engine.
@@ -263,6 +266,4 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("HERDER_LOG_LEVEL", default="INFO")},
-    # One line per proxied request is the access log's job, not the app's.
-    "loggers": {"httpx": {"level": "WARNING"}},
 }

@@ -3,7 +3,7 @@
 import json
 import time
 
-import httpx
+import urllib.request
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
@@ -55,10 +55,15 @@ def http_via_proxy(method: str, path: str, body: bytes = b"", chunks: int = 1, h
     return async_to_sync(run)()
 
 
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.read()
+
+
 def ready(address: str, port: int) -> bool:
     try:
-        return httpx.get(f"http://{address}:{port}/hello", timeout=1).text == "hello"
-    except httpx.HTTPError:
+        return get(f"http://{address}:{port}/hello") == b"hello"
+    except OSError:
         return False
 
 
@@ -138,15 +143,15 @@ def test_spawn_ls_proxy_attach_kill(alice):
 def test_kill_keeps_files_and_wipe_removes_them(alice):
     answer = spawn_ready(alice, name="files", **{"data/keep.txt": "kept"})
     port = answer["Ports"]["8080"]
-    assert httpx.get(f"http://127.0.0.1:{port}/files").json() == ["data/keep.txt"]
+    assert json.loads(get(f"http://127.0.0.1:{port}/files")) == ["data/keep.txt"]
 
     assert alice.client.post("/daemon/v1/kill/files").status_code == 200
     answer = spawn_ready(alice, name="files")
-    assert httpx.get(f"http://127.0.0.1:{answer['Ports']['8080']}/files").json() == ["data/keep.txt"]
+    assert json.loads(get(f"http://127.0.0.1:{answer['Ports']['8080']}/files")) == ["data/keep.txt"]
 
     assert alice.client.get("/daemon/v1/kill/files?wipe=true").status_code == 200
     answer = spawn_ready(alice, name="files")
-    assert httpx.get(f"http://127.0.0.1:{answer['Ports']['8080']}/files").json() == []
+    assert json.loads(get(f"http://127.0.0.1:{answer['Ports']['8080']}/files")) == []
 
 
 def test_respawning_a_name_restarts_it(alice):

@@ -25,13 +25,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def herd(tmp_path, docker_engine):
+@pytest.fixture(params=["uvicorn", "daphne"])
+def herd(request, tmp_path, docker_engine):
+    """`herd` on each ASGI server it supports."""
     env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "herder.settings"}
     env.pop("DATABASE_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port), "--server", request.param],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while True:

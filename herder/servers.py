@@ -1,0 +1,62 @@
+"""The ASGI servers `herd` can run the herder on: uvicorn (uvloop, httptools,
+websockets-sansio; the faster in bench/) or Daphne. The same application runs
+on both.
+
+`on_signal` runs in a thread of its own at SIGINT/SIGTERM, before the server
+winds down: requests still running would otherwise hold the process up.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+
+def _in_thread(on_signal: Callable[[], object]) -> None:
+    threading.Thread(target=on_signal, name="herder-stopping").start()
+
+
+def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
+                  on_signal: Callable[[], object]) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            _in_thread(on_signal)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        application, host=host, port=port, loop="uvloop", http="httptools", ws="websockets-sansio",
+        lifespan="off", access_log=access_log, log_level="info" if access_log else "warning",
+        # The admin and the API are small; big bodies are minion files (10 MiB).
+        ws_max_size=16 * 1024 * 1024, timeout_graceful_shutdown=5,
+    )
+    Server(config).run()
+
+
+def serve_daphne(application, *, host: str, port: int, access_log: bool,
+                 on_signal: Callable[[], object]) -> None:
+    from daphne.access import AccessLogGenerator
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+    from twisted.internet import reactor
+
+    def stop(signum, frame) -> None:
+        _in_thread(on_signal)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    Server(
+        application=application,
+        endpoints=build_endpoint_description_strings(host=host, port=port),
+        action_logger=AccessLogGenerator(sys.stdout) if access_log else None,
+        # Minion runs may take the whole time limit.
+        http_timeout=None,
+        signal_handlers=False,
+    ).run()
+
+
+SERVERS = {"uvicorn": serve_uvicorn, "daphne": serve_daphne}
