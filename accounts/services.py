@@ -31,6 +31,8 @@ from herder.errors import (
 _validate_email = EmailValidator()
 # Far beyond any use, and far from the 64-bit balance column's limit.
 MAX_CREDITS = 10**15
+_SUBJECT_LENGTH = CreditEntry._meta.get_field("subject").max_length
+_NOTE_LENGTH = CreditEntry._meta.get_field("note").max_length
 
 
 def _normalise_email(email: str) -> str:
@@ -83,7 +85,7 @@ def credits_grant(*, account: Account, amount: int, note: str = "", token: Token
             if updated == 0:
                 raise InsufficientCredits(f"{account.email} has fewer than {-amount} credits.")
             entry = CreditEntry.objects.create(
-                account=account, amount=amount, kind=kind, token=token, note=note
+                account=account, amount=amount, kind=kind, token=token, note=note[:_NOTE_LENGTH]
             )
     except IntegrityError:
         if token is not None and kind == CreditEntry.Kind.GRANT:
@@ -102,7 +104,7 @@ def credits_spend(*, account: Account, amount: int, subject: str = "", note: str
     actually spent (0 when the balance is empty; then nothing is recorded).
     Raises BadInput for a negative amount.
     """
-    if not isinstance(amount, int) or amount < 0:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
         raise BadInput(f"Cannot spend {amount!r} credits.")
     if amount == 0:
         return 0
@@ -117,7 +119,8 @@ def credits_spend(*, account: Account, amount: int, subject: str = "", note: str
         if updated == 0:  # only when a database ignores the lock above
             raise InsufficientCredits(f"{account.email} has fewer than {spent} credits.")
         CreditEntry.objects.create(
-            account=account, amount=-spent, kind=CreditEntry.Kind.SPEND, subject=subject, note=note
+            account=account, amount=-spent, kind=CreditEntry.Kind.SPEND,
+            subject=subject[:_SUBJECT_LENGTH], note=note[:_NOTE_LENGTH],
         )
     account.balance = balance - spent
     return spent

@@ -46,7 +46,8 @@ class TokenGenerateView(APIView):
         # Form fields or query parameters (the original took both); fields win.
         data = request.query_params.dict()
         data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
-        serializer = self.InputSerializer(data={k: v for k, v in data.items() if isinstance(v, str)})
+        data = {k: str(v) for k, v in data.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+        serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         token, email, credits = token_generate(**serializer.validated_data)
         return Response(self.OutputSerializer({"token": token, "email": email, "credits": credits}).data)

@@ -199,3 +199,10 @@ def test_revoked_tokens_are_refused_but_the_account_keeps_its_credits(alice, ali
     assert account_balance(alice) == ALICE_CREDITS
     # A new token of the same email still works and spends the same balance.
     assert token_authenticate(token_mint(email=ALICE_EMAIL, credits=1))[0] == alice
+
+
+def test_long_subjects_and_notes_are_cut_to_fit_the_ledger(alice):
+    credits_spend(account=alice, amount=1, subject="s" * 500, note="n" * 900)
+
+    entry = CreditEntry.objects.get(kind="spend")
+    assert len(entry.subject) == 200 and len(entry.note) == 500

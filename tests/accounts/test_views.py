@@ -140,3 +140,10 @@ def test_openapi_schema_lists_the_token_routes_and_the_bearer_scheme(anon_client
     assert "post" in schema["paths"]["/token/v1/generate"]
     assert "get" in schema["paths"]["/token/v1/inspect/{token}"]
     assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+
+
+def test_generate_takes_a_json_body_too(anon_client, password):
+    response = anon_client.post("/token/v1/generate", {"password": password, "email": "carol@herder.test",
+                                                       "credits": 12}, format="json")
+
+    assert response.status_code == 200 and response.json()["credits"] == 12
