@@ -43,6 +43,22 @@ class ImageNotAllowed(BadInput):
     default_code = "image_not_allowed"
 
 
+class BadWebstrateId(BadInput):
+    default_detail = "A webstrate id is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit."
+    default_code = "bad_webstrate_id"
+
+
+class GolemNotFound(exceptions.NotFound):
+    default_detail = "That webstrate has no golem."
+    default_code = "golem_not_found"
+
+
+class GolemConnected(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "A golem is already connected to that webstrate."
+    default_code = "golem_connected"
+
+
 class InsufficientCredits(exceptions.APIException):
     status_code = status.HTTP_402_PAYMENT_REQUIRED
     default_detail = "Not enough credits."

@@ -4,8 +4,10 @@ from django.urls import path, re_path
 
 from daemons.consumers import DaemonAttachConsumer
 from daemons.proxy import DaemonProxyConsumer
+from golems.routing import websocket_urlpatterns as golem_websocket_urlpatterns
 
 websocket_urlpatterns: list = [
     path("daemon/v1/attach/<str:name>", DaemonAttachConsumer.as_asgi()),
     re_path(r"^daemon/v1/proxy/(?P<name>[^/]+)(?P<path>/.*)?$", DaemonProxyConsumer.as_asgi()),
+    *golem_websocket_urlpatterns,
 ]

@@ -70,6 +70,8 @@ class ContainerSpec:
     port_host: str = "127.0.0.1"
     # Drop every capability and forbid gaining privileges.
     confined: bool = True
+    # Capabilities kept all the same (confined drops all others).
+    cap_add: list[str] = field(default_factory=list)
     # Keep stdin open for attached clients. With stdin_once the first client's
     # close reaches the container as EOF; without it, clients come and go.
     stdin: bool = False
@@ -78,6 +80,13 @@ class ContainerSpec:
     restart: str | None = None
     # Minions are read through attach only: keeping logs would let one fill the disk.
     keep_logs: bool = True
+    # More `--security-opt` entries, e.g. "seccomp=<profile JSON>" (the API takes
+    # the profile's text, not a path).
+    security_opt: list[str] = field(default_factory=list)
+    # host name -> address added to /etc/hosts ("host-gateway": the host).
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    # Size of /dev/shm ("256m"); None: the engine's default.
+    shm_size: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,10 @@ class DockerRuntime(Runtime):
             binds={name: {"bind": path, "mode": "rw"} for name, path in spec.volumes.items()} or None,
             port_bindings={port: (spec.port_host, host) for port, host in spec.ports.items()} or None,
             cap_drop=["ALL"] if spec.confined else None,
-            security_opt=["no-new-privileges"] if spec.confined else None,
+            cap_add=spec.cap_add or None,
+            security_opt=(["no-new-privileges"] if spec.confined else []) + spec.security_opt or None,
+            extra_hosts=spec.extra_hosts or None,
+            shm_size=spec.shm_size,
             restart_policy={"Name": spec.restart} if spec.restart else None,
             log_config=None if spec.keep_logs else {"Type": "none", "Config": {}},
         )

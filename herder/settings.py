@@ -226,6 +226,10 @@ HERDER_MINION_MAX_FILES = env.int("HERDER_MINION_MAX_FILES", default=64)
 HERDER_MINION_MAX_BYTES = env.int("HERDER_MINION_MAX_BYTES", default=10 * 1024 * 1024)
 # Warm containers kept ready per env that has been asked for (0: every run cold).
 HERDER_MINION_POOL_SIZE = env.int("HERDER_MINION_POOL_SIZE", default=2)
+# Runs one container may serve, reset between them (1: a fresh container for
+# every run). Reuse lifts throughput past the engine's container create rate.
+HERDER_MINION_RUNS_PER_CONTAINER = int(_positive(
+    "HERDER_MINION_RUNS_PER_CONTAINER", env.int("HERDER_MINION_RUNS_PER_CONTAINER", default=50)))
 # A minion container older than its time limit plus this is an orphan of a
 # herder process that died mid-run; the supervisor removes it.
 HERDER_MINION_REAP_GRACE = env.float("HERDER_MINION_REAP_GRACE", default=30.0)
@@ -250,6 +254,48 @@ HERDER_DAEMON_CONFINED = env.bool("HERDER_DAEMON_CONFINED", default=True)
 HERDER_DAEMON_COST_PER_SECOND = env.int("HERDER_DAEMON_COST_PER_SECOND", default=1)
 HERDER_DAEMON_MAX_PORTS = env.int("HERDER_DAEMON_MAX_PORTS", default=16)
 
+# --- Golems ------------------------------------------------------------------
+# One headless Chromium per webstrate (golems/). The golem opens
+# <HERDER_GOLEM_WEBSTRATES_URL>/<webstrate>/: the webstrates server as the golem's
+# container reaches it (default: HERDER_WEBSTRATES_URL).
+HERDER_GOLEM_IMAGE = env.str("HERDER_GOLEM_IMAGE", default="herder/golem:latest")
+HERDER_GOLEM_WEBSTRATES_URL = env.str(
+    "HERDER_GOLEM_WEBSTRATES_URL", default=HERDER_WEBSTRATES_URL
+).rstrip("/")
+# Docker network of golem containers. Empty: "host" when both the webstrates URL
+# and HERDER_PUBLIC_URL are on the loopback address (one machine), else the
+# engine's default bridge (the host is then host.docker.internal).
+HERDER_GOLEM_NETWORK = env.str("HERDER_GOLEM_NETWORK", default="")
+# Chromium resolves only the webstrates server's and the herder's host names, plus these.
+HERDER_GOLEM_ALLOWED_HOSTS = env.list("HERDER_GOLEM_ALLOWED_HOSTS", default=[])
+HERDER_GOLEM_MEMORY = env.str("HERDER_GOLEM_MEMORY", default="1g")
+HERDER_GOLEM_CPUS = _positive("HERDER_GOLEM_CPUS", env.float("HERDER_GOLEM_CPUS", default=1.0))
+HERDER_GOLEM_PIDS = int(_positive("HERDER_GOLEM_PIDS", env.int("HERDER_GOLEM_PIDS", default=512)))
+HERDER_GOLEM_TMP_SIZE = env.str("HERDER_GOLEM_TMP_SIZE", default="256m")
+# Chromium's own sandbox, under a seccomp profile that allows user namespaces.
+# Off: --no-sandbox under the engine's default profile.
+HERDER_GOLEM_SANDBOX = env.bool("HERDER_GOLEM_SANDBOX", default=True)
+HERDER_GOLEM_SECCOMP_PROFILE = env.str(
+    "HERDER_GOLEM_SECCOMP_PROFILE", default=str(BASE_DIR / "deploy" / "seccomp" / "golem.json")
+)
+# Seconds without a spawn request or a minion before a golem is reaped (0: never).
+HERDER_GOLEM_IDLE_TIMEOUT = env.float("HERDER_GOLEM_IDLE_TIMEOUT", default=24 * 3600.0)
+# How long an ad-hoc minion waits for the webstrate's golem (then golem-not-found, 4404).
+HERDER_GOLEM_WAIT = _positive("HERDER_GOLEM_WAIT", env.float("HERDER_GOLEM_WAIT", default=20.0))
+# Pairing liveness: a golem's control socket refreshes its presence and paired
+# sockets ping each other this often; three missed beats count as gone (a crashed process).
+HERDER_PAIRING_HEARTBEAT = _positive(
+    "HERDER_PAIRING_HEARTBEAT", env.float("HERDER_PAIRING_HEARTBEAT", default=5.0)
+)
+# How long a golem's connect-to waits for the minion to answer before 4404.
+HERDER_PAIRING_REPLY_TIMEOUT = _positive(
+    "HERDER_PAIRING_REPLY_TIMEOUT", env.float("HERDER_PAIRING_REPLY_TIMEOUT", default=5.0)
+)
+# Frames a socket queues towards its peer before it stops reading.
+HERDER_PAIRING_BUFFER = int(
+    _positive("HERDER_PAIRING_BUFFER", env.int("HERDER_PAIRING_BUFFER", default=1000))
+)
+
 # --- The supervisor --------------------------------------------------------
 HERDER_SUPERVISOR_INTERVAL = _positive(
     "HERDER_SUPERVISOR_INTERVAL", env.float("HERDER_SUPERVISOR_INTERVAL", default=5.0)
@@ -258,6 +304,9 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
 HERDER_SUPERVISOR_DUTIES = [
     "minions.services.minion_reap_orphans",
     "daemons.services.daemon_supervise",
+    # Golems: adopt after a restart, restart crashed ones, forget stale presence; reap idle ones.
+    "golems.services.golem_reconcile",
+    "golems.services.golem_reap_idle",
 ]
 
 LOGGING = {

@@ -1,0 +1,387 @@
+"""Ad-hoc minion pairing over WebSocket (Channels).
+
+- `GolemControlConsumer`  ws /golem/v1/connect/<webstrate>: the golem's control socket.
+- `MinionPairConsumer`    ws /minion/v1/connect/<webstrate>?type=<type>: an ad-hoc minion.
+- `GolemMinionConsumer`   ws /golem/v1/connect-to/<webstrate>/<minion id>: the golem's
+  socket to one minion; frames are relayed both ways, unchanged and in order.
+
+How the pieces find each other across processes is described in golems/pairing.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from urllib.parse import parse_qs
+
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from rest_framework.exceptions import APIException
+
+from golems.pairing import Outbox, event, minion_group, send_patiently, waiting_group
+from golems.services import (
+    golem_touch,
+    presence_claim,
+    presence_lookup,
+    presence_refresh,
+    presence_release,
+    webstrate_validate,
+)
+from herder.errors import BadInput, BadWebstrateId, GolemConnected, PayloadTooLarge
+
+
+class MinionNotFound(APIException):
+    status_code = 404
+    default_detail = "No such minion is waiting for this webstrate's golem."
+    default_code = "minion_not_found"
+
+
+class MinionPaired(APIException):
+    status_code = 409
+    default_detail = "That minion is already paired with a golem socket."
+    default_code = "minion_paired"
+
+
+class BadMinionId(BadInput):
+    default_detail = "A minion id is the UUID given in the golem's minion-connected event."
+    default_code = "bad_minion_id"
+
+
+def _uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+class _PairingConsumer(AsyncWebsocketConsumer):
+    """What the three sockets share: refusing in the herder's error shape, and a
+    relay to one peer socket with liveness pings."""
+
+    # Relay traffic does no ORM work: skip the thread hop to close_old_connections
+    # that the stock dispatch makes before every message.
+    _HOT = frozenset({"websocket.receive", "relay.frame", "relay.ping"})
+
+    _accepted = False
+    peer: str | None = None
+    outbox: Outbox | None = None
+    _watchdog: asyncio.Task | None = None
+    _last_heard = 0.0
+
+    async def dispatch(self, message):
+        if message["type"] in self._HOT:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
+
+    async def accept(self, subprotocol=None, headers=None):
+        if not self._accepted:
+            self._accepted = True
+            await super().accept(subprotocol, headers)
+
+    async def refuse(self, exc: APIException) -> None:
+        """Tell the client why, `{"type": "error", "code", "detail"}`, then close with 4000 + status."""
+        await self.accept()
+        codes = exc.get_codes()
+        await self.send(text_data=json.dumps({
+            "type": "error",
+            "code": codes if isinstance(codes, str) else exc.default_code,
+            "detail": str(exc.detail),
+        }))
+        await self.close(code=4000 + exc.status_code)
+
+    @property
+    def webstrate(self) -> str:
+        return self.scope["url_route"]["kwargs"]["webstrate"]
+
+    # --- The relay ---------------------------------------------------------
+
+    def _new_outbox(self) -> None:
+        self.outbox = Outbox(self.channel_layer, size=settings.HERDER_PAIRING_BUFFER, on_fail=self._peer_stuck)
+
+    def _paired(self, peer: str) -> None:
+        self.peer = peer
+        self._last_heard = asyncio.get_running_loop().time()
+        self.outbox.start(peer)
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch())
+
+    def _unpaired(self) -> None:
+        self.peer = None
+        self.outbox.cancel()
+        self._new_outbox()
+
+    async def _watch(self) -> None:
+        beat = settings.HERDER_PAIRING_HEARTBEAT
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(beat)
+            if self.peer is None:
+                continue
+            self.outbox.put_nowait({"type": "relay.ping", "from": self.channel_name})
+            if loop.time() - self._last_heard > 3 * beat:
+                # Its process died without a word: nothing else would tell us.
+                await self.peer_left()
+
+    async def _peer_stuck(self) -> None:
+        await self.close(code=1011)
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if bytes_data is not None:
+            message = {"type": "relay.frame", "bytes": bytes_data}
+        else:
+            message = {"type": "relay.frame", "text": text_data}
+        if self.peer is not None:
+            await self.outbox.put(message)
+        elif not self.outbox.put_nowait(message):
+            await self.refuse(PayloadTooLarge(
+                f"More than {settings.HERDER_PAIRING_BUFFER} frames were sent before pairing."))
+
+    async def relay_frame(self, message: dict) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        data = message.get("bytes")
+        if data is not None:
+            await self.send(bytes_data=data)
+        else:
+            await self.send(text_data=message["text"])
+
+    async def relay_ping(self, message: dict) -> None:
+        if message.get("from") == self.peer:
+            self._last_heard = asyncio.get_running_loop().time()
+
+    async def relay_closed(self, message: dict) -> None:
+        if message.get("from") == self.peer:
+            await self.peer_left()
+
+    async def peer_left(self) -> None:
+        raise NotImplementedError
+
+    async def _leave_peer(self) -> None:
+        """Tell the peer, after every frame still queued for it."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.peer is not None:
+            self.outbox.put_nowait({"type": "relay.closed", "from": self.channel_name})
+            await self.outbox.close()
+            self.peer = None
+        elif self.outbox is not None:
+            self.outbox.cancel()
+
+
+class GolemControlConsumer(_PairingConsumer):
+    """ws /golem/v1/connect/<webstrate>: receives minion-connected and
+    minion-disconnected events. One per webstrate across every herder process;
+    a second is refused with 4409."""
+
+    claimed = False
+    _heartbeat: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        try:
+            webstrate_validate(self.webstrate)
+        except BadWebstrateId as exc:
+            await self.refuse(exc)
+            return
+        self.claimed = await database_sync_to_async(presence_claim)(
+            webstrate=self.webstrate, channel=self.channel_name)
+        if not self.claimed:
+            await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."))
+            return
+        await self.accept()
+        self._heartbeat = asyncio.create_task(self._beat())
+        # Minions already waiting announce themselves.
+        await self.channel_layer.group_send(
+            waiting_group(self.webstrate), {"type": "golem.arrived", "control": self.channel_name})
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
+            held = await database_sync_to_async(presence_refresh)(
+                webstrate=self.webstrate, channel=self.channel_name)
+            if not held:
+                self.claimed = False
+                await self.refuse(GolemConnected("Another golem control socket took over."))
+                return
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        # As in the original herder, what the golem says here is ignored.
+        pass
+
+    async def golem_minion_connected(self, message: dict) -> None:
+        await self.send(text_data=event("minion-connected", ID=message["id"], Type=message["minion_type"]))
+        await send_patiently(self.channel_layer, message["reply_to"],
+                             {"type": "minion.announced", "control": self.channel_name}, timeout=5)
+
+    async def golem_minion_disconnected(self, message: dict) -> None:
+        await self.send(text_data=event("minion-disconnected", ID=message["id"]))
+
+    async def disconnect(self, code) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self.claimed:
+            await database_sync_to_async(presence_release)(webstrate=self.webstrate, channel=self.channel_name)
+
+
+class MinionPairConsumer(_PairingConsumer):
+    """ws /minion/v1/connect/<webstrate>?type=<type>: an ad-hoc minion. It gets an
+    id and the golem is told; with no golem within HERDER_GOLEM_WAIT seconds it
+    gets golem-not-found and the socket closes with 4404. Frames sent before the
+    golem connects to it are kept and relayed then."""
+
+    minion_id = ""
+    minion_type = ""
+    # The control socket that acknowledged us, and the one we last told.
+    control: str | None = None
+    announced_to: str | None = None
+    _give_up: asyncio.Task | None = None
+    _gave_up = False
+    _groups: tuple[str, ...] = ()
+
+    async def connect(self) -> None:
+        try:
+            webstrate_validate(self.webstrate)
+        except BadWebstrateId as exc:
+            await self.refuse(exc)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.minion_type = (query.get("type") or [""])[-1][:128]
+        self.minion_id = str(uuid.uuid4())
+        self._new_outbox()
+        self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))
+        for group in self._groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        control = await database_sync_to_async(self._find_golem)()
+        if control:
+            await self._announce(control)
+        self._give_up = asyncio.create_task(self._give_up_later())
+
+    def _find_golem(self) -> str | None:
+        golem_touch(webstrate=self.webstrate)
+        return presence_lookup(webstrate=self.webstrate)
+
+    async def _announce(self, control: str) -> None:
+        self.announced_to = control
+        await send_patiently(self.channel_layer, control, {
+            "type": "golem.minion_connected", "id": self.minion_id,
+            "minion_type": self.minion_type, "reply_to": self.channel_name,
+        }, timeout=5)
+
+    async def _give_up_later(self) -> None:
+        await asyncio.sleep(settings.HERDER_GOLEM_WAIT)
+        if self.control is None and self.peer is None:
+            self._gave_up = True
+            for group in self._groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self.send(text_data=event("golem-not-found", ID=self.webstrate))
+            await self.close(code=4404)
+
+    def _found(self) -> None:
+        if self._give_up is not None:
+            self._give_up.cancel()
+
+    async def golem_arrived(self, message: dict) -> None:
+        # A new control socket (a golem started or reloaded): unpaired minions present themselves.
+        if self._gave_up:
+            return
+        if self.peer is None and message["control"] not in (self.control, self.announced_to):
+            await self._announce(message["control"])
+
+    async def minion_announced(self, message: dict) -> None:
+        self.control = message["control"]
+        self._found()
+
+    async def pair_request(self, message: dict) -> None:
+        golem = message["golem"]
+        if self.peer is not None:
+            await send_patiently(self.channel_layer, golem, {"type": "pair.refused"}, timeout=5)
+            return
+        self._found()
+        await send_patiently(self.channel_layer, golem,
+                             {"type": "pair.accepted", "minion": self.channel_name}, timeout=5)
+        await self.send(text_data=event("golem-connected"))
+        self._paired(golem)
+
+    async def peer_left(self) -> None:
+        # The minion stays: the golem may connect to it again (after a reload).
+        self._unpaired()
+        await self.send(text_data=event("golem-disconnected"))
+
+    async def disconnect(self, code) -> None:
+        if self._give_up is not None:
+            self._give_up.cancel()
+        await self._leave_peer()
+        control = self.control or self.announced_to
+        if control:
+            await send_patiently(self.channel_layer, control,
+                                 {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2)
+        for group in self._groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+
+class GolemMinionConsumer(_PairingConsumer):
+    """ws /golem/v1/connect-to/<webstrate>/<minion id>: the golem's socket to one
+    minion. Unknown minion: 4404; a minion already paired: 4409. When the minion
+    leaves, this socket gets minion-disconnected and closes."""
+
+    _timer: asyncio.Task | None = None
+
+    @property
+    def minion_id(self) -> str:
+        return self.scope["url_route"]["kwargs"]["minion"]
+
+    async def connect(self) -> None:
+        try:
+            webstrate_validate(self.webstrate)
+            if not _uuid(self.minion_id):
+                raise BadMinionId()
+        except BadInput as exc:
+            await self.refuse(exc)
+            return
+        self._new_outbox()
+        await self.accept()
+        await self.channel_layer.group_send(
+            minion_group(self.webstrate, self.minion_id), {"type": "pair.request", "golem": self.channel_name})
+        self._timer = asyncio.create_task(self._no_answer())
+
+    async def _no_answer(self) -> None:
+        await asyncio.sleep(settings.HERDER_PAIRING_REPLY_TIMEOUT)
+        if self.peer is None:
+            await self.refuse(MinionNotFound(f"No minion {self.minion_id} is connected to {self.webstrate}."))
+
+    async def pair_accepted(self, message: dict) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._paired(message["minion"])
+
+    async def pair_refused(self, message: dict) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.refuse(MinionPaired())
+
+    async def peer_left(self) -> None:
+        crashed = self.peer is not None and self._last_heard_too_long()
+        self._unpaired()
+        if crashed:
+            # The minion's process died: its control-socket event must come from here.
+            control = await database_sync_to_async(presence_lookup)(webstrate=self.webstrate)
+            if control:
+                await send_patiently(self.channel_layer, control,
+                                     {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2)
+        await self.send(text_data=event("minion-disconnected", ID=self.minion_id))
+        await self.close()
+
+    def _last_heard_too_long(self) -> bool:
+        return asyncio.get_running_loop().time() - self._last_heard > 3 * settings.HERDER_PAIRING_HEARTBEAT
+
+    async def disconnect(self, code) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.peer is None and self._timer is not None:
+            # The minion may have accepted us in the meantime: it must not wait for a ghost.
+            await self.channel_layer.group_send(minion_group(self.webstrate, self.minion_id),
+                                                {"type": "relay.closed", "from": self.channel_name})
+        await self._leave_peer()

@@ -1,0 +1,112 @@
+"""Names and messages of golem/minion pairing on the channel layer.
+
+Who is where:
+- a golem's control socket is found through `GolemPresence` (the database, shared
+  by every herder process); minions announce themselves on its channel;
+- a waiting minion listens on `waiting_group(webstrate)` for a golem arriving;
+- a minion listens on `minion_group(webstrate, id)` for the golem's connect-to.
+
+Once paired, the two sockets send `relay.frame` messages straight to each
+other's channel, in order, through one sender task per socket (`Outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+from channels.exceptions import ChannelFull
+
+# Event frames, with the original herder's keys.
+
+
+def event(name: str, **fields: str) -> str:
+    return json.dumps({"Event": name, **fields})
+
+
+def _digest(webstrate: str) -> str:
+    # Group names are limited to 100 ASCII characters; webstrate ids may have 128.
+    return hashlib.sha256(webstrate.encode()).hexdigest()[:32]
+
+
+def waiting_group(webstrate: str) -> str:
+    return f"golems.waiting.{_digest(webstrate)}"
+
+
+def minion_group(webstrate: str, minion_id: str) -> str:
+    return f"golems.minion.{_digest(webstrate)}.{minion_id}"
+
+
+async def send_patiently(layer, channel: str, message: dict, *, timeout: float = 30.0) -> bool:
+    """Send, waiting while the peer's channel is full. False when it stayed full
+    for `timeout` seconds (the peer is stuck or gone)."""
+    delay = 0.001
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await layer.send(channel, message)
+            return True
+        except ChannelFull:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+class Outbox:
+    """Frames for the peer, sent in order by one task so that the consumer keeps
+    reading its own channel while the peer's channel is full."""
+
+    def __init__(self, layer, *, size: int, on_fail) -> None:
+        self.layer = layer
+        self.peer: str | None = None
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self._task: asyncio.Task | None = None
+        # Awaited once when the peer's channel stayed full: frames are never dropped silently.
+        self._on_fail = on_fail
+
+    def start(self, peer: str) -> None:
+        self.peer = peer
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def put(self, message: dict) -> None:
+        """Queue a message, waiting while the queue is full (the peer is slow)."""
+        await self._queue.put(message)
+
+    def put_nowait(self, message: dict) -> bool:
+        """Queue a message; False when the queue is full."""
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                return
+            if not await send_patiently(self.layer, self.peer, message):
+                await self._on_fail()
+                return
+
+    def cancel(self) -> None:
+        """Stop at once; whatever is queued is dropped (the peer is gone)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self, *, flush: float = 5.0) -> None:
+        """Send what is queued (for at most `flush` seconds), then stop."""
+        if self._task is None:
+            return
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), flush)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
