@@ -67,9 +67,9 @@ def wait_for_port(host: str, port: int, *, process: subprocess.Popen, seconds: f
 class Herder:
     """A herder process (Daphne) on a free loopback port."""
 
-    def __init__(self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path) -> None:
+    def __init__(self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path, port: int | None = None) -> None:
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.log = log
         self._log_file = open(log, "wb")
         self.process = subprocess.Popen(

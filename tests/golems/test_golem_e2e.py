@@ -1,0 +1,130 @@
+"""End to end in real Chromium: the herder spawns a golem container for a webstrate
+page served by the test; the page's golem code answers a Python ad-hoc minion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from websockets.sync.client import connect
+
+from herder.runtime import get_runtime
+from tests.golems.conftest import Herder, free_port, herder_env, migrate
+
+pytestmark = pytest.mark.docker
+
+# The golem's code: open the control socket, accept every minion, answer upper-cased.
+GOLEM_CODE = """
+var id = herder.webstrateId();
+var control = new WebSocket(herder.ws + "/golem/v1/connect/" + id);
+control.onmessage = function (message) {
+  var event = JSON.parse(message.data);
+  if (event.Event !== "minion-connected") return;
+  var minion = new WebSocket(herder.ws + "/golem/v1/connect-to/" + id + "/" + event.ID);
+  minion.onmessage = function (frame) {
+    if (typeof frame.data === "string" && frame.data.indexOf("{") !== 0) {
+      minion.send(frame.data.toUpperCase());
+    }
+  };
+};
+"""
+
+
+def webstrate_page(herder_url: str) -> bytes:
+    return f"""<!doctype html>
+<html><head><title>a webstrate</title>
+<script src="{herder_url}/golem/v1/"></script></head>
+<body><h1>A webstrate with a golem</h1>
+<script type="text/plain" class="golem">{GOLEM_CODE}</script>
+</body></html>""".encode()
+
+
+class WebstratesServer:
+    """A stand-in for the webstrates server: the same page for every /<id>/."""
+
+    def __init__(self, page: bytes) -> None:
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.requests.append(self.path)
+                body = page if self.path.count("/") == 2 and self.path.endswith("/") else b"not found"
+                self.send_response(200 if body is page else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            return answer.status, answer.headers.get_content_type(), answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get_content_type(), error.read().decode()
+
+
+def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine):
+    herder_port = free_port()
+    herder_url = f"http://127.0.0.1:{herder_port}"
+    webstrates = WebstratesServer(webstrate_page(herder_url))
+    webstrate = f"test-e2e-{uuid.uuid4().hex[:8]}"
+    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url)
+    migrate(env)
+    herder = Herder(env=env, log=tmp_path / "herder.log", port=herder_port)
+    try:
+        status, kind, container_id = get(f"{herder_url}/golem/v1/spawn/{webstrate}")
+        assert (status, kind) == (200, "text/plain"), container_id
+        containers = docker_engine.list(kind="golem", owner=webstrate)
+        assert [c.handle.id for c in containers] == [container_id.strip()]
+        # The DevTools port is published nowhere.
+        assert docker_engine.published_ports(containers[0].handle) == {}
+        # A repeat answers the same golem.
+        assert get(f"{herder_url}/golem/v1/spawn/{webstrate}")[2] == container_id
+
+        deadline = time.monotonic() + 60
+        while True:
+            with connect(f"{herder.ws}/minion/v1/connect/{webstrate}?type=python") as minion:
+                first = json.loads(minion.recv(timeout=30))
+                if first == {"Event": "golem-connected"}:
+                    minion.send("hello")
+                    assert minion.recv(timeout=10) == "HELLO"
+                    minion.send("twice, in order")
+                    assert minion.recv(timeout=10) == "TWICE, IN ORDER"
+                    break
+            assert first["Event"] == "golem-not-found"
+            assert time.monotonic() < deadline, "the golem never connected"
+        assert f"/{webstrate}/" in webstrates.requests
+
+        status, kind, body = get(f"{herder_url}/golem/v1/kill/{webstrate}")
+        assert (status, body.strip()) == (200, "ok")
+        assert docker_engine.list(kind="golem", owner=webstrate) == []
+    finally:
+        for info in get_runtime().list(kind="golem", owner=webstrate):
+            print(b"".join(get_runtime().logs(info.handle)).decode(errors="replace")[-3000:])
+            get_runtime().remove(info.handle)
+        herder.stop()
+        webstrates.close()
+        print(herder.output())
