@@ -2,8 +2,9 @@
 
 A warm container is exactly a cold one (same sandbox, same herder-run) whose
 runner already waits for its request on stdin, so a run costs no Docker call
-on its critical path. Each serves one run and removes itself afterwards; a
-background thread keeps HERDER_MINION_POOL_SIZE of them per env ready.
+on its critical path. A background thread keeps HERDER_MINION_POOL_SIZE of them
+per env ready. A container serves up to HERDER_MINION_RUNS_PER_CONTAINER runs,
+the runner resetting it between them, then removes itself.
 
 A pooled container is labelled herder.pooled: the supervisor's orphan reaper
 leaves it alone, since an idle one whose herder process died reads EOF on its
@@ -22,6 +23,7 @@ from django.conf import settings
 
 from herder.errors import RuntimeUnavailable
 from herder.runtime import Attachment, ContainerSpec, Handle, get_runtime
+from minions import runner
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +32,31 @@ POOLED_LABEL = "herder.pooled"
 _RETRY_SECONDS = 5.0
 
 
+# How long a container given back may take to finish its reset.
+_READY_SECONDS = 2.0
+# How long a new container may take to start.
+_START_SECONDS = 15.0
+
+
 @dataclass
 class Warm:
     handle: Handle
     attachment: Attachment
+    runs: int = 0
+    # Given back after a run: its runner's ready signal is still to be read.
+    resetting: bool = False
 
-    def is_alive(self) -> bool:
+    def is_fit(self) -> bool:
+        if self.resetting:
+            self.resetting = False
+            return runner.await_ready(self.attachment, timeout=_READY_SECONDS)
         # An idle runner writes nothing: a readable stream means it ended.
         return self.attachment.is_quiet()
+
+    def retire(self) -> None:
+        """Close its stdin: the runner exits after its reset and the
+        container removes itself."""
+        self.attachment.close()
 
 
 class Pool:
@@ -68,9 +87,25 @@ class Pool:
                 queue = self._idle.get(env)
                 warm = queue.popleft() if queue else None
             self._wake.set()
-            if warm is None or warm.is_alive():
+            if warm is None or warm.is_fit():
                 return warm
             self._discard(warm)
+
+    def give_back(self, env: str, warm: Warm) -> None:
+        """A container whose run finished, for its next run. The most recently
+        used go first; past twice the pool's size the freshest are retired."""
+        warm.resetting = True
+        surplus = []
+        with self._lock:
+            if self._closed or self.size <= 0:
+                surplus.append(warm)
+            else:
+                queue = self._idle.setdefault(env, deque())
+                queue.appendleft(warm)
+                while len(queue) > 2 * self.size:
+                    surplus.append(queue.pop())
+        for each in surplus:
+            each.retire()
 
     def idle(self, env: str) -> int:
         with self._lock:
@@ -83,6 +118,9 @@ class Pool:
             spec.name = f"herder-minion-{secrets.token_hex(8)}"
             spec.labels[POOLED_LABEL] = "1"
             warm = Warm(*get_runtime().start_attached(spec))
+            if not runner.await_ready(warm.attachment, timeout=_START_SECONDS):
+                self._discard(warm)
+                raise RuntimeError(f"a {env} container did not become ready")
             with self._lock:
                 closed = self._closed
                 if not closed:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from herder.runtime import STDERR, STDOUT, Attachment, tar_of
 
 _END = b"\x00HERDER-END:"
+READY = b"\x00HERDER-READY\n"
 # How long after the host's own deadline herder-run kills the program itself,
 # for when the host is gone.
 BACKSTOP_SECONDS = 2
@@ -133,8 +134,25 @@ def new_nonce() -> str:
 def encode_request(*, nonce: str, output: str | None, timeout: float, file_cap: int,
                    files: dict[str, bytes]) -> bytes:
     limit = math.ceil(timeout) + BACKSTOP_SECONDS
-    header = f"{nonce}\n{output or ''}\n{limit}\n{file_cap}\n".encode()
-    return header + tar_of(files)
+    archive = tar_of(files)
+    header = f"{nonce}\n{output or ''}\n{limit}\n{file_cap}\n{len(archive)}\n".encode()
+    return header + archive
+
+
+def await_ready(attachment: Attachment, *, timeout: float) -> bool:
+    """Read the runner's ready signal. False when the stream ends, says
+    anything else, or nothing comes within `timeout`: the container is unfit."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while len(seen) < len(READY):
+        try:
+            frame = attachment.read_frame(timeout=max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            return False
+        if frame is None or frame[0] != STDOUT:
+            return False
+        seen += frame[1]
+    return seen == READY
 
 
 def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: float,
@@ -152,7 +170,6 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
     timed_out = False
     try:
         attachment.send(request, timeout=max(deadline - time.monotonic(), 0.001))
-        attachment.close_stdin()
         while not (stdout.done and stderr.ended):
             if cancelled():
                 raise Cancelled

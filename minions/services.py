@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.utils import timezone
 
-from herder.errors import UnknownEnv
+from herder.errors import RuntimeUnavailable, UnknownEnv
 from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
 from minions.files import check_files, check_name
 from minions.models import MinionRun
-from minions.pool import POOLED_LABEL, Pool
+from minions.pool import POOLED_LABEL, Pool, Warm
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,11 @@ def minion_spec(*, env: str, image: str, owner: str) -> ContainerSpec:
         image=image,
         command=["--serve"],
         labels={"herder.env": env},
-        user=settings.HERDER_MINION_USER,
+        # herder-run starts as root with nothing but the capabilities to become
+        # HERDER_MINION_USER, which every program runs as.
+        user="0:0",
+        cap_add=["SETUID", "SETGID"],
+        environment={"HERDER_RUN_AS": _uid() + ":" + _gid()},
         memory=settings.HERDER_MINION_MEMORY,
         cpus=settings.HERDER_MINION_CPUS,
         pids=settings.HERDER_MINION_PIDS,
@@ -128,6 +132,7 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     started = time.monotonic()
     handle = attachment = None
     outcome = None
+    warm = None
     try:
         warm = pool.take(env)
         if warm is not None:
@@ -137,6 +142,9 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
             spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
             spec.name = f"herder-minion-{nonce[:16]}"
             handle, attachment = runtime.start_attached(spec)
+            warm = Warm(handle, attachment)
+            if not runner.await_ready(attachment, timeout=settings.HERDER_MINION_TIMEOUT):
+                raise RuntimeUnavailable("A minion container did not start.")
         with _live_lock:
             _live.add(handle)
         run.container = handle.id[:64]
@@ -152,15 +160,20 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
         raise
     finally:
         run.duration_ms = int((time.monotonic() - started) * 1000)
-        if attachment is not None:
-            attachment.close()
         if handle is not None:
-            # A finished runner's container removes itself (auto-remove);
-            # every other path kills it here.
-            if outcome is None or not outcome.finished:
-                runtime.remove(handle)
             with _live_lock:
                 _live.discard(handle)
+            if outcome is not None and outcome.finished:
+                # The runner resets the container: it serves again, or
+                # retires and removes itself.
+                warm.runs += 1
+                if warm.runs < settings.HERDER_MINION_RUNS_PER_CONTAINER and not _stopping.is_set():
+                    pool.give_back(env, warm)
+                else:
+                    warm.retire()
+            else:
+                attachment.close()
+                runtime.remove(handle)
         if outcome is not None:
             run.exit_code = outcome.exit_code
             run.timed_out = outcome.timed_out

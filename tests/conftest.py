@@ -55,6 +55,9 @@ def _docker_tests_leave_no_minion(request):
         return
     request.getfixturevalue("docker_engine")
     yield
+    from minions.services import pool
+
+    pool.close()  # idle warm containers are kept on purpose until then
     left = wait_until_gone("minion")
     for info in left:
         get_runtime().remove(info.handle)

@@ -64,10 +64,12 @@ def test_files_go_in_and_come_out_through_the_api(runtime):
 
 
 def test_attached_run_sees_all_output_from_the_start(runtime):
-    handle, attachment = runtime.start_attached(spec(command=["--serve"], stdin=True, auto_remove=True,
+    handle, attachment = runtime.start_attached(spec(command=["--serve"], stdin=True, auto_remove=True, user="0:0",
+                                                     cap_add=["SETUID", "SETGID"],
                                                      read_only=True, keep_logs=False,
                                                      tmpfs={"/minion": "size=8m,uid=65534,mode=0755"}))
     try:
+        assert runner.await_ready(attachment, timeout=10), "no ready signal from the runner"
         nonce = runner.new_nonce()
         outcome = runner.exchange(
             attachment, nonce=nonce, deadline=time.monotonic() + 20, output_cap=1024, file_cap=1024,
