@@ -3,7 +3,8 @@
 Starts `manage.py herd` on a free loopback port (its own data folder), then:
   - 20 sequential python hello-world runs through the HTTP API: p50/p95/max,
     with the warm pool (a pause between runs lets it refill) and cold;
-  - runs per second at concurrency 4, warm and cold;
+  - runs per second at concurrency 4, warm (containers reused) and cold (one per run);
+  - the same sustained for --sustain seconds: runs/s, errors, containers left over;
   - the floor, in the same run: a bare `docker run --rm` of the same image with
     the same sandbox options, sequential and at concurrency 4.
 
@@ -94,6 +95,32 @@ def concurrent(fn, runs: int, workers: int = 4) -> float:
     return runs / (time.perf_counter() - started)
 
 
+def sustained(fn, seconds: float, workers: int = 4) -> tuple[int, int, float]:
+    """Runs, errors and runs per second of `workers` clients looping for `seconds`."""
+    deadline = time.perf_counter() + seconds
+    counts = {"runs": 0, "errors": 0}
+
+    def loop():
+        while time.perf_counter() < deadline:
+            try:
+                fn()
+                counts["runs"] += 1
+            except Exception:
+                counts["errors"] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in range(workers):
+            pool.submit(loop)
+    return counts["runs"], counts["errors"], counts["runs"] / (time.perf_counter() - started)
+
+
+def leaked_minions() -> int:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=herder.kind=minion"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.split())
+
+
 def summary(samples: list[float]) -> str:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -106,9 +133,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--concurrent-runs", type=int, default=40)
     parser.add_argument("--pool-size", type=int, default=4, help="warm containers per env")
+    parser.add_argument("--sustain", type=int, default=60, help="seconds of the sustained run (0: none)")
     args = parser.parse_args()
 
-    results = {}
+    results, soaks = {}, {}
     for label, pool_size in (("warm", args.pool_size), ("cold", 0)):
         with tempfile.TemporaryDirectory() as data_dir:
             process, port = start_herd(data_dir, pool_size)
@@ -116,9 +144,14 @@ def main() -> None:
                 # Sequential runs leave the pool time to refill between runs.
                 results[label] = (sequential(lambda: spawn(port, pause=0.3 if pool_size else 0), args.runs),
                                   concurrent(lambda: spawn(port), args.concurrent_runs))
+                if args.sustain:
+                    soaks[label] = sustained(lambda: spawn(port), args.sustain)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
+        time.sleep(3)  # retired containers remove themselves
+        if args.sustain:
+            soaks[label] += (leaked_minions(),)
     floor_seq = sequential(docker_run, args.runs)
     floor_rate = concurrent(docker_run, args.concurrent_runs)
 
@@ -132,6 +165,9 @@ def main() -> None:
     for label, (_, rate) in results.items():
         print(f"  herder {label:4}       {rate:5.1f} runs/s")
     print(f"  docker run --rm   {floor_rate:5.1f} runs/s   (floor)")
+    for label, (runs, errors, rate, leaked) in soaks.items():
+        print(f"sustained {args.sustain} s at concurrency 4, {label}: {rate:5.1f} runs/s, {runs} runs, "
+              f"{errors} errors, {leaked} minion containers left after herd stopped")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ on its critical path. A background thread keeps HERDER_MINION_POOL_SIZE of them
 per env ready. A container serves up to HERDER_MINION_RUNS_PER_CONTAINER runs,
 the runner resetting it between them, then removes itself.
 
-A pooled container is labelled herder.pooled: the supervisor's orphan reaper
-leaves it alone, since an idle one whose herder process died reads EOF on its
-stdin, exits and removes itself.
+An idle container whose herder process died reads EOF on its stdin, exits
+and removes itself.
 """
 
 from __future__ import annotations
@@ -106,6 +105,10 @@ class Pool:
                     surplus.append(queue.pop())
         for each in surplus:
             each.retire()
+
+    def container_ids(self) -> set[str]:
+        with self._lock:
+            return {warm.handle.id for queue in self._idle.values() for warm in queue}
 
     def idle(self, env: str) -> int:
         with self._lock:

@@ -18,7 +18,7 @@ from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
 from minions.files import check_files, check_name
 from minions.models import MinionRun
-from minions.pool import POOLED_LABEL, Pool, Warm
+from minions.pool import Pool, Warm
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def webstrate_of(url: str) -> str:
 def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
                client_addr: str = "", origin: str = "",
                cancelled: Callable[[], bool] = lambda: False) -> MinionResult:
-    """Run `files` in a fresh sandboxed container of `env` and collect the result.
+    """Run `files` in a sandboxed container of `env` (warm from the pool, else
+    a fresh one) and collect the result.
 
     `cancelled` is polled while the run waits: once true the run is abandoned
     (the client went away) and runner.Cancelled raised.
@@ -155,6 +156,9 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
             file_cap=settings.HERDER_MINION_FILE_CAP,
             cancelled=lambda: cancelled() or _stopping.is_set(),
         )
+        if not (outcome.finished or outcome.timed_out):
+            # The program cannot end its runner: the engine or an operator did.
+            raise RuntimeUnavailable("The minion's container ended before the run finished.")
     except BaseException as exc:
         run.error = f"{type(exc).__name__}: {exc}"[:255]
         raise
@@ -202,16 +206,24 @@ def minion_abort_all() -> int:
 
 
 def minion_reap_orphans() -> int:
-    """Remove minion containers older than any run may last: those of a herder
-    process that died mid-run. Safe beside other herder processes."""
-    limit = timedelta(seconds=settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS
+    """Remove minion containers that have outlived any normal use: those of a
+    herder process that died badly. This process's own are never touched;
+    another process's idle warm container past that age is replaced by its pool.
+
+    A container may serve HERDER_MINION_RUNS_PER_CONTAINER runs of at most the
+    time limit each; an orphan ends itself sooner (EOF on its stdin), so this
+    is the backstop for runners that could not.
+    """
+    runs = settings.HERDER_MINION_RUNS_PER_CONTAINER
+    limit = timedelta(seconds=runs * (settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS)
                       + settings.HERDER_MINION_REAP_GRACE)
+    with _live_lock:
+        known = {handle.id for handle in _live}
+    known |= pool.container_ids()
     runtime = get_runtime()
     reaped = 0
     for info in runtime.list(kind="minion"):
-        if POOLED_LABEL in info.labels:
-            continue
-        if timezone.now() - info.created > limit:
+        if info.handle.id not in known and timezone.now() - info.created > limit:
             runtime.remove(info.handle)
             reaped += 1
     if reaped:

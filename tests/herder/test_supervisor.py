@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 def test_orphaned_minion_containers_are_reaped(docker_engine, settings):
     settings.HERDER_MINION_TIMEOUT = 0.5
     settings.HERDER_MINION_REAP_GRACE = 0
+    settings.HERDER_MINION_RUNS_PER_CONTAINER = 1
     orphan = docker_engine.start(ContainerSpec(kind="minion", owner="herder-test-orphan",
                                                image="herder/minion-python:latest", command=["sleep", "60"]))
 
@@ -34,3 +35,22 @@ def test_runs_in_progress_are_not_reaped(docker_engine, settings):
         assert len(docker_engine.list(owner="herder-test-young")) == 1
     finally:
         docker_engine.remove(young)
+
+
+def test_this_processes_warm_containers_are_not_reaped(docker_engine, settings):
+    from minions.services import pool
+
+    settings.HERDER_MINION_POOL_SIZE = 1
+    settings.HERDER_MINION_TIMEOUT = 0.5
+    settings.HERDER_MINION_REAP_GRACE = 0
+    settings.HERDER_MINION_RUNS_PER_CONTAINER = 1
+    pool.take("python")
+    pool.drain()
+    pool.fill("python")
+    [warm_id] = pool.container_ids()
+
+    time.sleep(4)
+    minion_reap_orphans()
+
+    assert warm_id in {info.handle.id for info in docker_engine.list(kind="minion")}
+    pool.close()

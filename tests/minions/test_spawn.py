@@ -1,5 +1,7 @@
 """POST /minion/v1/spawn against the real Docker engine and the real images."""
 
+import time
+
 import pytest
 from django.test import Client
 
@@ -230,3 +232,32 @@ def test_no_minion_container_is_left_after_runs():
     pool.close()  # idle warm containers are kept on purpose until then
     assert wait_until_gone("minion") == []
     assert herder_containers("minion") == []
+
+
+def test_a_container_removed_mid_run_is_a_503_not_a_result(settings):
+    import threading
+
+    from herder.runtime import get_runtime
+
+    # Cold only: the one container there is, is the run's.
+    settings.HERDER_MINION_POOL_SIZE = 0
+    pool.close()
+
+    def remove_it_soon():
+        for _ in range(100):
+            running = get_runtime().list(kind="minion")
+            if running:
+                time.sleep(0.5)
+                for info in running:
+                    get_runtime().remove(info.handle)
+                return
+            time.sleep(0.05)
+
+    remover = threading.Thread(target=remove_it_soon)
+    remover.start()
+    response = spawn({"env": "python", "main.py": "import time\nprint('started', flush=True)\ntime.sleep(20)"})
+    remover.join()
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "runtime_unavailable"
+    assert MinionRun.objects.get().error.startswith("RuntimeUnavailable")
