@@ -8,9 +8,11 @@ wants and remembers (for the admin, the supervisor and idle reaping).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 WEBSTRATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 KIND = "golem"
+LABEL_INSTANCE = "herder.instance"
 _LIVE = ("running", "restarting")
 
 
@@ -73,6 +76,15 @@ def golem_url(webstrate: str) -> str:
     return f"{settings.HERDER_GOLEM_WEBSTRATES_URL}/{webstrate}/"
 
 
+def golem_instance() -> str:
+    """Which herder deployment a golem container belongs to: a digest of the
+    database's identity, shared by every process on that database. Herders on
+    other databases may share the engine: they never adopt or restart ours."""
+    db = settings.DATABASES["default"]
+    identity = "|".join(str(db.get(key, "")) for key in ("ENGINE", "HOST", "PORT", "NAME"))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def golem_container_name(webstrate: str) -> str:
     return f"herder-golem-{webstrate}"
 
@@ -103,6 +115,7 @@ def golem_container_spec(webstrate: str) -> ContainerSpec:
         name=golem_container_name(webstrate),
         command=command,
         environment={"HOME": "/tmp", "WEBSTRATE_ID": webstrate},
+        labels={LABEL_INSTANCE: golem_instance()},
         memory=settings.HERDER_GOLEM_MEMORY,
         cpus=settings.HERDER_GOLEM_CPUS,
         pids=settings.HERDER_GOLEM_PIDS,
@@ -116,23 +129,28 @@ def golem_container_spec(webstrate: str) -> ContainerSpec:
 
 
 def _containers(webstrate: str) -> list[ContainerInfo]:
+    """The webstrate's golem containers, whichever herder started them (the name is unique)."""
     return get_runtime().list(kind=KIND, owner=webstrate)
 
 
-def _start(golem: Golem) -> None:
-    """Replace whatever container the golem has with a fresh one."""
-    runtime = get_runtime()
+def _ours(infos: list[ContainerInfo]) -> list[ContainerInfo]:
+    instance = golem_instance()
+    return [i for i in infos if i.labels.get(LABEL_INSTANCE) == instance]
+
+
+def _start(golem: Golem, *, error: str = "") -> None:
+    """Replace whatever container the golem has with a fresh one; `error` says why
+    the previous one stopped, when it crashed."""
     spec = golem_container_spec(golem.webstrate)
-    for info in _containers(golem.webstrate):
-        runtime.remove(info.handle)
-    handle = runtime.start(spec)
+    _remove_all(golem.webstrate)
+    handle = get_runtime().start(spec)
     now = timezone.now()
     golem.state = Golem.State.RUNNING
     golem.container_id = handle.id
     golem.container_name = handle.name
     golem.started = now
     golem.stopped = None
-    golem.error = ""
+    golem.error = error
     logger.info("golem %s started in %s", golem.webstrate, handle.name)
 
 
@@ -145,10 +163,23 @@ def _running(golem: Golem) -> bool:
         return False
 
 
-def _stop(golem: Golem, *, state: str, error: str = "") -> None:
+def _remove_all(webstrate: str) -> None:
+    """Remove the webstrate's golem containers, checking that they are gone: the
+    engine answers 409 (and keeps the container) to a removal racing its start."""
     runtime = get_runtime()
-    for info in _containers(golem.webstrate):
-        runtime.remove(info.handle)
+    for attempt in range(50):
+        left = _containers(webstrate)
+        if not left:
+            return
+        if attempt:
+            time.sleep(0.1)
+        for info in left:
+            runtime.remove(info.handle)
+    raise RuntimeUnavailable(f"The golem containers of {webstrate} could not be removed.")
+
+
+def _stop(golem: Golem, *, state: str, error: str = "") -> None:
+    _remove_all(golem.webstrate)
     golem.state = state
     golem.container_id = ""
     golem.stopped = timezone.now()
@@ -225,7 +256,7 @@ def golem_reconcile() -> None:
     (after a herder restart), start a new container for golems whose container
     exited or vanished, remove leftovers, and forget stale control-socket presence."""
     presence_expire()
-    infos = get_runtime().list(kind=KIND)
+    infos = _ours(get_runtime().list(kind=KIND))
     live = {i.handle.id for i in infos if i.status in _LIVE}
     owners = {i.owner for i in infos}
     wanted = Golem.objects.filter(state__in=[Golem.State.RUNNING, Golem.State.CRASHED])
@@ -249,7 +280,7 @@ def _reconcile_one(webstrate: str) -> None:
     with transaction.atomic():
         golem = Golem.objects.select_for_update().filter(webstrate=webstrate).first()
         # Listed again under the row's lock: a kill or spawn in progress has finished.
-        containers = _containers(webstrate)
+        containers = _ours(_containers(webstrate))
         running = [c for c in containers if c.status in _LIVE]
         keep = None
         if golem is not None and golem.container_id:
@@ -272,11 +303,12 @@ def _reconcile_one(webstrate: str) -> None:
         if golem is None or golem.state not in (Golem.State.RUNNING, Golem.State.CRASHED):
             return
         exited = [c for c in containers if c.handle.id == golem.container_id]
+        error = "its container exited" if exited else "its container vanished"
         golem.state = Golem.State.CRASHED
-        golem.error = "its container exited" if exited else "its container vanished"
         golem.restarts += 1
-        logger.warning("golem %s crashed (%s); restarting", webstrate, golem.error)
-        _start(golem)
+        golem.save()
+        logger.warning("golem %s crashed (%s); restarting", webstrate, error)
+        _start(golem, error=error)
         golem.save()
 
 

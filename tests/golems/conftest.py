@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,23 @@ import pytest
 from herder.runtime import get_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
+# Webstrate ids of this test session: other herders (and test runs) may share the engine.
+SESSION = f"t{uuid.uuid4().hex[:8]}"
+
+
+def webstrate_id(name: str) -> str:
+    return f"{SESSION}-{name}"
 
 
 @pytest.fixture(autouse=True)
 def _docker_tests_leave_no_golem(request):
-    """Every Docker test must leave no golem container behind."""
+    """Every Docker test must leave no golem container of this session behind."""
     if request.node.get_closest_marker("docker") is None:
         yield
         return
     request.getfixturevalue("docker_engine")
     yield
-    left = get_runtime().list(kind="golem")
+    left = [c for c in get_runtime().list(kind="golem") if c.owner.startswith(SESSION)]
     for info in left:
         print(f"--- logs of {info.handle.name}")
         try:

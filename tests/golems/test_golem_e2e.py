@@ -14,7 +14,7 @@ import pytest
 from websockets.sync.client import connect
 
 from herder.runtime import get_runtime
-from tests.golems.conftest import Herder, free_port, herder_env, migrate
+from tests.golems.conftest import Herder, free_port, herder_env, migrate, webstrate_id
 
 pytestmark = pytest.mark.docker
 
@@ -90,7 +90,7 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
     herder_port = free_port()
     herder_url = f"http://127.0.0.1:{herder_port}"
     webstrates = WebstratesServer(webstrate_page(herder_url))
-    webstrate = f"test-e2e-{uuid.uuid4().hex[:8]}"
+    webstrate = webstrate_id("e2e")
     env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url)
     migrate(env)
     herder = Herder(env=env, log=tmp_path / "herder.log", port=herder_port)
