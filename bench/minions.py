@@ -105,8 +105,11 @@ def sustained(fn, seconds: float, workers: int = 4) -> tuple[int, int, float]:
             try:
                 fn()
                 counts["runs"] += 1
-            except Exception:
+            except Exception as exc:
                 counts["errors"] += 1
+                if counts["errors"] <= 3:
+                    detail = exc.read()[:300] if hasattr(exc, "read") else ""
+                    print(f"  error: {exc!r} {detail!r}", file=sys.stderr)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

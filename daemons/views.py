@@ -8,10 +8,9 @@ from rest_framework.views import APIView
 from accounts.authentication import TokenAuthentication
 from daemons.models import Daemon
 from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
-from herder.errors import PayloadTooLarge
+from minions.files import files_from_request
 
 _PROTOCOL_FIELDS = ("name", "image", "ports", "token")
-_BODY_OVERHEAD = 1024 * 1024
 
 
 class DaemonOutputSerializer(serializers.Serializer):
@@ -54,14 +53,8 @@ class DaemonSpawnView(_TokenView):
                    402: OpenApiResponse(description="No credits left.")},
     )
     def post(self, request):
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-        if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
-            raise PayloadTooLarge(f"The request has {length} bytes; files may total "
-                                  f"{settings.HERDER_MINION_MAX_BYTES}.")
+        files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
         fields = request.POST
-        files = {name: values[-1].encode() for name, values in fields.lists() if name not in _PROTOCOL_FIELDS}
-        for name, upload in request.FILES.items():
-            files[name] = upload.read()
         daemon = daemon_spawn(
             account=request.user, jti=request.auth.jti,
             name=fields.get("name", ""), image=fields.get("image", ""),

@@ -8,6 +8,27 @@ from django.conf import settings
 
 from herder.errors import BadFileName, PayloadTooLarge
 
+# Multipart framing around the files themselves.
+_BODY_OVERHEAD = 1024 * 1024
+
+
+def files_from_request(request, *, protocol_fields: tuple[str, ...]) -> dict[str, bytes]:
+    """Every form field but `protocol_fields`, and every upload, as name -> bytes.
+
+    A body far larger than the files may total is refused from its
+    Content-Length, before it is read: a huge upload costs nothing.
+    """
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
+        raise PayloadTooLarge(
+            f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}."
+        )
+    files = {name: values[-1].encode() for name, values in request.POST.lists()
+             if name not in protocol_fields}
+    for name, upload in request.FILES.items():
+        files[name] = upload.read()
+    return files
+
 # Control characters would break herder-run's line-based header.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME = 1024

@@ -4,7 +4,6 @@ import mimetypes
 import threading
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -12,13 +11,12 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from herder.errors import ClientGone, PayloadTooLarge
+from herder.errors import ClientGone
+from minions.files import files_from_request
 from minions.runner import Cancelled
 from minions.services import minion_run
 
 _PROTOCOL_FIELDS = ("env", "output")
-# Multipart framing around the files themselves.
-_BODY_OVERHEAD = 1024 * 1024
 # Set by minion_spawn when the client disconnects mid-run.
 _client_gone: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
     "client_gone", default=None
@@ -60,17 +58,8 @@ class MinionSpawnView(APIView):
         },
     )
     def post(self, request):
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-        if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
-            # Refused before the body is read, so a huge upload costs nothing.
-            raise PayloadTooLarge(
-                f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}."
-            )
+        files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
         fields = request.POST
-        files = {name: values[-1].encode() for name, values in fields.lists()
-                 if name not in _PROTOCOL_FIELDS}
-        for name, upload in request.FILES.items():
-            files[name] = upload.read()
         output = fields.get("output") or None
         gone = _client_gone.get()
         try:
