@@ -52,6 +52,13 @@ def _upstream_session() -> aiohttp.ClientSession:
     return session
 
 
+async def close_upstream_session() -> None:
+    """Close this event loop's pooled session (before the loop itself closes)."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
 # full name -> (target, when to look again). Spawn and kill forget their entry
 # at once in this process; other processes see changes within the TTL. Misses
 # are not kept, so a daemon is reachable as soon as it runs.

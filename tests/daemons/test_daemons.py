@@ -11,6 +11,7 @@ from channels.testing import WebsocketCommunicator
 from accounts.models import CreditEntry
 from accounts.services import account_balance, credits_spend
 from daemons.models import Daemon
+from daemons.proxy import close_upstream_session
 from daemons.services import daemon_supervise
 from herder.asgi import application
 from herder.runtime import Handle, get_runtime
@@ -50,6 +51,7 @@ def http_via_proxy(method: str, path: str, body: bytes = b"", chunks: int = 1, h
             messages += 1
             if not message.get("more_body"):
                 break
+        await close_upstream_session()
         return start["status"], dict(start["headers"]), bytes(received), messages
 
     return async_to_sync(run)()
