@@ -59,6 +59,8 @@ def test_golem_on_one_process_and_minion_on_another_talk_both_ways(herders):
             assert event(second)["code"] == "golem_connected"
             assert closed_code(second) == 4409
 
+        # Idle sockets outlive the Redis client's read timeout (5 s by default in redis-py 8).
+        time.sleep(7)
         with connect(f"{b.ws}/minion/v1/connect/{webstrate}?type=python") as minion:
             connected = event(control)
             assert connected["Event"] == "minion-connected" and connected["Type"] == "python"
