@@ -20,6 +20,10 @@ class GolemAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_operate_permission(self, request) -> bool:
+        # Resetting and killing change what runs: not for view-only staff.
+        return request.user.has_perm("golems.change_golem")
+
     def _each(self, request, queryset, service, verb: str) -> None:
         done = 0
         for golem in queryset:
@@ -31,11 +35,11 @@ class GolemAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{verb} {done} golem(s).", messages.SUCCESS)
 
-    @admin.action(description="Reset the selected golems (fresh browser)", permissions=["view"])
+    @admin.action(description="Reset the selected golems (fresh browser)", permissions=["operate"])
     def reset_golems(self, request, queryset) -> None:
         self._each(request, queryset, golem_reset, "Reset")
 
-    @admin.action(description="Kill the selected golems", permissions=["view"])
+    @admin.action(description="Kill the selected golems", permissions=["operate"])
     def kill_golems(self, request, queryset) -> None:
         self._each(request, queryset, golem_kill, "Killed")
 

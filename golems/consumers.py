@@ -247,7 +247,7 @@ class MinionPairConsumer(_PairingConsumer):
             await self.refuse(exc)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        self.minion_type = (query.get("type") or [""])[-1][:128]
+        self.minion_type = (query.get("type") or [""])[0][:128]
         self.minion_id = str(uuid.uuid4())
         self._new_outbox()
         self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))

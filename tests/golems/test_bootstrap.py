@@ -21,3 +21,11 @@ def test_bootstrap_uses_ws_for_an_http_herder(settings):
     settings.HERDER_PUBLIC_URL = "http://127.0.0.1:8000"
     script = Client().get("/").content.decode()
     assert '"ws": "ws://127.0.0.1:8000"' in script
+
+
+def test_the_supervisor_runs_the_golem_duties():
+    from golems.services import golem_reap_idle, golem_reconcile
+    from herder.supervisor import Supervisor
+
+    duties = Supervisor.from_settings().duties
+    assert golem_reconcile in duties and golem_reap_idle in duties

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.docker
 # The golem's code: open the control socket, accept every minion, answer upper-cased.
 GOLEM_CODE = """
 var id = herder.webstrateId();
+// Only the webstrates server and the herder resolve: "localhost" does not.
+fetch(location.origin + "/allowed").catch(function () {});
+fetch(location.origin.replace("127.0.0.1", "localhost") + "/leak").catch(function () {});
 var control = new WebSocket(herder.ws + "/golem/v1/connect/" + id);
 control.onmessage = function (message) {
   var event = JSON.parse(message.data);
@@ -117,6 +120,7 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
             assert first["Event"] == "golem-not-found"
             assert time.monotonic() < deadline, "the golem never connected"
         assert f"/{webstrate}/" in webstrates.requests
+        assert "/allowed" in webstrates.requests and "/leak" not in webstrates.requests
 
         status, kind, body = get(f"{herder_url}/golem/v1/kill/{webstrate}")
         assert (status, body.strip()) == (200, "ok")
