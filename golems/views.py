@@ -53,6 +53,8 @@ class _GolemActionView(APIView):
     """Plain text unless the client accepts JSON; errors are JSON whatever it accepts."""
 
     renderer_classes = [PlainTextRenderer, JSONRenderer]
+    # For the schema: the answer of GET and POST alike, and no request body.
+    serializer_class = GolemSerializer
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -70,8 +72,9 @@ class _GolemActionView(APIView):
     def get(self, request, webstrate: str):
         return Response(GolemSerializer(self.act(webstrate)).data)
 
+    @extend_schema(request=None)
     def post(self, request, webstrate: str):
-        return self.get(request, webstrate)
+        return Response(GolemSerializer(self.act(webstrate)).data)
 
 
 _ACTION_RESPONSES = {
