@@ -256,3 +256,19 @@ def test_a_silent_peer_counts_as_gone(settings):
         await control.disconnect()
 
     run(scenario)
+
+
+def test_a_minion_may_not_pile_up_frames_before_pairing(settings):
+    settings.HERDER_PAIRING_BUFFER = 5
+
+    async def scenario():
+        control = await connect("/golem/v1/connect/ws1")
+        minion = await connect("/minion/v1/connect/ws1")
+        for i in range(6):
+            await minion.send_to(text_data=str(i))
+        error = await event(minion)
+        assert (error["type"], error["code"]) == ("error", "too_large")
+        assert await close_code(minion) == 4413
+        await control.disconnect()
+
+    run(scenario)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -192,6 +192,15 @@ def test_admin_lists_golems_and_resets_and_kills_them(docker_engine):
     client = Client()
     client.login(username="operator", password="pw")
     golem = golem_spawn(webstrate=W_ADMIN)
+
+    # Staff who may only look cannot reset or kill.
+    viewer = User.objects.create_user("viewer", "viewer@herder.test", "pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_golem"))
+    looking = Client()
+    looking.login(username="viewer", password="pw")
+    assert looking.get("/admin/golems/golem/").status_code == 200
+    looking.post("/admin/golems/golem/", {"action": "kill_golems", "_selected_action": [golem.pk]})
+    assert live(docker_engine, W_ADMIN) == [golem.container_id]
 
     page = client.get("/admin/golems/golem/", {"q": W_ADMIN})
     assert page.status_code == 200 and W_ADMIN.encode() in page.content
