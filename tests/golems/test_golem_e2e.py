@@ -24,6 +24,7 @@ var id = herder.webstrateId();
 // Only the webstrates server and the herder resolve: "localhost" does not.
 fetch(location.origin + "/allowed").catch(function () {});
 fetch(location.origin.replace("127.0.0.1", "localhost") + "/leak").catch(function () {});
+fetch("__OTHER__/leak-ip", {mode: "no-cors"}).catch(function () {});
 var control = new WebSocket(herder.ws + "/golem/v1/connect/" + id);
 control.onmessage = function (message) {
   var event = JSON.parse(message.data);
@@ -38,19 +39,20 @@ control.onmessage = function (message) {
 """
 
 
-def webstrate_page(herder_url: str) -> bytes:
+def webstrate_page(herder_url: str, other_url: str) -> bytes:
+    golem_code = GOLEM_CODE.replace("__OTHER__", other_url)
     return f"""<!doctype html>
 <html><head><title>a webstrate</title>
 <script src="{herder_url}/golem/v1/"></script></head>
 <body><h1>A webstrate with a golem</h1>
-<script type="text/plain" class="golem">{GOLEM_CODE}</script>
+<script type="text/plain" class="golem">{golem_code}</script>
 </body></html>""".encode()
 
 
 class WebstratesServer:
     """A stand-in for the webstrates server: the same page for every /<id>/."""
 
-    def __init__(self, page: bytes) -> None:
+    def __init__(self, page: bytes, host: str = "127.0.0.1") -> None:
         self.requests: list[str] = []
         owner = self
 
@@ -67,14 +69,15 @@ class WebstratesServer:
             def log_message(self, *args):
                 pass
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.host = host
+        self.port = free_port(host)
+        self.server = ThreadingHTTPServer((host, self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -92,7 +95,9 @@ def get(url: str) -> tuple[int, str, str]:
 def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine):
     herder_port = free_port()
     herder_url = f"http://127.0.0.1:{herder_port}"
-    webstrates = WebstratesServer(webstrate_page(herder_url))
+    # Another server on the loopback network, by IP address: the golem must not reach it.
+    other = WebstratesServer(b"", host="127.0.0.2")
+    webstrates = WebstratesServer(webstrate_page(herder_url, other.url))
     webstrate = webstrate_id("e2e")
     env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url)
     migrate(env)
@@ -121,6 +126,7 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
             assert time.monotonic() < deadline, "the golem never connected"
         assert f"/{webstrate}/" in webstrates.requests
         assert "/allowed" in webstrates.requests and "/leak" not in webstrates.requests
+        assert other.requests == []
 
         status, kind, body = get(f"{herder_url}/golem/v1/kill/{webstrate}")
         assert (status, body.strip()) == (200, "ok")
@@ -131,4 +137,5 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
             get_runtime().remove(info.handle)
         herder.stop()
         webstrates.close()
+        other.close()
         print(herder.output())
