@@ -11,12 +11,15 @@ How the pieces find each other across processes is described in golems/pairing.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework.exceptions import APIException
@@ -70,6 +73,35 @@ class _PairingConsumer(AsyncWebsocketConsumer):
     outbox: Outbox | None = None
     _watchdog: asyncio.Task | None = None
     _last_heard = 0.0
+
+    async def __call__(self, scope, receive, send):
+        """As AsyncConsumer.__call__, but the socket's messages and the channel's are
+        dispatched by two loops, each in order. A socket waiting for room towards its
+        peer thus keeps delivering its peer's frames: two peers streaming at each
+        other at once never wait on each other."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        loops = [asyncio.create_task(self._dispatch_from(receive)),
+                 asyncio.create_task(self._dispatch_from(self.channel_receive))]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in done:
+                loop.result()
+        except StopConsumer:
+            pass
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _dispatch_from(self, source) -> None:
+        while True:
+            await self.dispatch(await source())
+            # A source that always has a message ready must not starve the other.
+            await asyncio.sleep(0)
 
     async def dispatch(self, message):
         if message["type"] in self._HOT:
@@ -185,12 +217,13 @@ class GolemControlConsumer(_PairingConsumer):
         except BadWebstrateId as exc:
             await self.refuse(exc)
             return
+        # Accepted first: minions may find the presence as soon as it is claimed.
+        await self.accept()
         self.claimed = await database_sync_to_async(presence_claim)(
             webstrate=self.webstrate, channel=self.channel_name)
         if not self.claimed:
             await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."))
             return
-        await self.accept()
         self._heartbeat = asyncio.create_task(self._beat())
         # Minions already waiting announce themselves.
         await self.channel_layer.group_send(
@@ -250,14 +283,17 @@ class MinionPairConsumer(_PairingConsumer):
         self.minion_type = (query.get("type") or [""])[0][:128]
         self.minion_id = str(uuid.uuid4())
         self._new_outbox()
+        # Accepted first: a golem may answer as soon as the groups are joined.
+        await self.accept()
         self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))
         for group in self._groups:
             await self.channel_layer.group_add(group, self.channel_name)
-        await self.accept()
         control = await database_sync_to_async(self._find_golem)()
-        if control:
+        # A golem arriving meanwhile has been told already.
+        if control and self.announced_to is None:
             await self._announce(control)
-        self._give_up = asyncio.create_task(self._give_up_later())
+        if self.control is None and self.peer is None:
+            self._give_up = asyncio.create_task(self._give_up_later())
 
     def _find_golem(self) -> str | None:
         golem_touch(webstrate=self.webstrate)
@@ -343,9 +379,9 @@ class GolemMinionConsumer(_PairingConsumer):
             return
         self._new_outbox()
         await self.accept()
+        self._timer = asyncio.create_task(self._no_answer())
         await self.channel_layer.group_send(
             minion_group(self.webstrate, self.minion_id), {"type": "pair.request", "golem": self.channel_name})
-        self._timer = asyncio.create_task(self._no_answer())
 
     async def _no_answer(self) -> None:
         await asyncio.sleep(settings.HERDER_PAIRING_REPLY_TIMEOUT)

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -270,5 +271,32 @@ def test_a_minion_may_not_pile_up_frames_before_pairing(settings):
         assert (error["type"], error["code"]) == ("error", "too_large")
         assert await close_code(minion) == 4413
         await control.disconnect()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("layer", ["in-memory", "redis"])
+def test_two_peers_streaming_at_each_other_do_not_wait_on_each_other(settings, layer):
+    """Both sides send thousands of frames before reading any: more than the channels
+    and the outboxes hold. Each socket keeps delivering while it waits for room."""
+    if layer == "redis":
+        redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
+        if not redis_url:
+            pytest.fail("HERDER_TEST_REDIS_URL is not set (deploy/test.sh sets it).")
+        settings.CHANNEL_LAYERS = {"default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
+        }}
+    count = 5000
+
+    async def scenario():
+        control, minion, golem, minion_id = await pair(f"both-ways-{layer}")
+        for i in range(count):
+            await minion.send_to(text_data=f"m{i}")
+            await golem.send_to(bytes_data=i.to_bytes(2, "big"))
+        assert [await golem.receive_from(30) for _ in range(count)] == [f"m{i}" for i in range(count)]
+        assert [await minion.receive_from(30) for _ in range(count)] == [i.to_bytes(2, "big") for i in range(count)]
+        for communicator in (golem, minion, control):
+            await communicator.disconnect()
 
     run(scenario)
