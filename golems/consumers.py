@@ -96,6 +96,13 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            # Whatever ended the consumer, none of its timers or senders outlives it.
+            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer"):
+                task = getattr(self, name, None)
+                if task is not None:
+                    task.cancel()
+            if self.outbox is not None:
+                self.outbox.cancel()
 
     async def _dispatch_from(self, source) -> None:
         while True:
