@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import uuid
 from urllib.parse import parse_qs
 
@@ -34,6 +35,8 @@ from golems.services import (
     webstrate_validate,
 )
 from herder.errors import BadInput, BadWebstrateId, GolemConnected, PayloadTooLarge
+
+logger = logging.getLogger(__name__)
 
 
 class MinionNotFound(APIException):
@@ -239,8 +242,14 @@ class GolemControlConsumer(_PairingConsumer):
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
-            held = await database_sync_to_async(presence_refresh)(
-                webstrate=self.webstrate, channel=self.channel_name)
+            try:
+                held = await database_sync_to_async(presence_refresh)(
+                    webstrate=self.webstrate, channel=self.channel_name)
+            except Exception:
+                # The database may come back before the presence expires; if it
+                # does not, the next successful beat finds the claim lost.
+                logger.exception("refreshing the presence of golem %s failed", self.webstrate)
+                continue
             if not held:
                 self.claimed = False
                 await self.refuse(GolemConnected("Another golem control socket took over."))

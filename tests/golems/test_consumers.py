@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
@@ -300,3 +301,20 @@ def test_two_peers_streaming_at_each_other_do_not_wait_on_each_other(settings, l
             await communicator.disconnect()
 
     run(scenario)
+
+
+def test_a_control_socket_that_lost_its_claim_is_closed(settings):
+    """A process stalled past three heartbeats has been taken over: its socket learns it."""
+    settings.HERDER_PAIRING_HEARTBEAT = 0.2
+
+    async def scenario():
+        control = await connect("/golem/v1/connect/ws1")
+        await asyncio.sleep(0.1)
+        await database_sync_to_async(
+            GolemPresence.objects.filter(webstrate="ws1").update)(channel="specific.other!socket")
+        error = await event(control)
+        assert (error["type"], error["code"]) == ("error", "golem_connected")
+        assert await close_code(control) == 4409
+
+    run(scenario)
+    assert GolemPresence.objects.get(webstrate="ws1").channel == "specific.other!socket"
