@@ -74,15 +74,21 @@ def wait_for_port(host: str, port: int, *, process: subprocess.Popen, seconds: f
 class Herder:
     """A herder process (Daphne) on a free loopback port."""
 
-    def __init__(self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path, port: int | None = None) -> None:
+    def __init__(self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path, port: int | None = None,
+                 herd: bool = False) -> None:
+        """Daphne alone, or with `herd` the whole herder (`manage.py herd`: its
+        default server and the supervisor)."""
         self.host = host
         self.port = port or free_port(host)
         self.log = log
         self._log_file = open(log, "wb")
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "daphne"), "-b", host, "-p", str(self.port), "herder.asgi:application"],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-        )
+        if herd:
+            command = [sys.executable, "manage.py", "herd", "--host", host, "--port", str(self.port)]
+        else:
+            command = [str(ROOT / ".venv" / "bin" / "daphne"), "-b", host, "-p", str(self.port),
+                       "herder.asgi:application"]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log_file,
+                                        stderr=subprocess.STDOUT)
         wait_for_port(host, self.port, process=self.process)
 
     @property

@@ -92,16 +92,17 @@ def get(url: str) -> tuple[int, str, str]:
         return error.code, error.headers.get_content_type(), error.read().decode()
 
 
-def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine):
+@pytest.mark.parametrize("server", ["daphne", "herd"])
+def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine, server):
     herder_port = free_port()
     herder_url = f"http://127.0.0.1:{herder_port}"
     # Another server on the loopback network, by IP address: the golem must not reach it.
     other = WebstratesServer(b"", host="127.0.0.2")
     webstrates = WebstratesServer(webstrate_page(herder_url, other.url))
-    webstrate = webstrate_id("e2e")
+    webstrate = webstrate_id(f"e2e-{server}")
     env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url)
     migrate(env)
-    herder = Herder(env=env, log=tmp_path / "herder.log", port=herder_port)
+    herder = Herder(env=env, log=tmp_path / "herder.log", port=herder_port, herd=server == "herd")
     try:
         status, kind, container_id = get(f"{herder_url}/golem/v1/spawn/{webstrate}")
         assert (status, kind) == (200, "text/plain"), container_id
