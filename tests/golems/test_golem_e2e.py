@@ -4,6 +4,8 @@ page served by the test; the page's golem code answers a Python ad-hoc minion.""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -23,7 +25,7 @@ GOLEM_CODE = """
 var id = herder.webstrateId();
 // Only the webstrates server and the herder resolve: "localhost" does not.
 fetch(location.origin + "/allowed").catch(function () {});
-fetch(location.origin.replace("127.0.0.1", "localhost") + "/leak").catch(function () {});
+fetch("__LEAK__/leak").catch(function () {});
 fetch("__OTHER__/leak-ip", {mode: "no-cors"}).catch(function () {});
 var control = new WebSocket(herder.ws + "/golem/v1/connect/" + id);
 control.onmessage = function (message) {
@@ -39,8 +41,8 @@ control.onmessage = function (message) {
 """
 
 
-def webstrate_page(herder_url: str, other_url: str) -> bytes:
-    golem_code = GOLEM_CODE.replace("__OTHER__", other_url)
+def webstrate_page(herder_url: str, other_url: str, leak_url: str) -> bytes:
+    golem_code = GOLEM_CODE.replace("__OTHER__", other_url).replace("__LEAK__", leak_url)
     return f"""<!doctype html>
 <html><head><title>a webstrate</title>
 <script src="{herder_url}/golem/v1/"></script></head>
@@ -52,7 +54,7 @@ def webstrate_page(herder_url: str, other_url: str) -> bytes:
 class WebstratesServer:
     """A stand-in for the webstrates server: the same page for every /<id>/."""
 
-    def __init__(self, page: bytes, host: str = "127.0.0.1") -> None:
+    def __init__(self, page: bytes, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.requests: list[str] = []
         owner = self
 
@@ -70,7 +72,7 @@ class WebstratesServer:
                 pass
 
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.server = ThreadingHTTPServer((host, self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -92,17 +94,33 @@ def get(url: str) -> tuple[int, str, str]:
         return error.code, error.headers.get_content_type(), error.read().decode()
 
 
-@pytest.mark.parametrize("server", ["daphne", "herd"])
-def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine, server):
-    herder_port = free_port()
-    herder_url = f"http://127.0.0.1:{herder_port}"
+def docker_gateway() -> str:
+    """The host's address on Docker's default bridge (docker0)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
+    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    if not match:
+        pytest.fail("docker0 has no IPv4 address: is the Docker engine running with its default bridge?")
+    return match.group(1)
+
+
+@pytest.mark.parametrize("server, network", [("daphne", "host"), ("herd", "host"), ("daphne", "bridge")])
+def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine, server, network):
+    # "host": everything on 127.0.0.1, the golem on the host's network. "bridge": the
+    # herder and the webstrates server on docker0's address, the golem on the default
+    # bridge reaching the webstrates server as host.docker.internal.
+    host = "127.0.0.1" if network == "host" else docker_gateway()
+    herder_port = free_port(host)
+    herder_url = f"http://{host}:{herder_port}"
     # Another server on the loopback network, by IP address: the golem must not reach it.
     other = WebstratesServer(b"", host="127.0.0.2")
-    webstrates = WebstratesServer(webstrate_page(herder_url, other.url))
-    webstrate = webstrate_id(f"e2e-{server}")
-    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url)
+    page_port = free_port(host)
+    leak_url = f"http://localhost:{page_port}"
+    webstrates = WebstratesServer(webstrate_page(herder_url, other.url, leak_url), host=host, port=page_port)
+    golem_sees = webstrates.url if network == "host" else f"http://host.docker.internal:{page_port}"
+    webstrate = webstrate_id(f"e2e-{server}-{network}")
+    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=golem_sees)
     migrate(env)
-    herder = Herder(env=env, log=tmp_path / "herder.log", port=herder_port, herd=server == "herd")
+    herder = Herder(env=env, host=host, log=tmp_path / "herder.log", port=herder_port, herd=server == "herd")
     try:
         status, kind, container_id = get(f"{herder_url}/golem/v1/spawn/{webstrate}")
         assert (status, kind) == (200, "text/plain"), container_id
