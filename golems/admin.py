@@ -9,7 +9,8 @@ from herder.errors import GolemNotFound, RuntimeUnavailable
 class GolemAdmin(admin.ModelAdmin):
     """Golems for audit, with reset and kill; the rows themselves are read-only."""
 
-    list_display = ("webstrate", "state", "container_name", "started", "last_active", "restarts", "error")
+    list_display = ("webstrate", "state", "container_name", "started", "last_active", "restarts",
+                    "crash_streak", "error")
     list_filter = ("state", "started", "last_active")
     search_fields = ("webstrate", "container_id", "container_name", "error")
     actions = ["reset_golems", "kill_golems"]

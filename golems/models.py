@@ -21,6 +21,8 @@ class Golem(models.Model):
     # The last spawn request or minion for this webstrate: idle golems are reaped.
     last_active = models.DateTimeField(null=True, blank=True, db_index=True)
     restarts = models.PositiveIntegerField(default=0)
+    # Crashes in a row, each within a minute of its start: restarts wait longer and longer.
+    crash_streak = models.PositiveIntegerField(default=0)
     # Why the container last stopped, when the herder knows.
     error = models.CharField(max_length=255, blank=True)
 

@@ -31,6 +31,8 @@ WEBSTRATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 KIND = "golem"
 LABEL_INSTANCE = "herder.instance"
 _LIVE = ("running", "restarting")
+# A container that dies within this many seconds of its start crashed "at once".
+QUICK_CRASH = 60
 
 
 def webstrate_validate(webstrate: str) -> str:
@@ -216,6 +218,7 @@ def golem_reset(*, webstrate: str) -> Golem:
         if golem is None or golem.state not in (Golem.State.RUNNING, Golem.State.CRASHED):
             raise GolemNotFound(f"Webstrate {webstrate} has no golem.")
         golem.last_active = timezone.now()
+        golem.crash_streak = 0
         _start(golem)
         golem.save()
     return golem
@@ -302,14 +305,28 @@ def _reconcile_one(webstrate: str) -> None:
             return
         if golem is None or golem.state not in (Golem.State.RUNNING, Golem.State.CRASHED):
             return
-        exited = [c for c in containers if c.handle.id == golem.container_id]
-        error = "its container exited" if exited else "its container vanished"
-        golem.state = Golem.State.CRASHED
-        golem.restarts += 1
+        now = timezone.now()
+        if golem.state == Golem.State.RUNNING:
+            exited = [c for c in containers if c.handle.id == golem.container_id]
+            quick = golem.started is not None and (now - golem.started).total_seconds() < QUICK_CRASH
+            golem.crash_streak = golem.crash_streak + 1 if quick else 1
+            golem.state = Golem.State.CRASHED
+            golem.restarts += 1
+            golem.stopped = now
+            golem.error = "its container exited" if exited else "its container vanished"
+            golem.save()
+            logger.warning("golem %s crashed (%s)", webstrate, golem.error)
+        delay = restart_delay(golem.crash_streak)
+        if golem.stopped is not None and (now - golem.stopped).total_seconds() < delay:
+            return  # it keeps crashing: a later pass restarts it
+        _start(golem, error=golem.error)
         golem.save()
-        logger.warning("golem %s crashed (%s); restarting", webstrate, error)
-        _start(golem, error=error)
-        golem.save()
+
+
+def restart_delay(crash_streak: int) -> float:
+    """Seconds before a crashed golem is restarted: at once after a first crash,
+    then 5 s, 10 s, 20 s... up to 5 minutes while it keeps crashing right after its start."""
+    return 0.0 if crash_streak <= 1 else float(min(5 * 2 ** (crash_streak - 2), 300))
 
 
 def golem_reap_idle() -> None:

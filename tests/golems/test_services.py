@@ -20,6 +20,7 @@ from golems.services import (
     golem_reconcile,
     golem_reset,
     golem_spawn,
+    restart_delay,
 )
 from herder.errors import BadWebstrateId, GolemNotFound
 from herder.runtime import Handle
@@ -110,11 +111,20 @@ def test_a_crashed_golem_is_restarted(docker_engine):
     assert golem.error == "its container exited"
     assert live(docker_engine, W_CRASH) == [golem.container_id]
 
-    # A container removed behind the herder's back counts as a crash too.
+    # A container removed behind the herder's back counts as a crash too. Crashing
+    # again right after its start, it waits before the next restart.
     docker_engine.remove(Handle(id=golem.container_id, name=golem.container_name))
     golem_reconcile()
     golem.refresh_from_db()
-    assert golem.restarts == 2 and live(docker_engine, W_CRASH) == [golem.container_id]
+    assert golem.state == Golem.State.CRASHED and golem.error == "its container vanished"
+    assert (golem.restarts, golem.crash_streak) == (2, 2) and live(docker_engine, W_CRASH) == []
+    assert restart_delay(2) == 5 and restart_delay(3) == 10 and restart_delay(30) == 300
+    Golem.objects.filter(pk=golem.pk).update(stopped=timezone.now() - timedelta(seconds=6))
+    golem_reconcile()
+    golem.refresh_from_db()
+    assert golem.state == Golem.State.RUNNING and live(docker_engine, W_CRASH) == [golem.container_id]
+    # A reset starts afresh.
+    assert golem_reset(webstrate=W_CRASH).crash_streak == 0
     golem_kill(webstrate=W_CRASH)
 
 
