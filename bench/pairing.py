@@ -1,6 +1,6 @@
 """Ad-hoc minion pairing: one golem and one minion paired through the herder.
 
-For each channel layer it starts herder processes (Daphne) on free loopback
+For each server (uvicorn, Daphne) and channel layer it starts `herd` processes on free loopback
 ports, each with its own data folder, then pairs a golem and a minion (the
 three sockets: control, minion, connect-to) and measures:
   - round trip: the minion sends a small text frame, the golem sends it back;
@@ -40,7 +40,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_herders(count: int, data_dir: str, redis_url: str | None) -> list[tuple[subprocess.Popen, int]]:
+def start_herders(count: int, data_dir: str, redis_url: str | None,
+                  server: str) -> list[tuple[subprocess.Popen, int]]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env.update(HERDER_DATA_DIR=data_dir, HERDER_LOG_LEVEL="WARNING")
     if redis_url:
@@ -49,8 +50,9 @@ def start_herders(count: int, data_dir: str, redis_url: str | None) -> list[tupl
     herders = []
     for _ in range(count):
         port = free_port()
+        # Serve only: the bench measures the server and the relay, not the supervisor.
         process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), "herder.asgi:application"],
+            [sys.executable, "manage.py", "herd", "--port", str(port), "--server", server, "--no-supervisor"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL)
         herders.append((process, port))
     for process, port in herders:
@@ -110,15 +112,19 @@ async def measure(golem_port: int, minion_port: int, rtt_count: int, stream_coun
 
 def run(label: str, processes: int, redis_url: str | None, args) -> None:
     with tempfile.TemporaryDirectory(prefix="herder-bench-") as data_dir:
-        herders = start_herders(processes, data_dir, redis_url)
+        herders = start_herders(processes, data_dir, redis_url, args.server)
         try:
             ports = [port for _, port in herders]
             result = asyncio.run(measure(ports[0], ports[-1], args.rtt, args.stream))
         finally:
             for process, _ in herders:
                 process.terminate()
-                process.wait(10)
-    print(f"{label:<38} RTT p50 {result['rtt_p50_ms']:6.2f} ms   p99 {result['rtt_p99_ms']:6.2f} ms   "
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    print(f"{label:<46} RTT p50 {result['rtt_p50_ms']:6.2f} ms   p99 {result['rtt_p99_ms']:6.2f} ms   "
           f"one-way {result['msgs_per_s']:8.0f} msgs/s", flush=True)
 
 
@@ -127,11 +133,14 @@ def main() -> None:
     parser.add_argument("--redis", default=os.environ.get("HERDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--rtt", type=int, default=2000)
     parser.add_argument("--stream", type=int, default=20000)
+    parser.add_argument("--servers", default="uvicorn,daphne", help="comma-separated: uvicorn, daphne")
     args = parser.parse_args()
     print(f"one golem and one minion; {args.rtt} round trips, a one-way stream of {args.stream}")
-    run("in-memory layer, one process", 1, None, args)
-    run("Redis layer, one process", 1, args.redis, args)
-    run("Redis layer, golem and minion apart", 2, args.redis, args)
+    for server in args.servers.split(","):
+        args.server = server
+        run(f"{server}, in-memory layer, one process", 1, None, args)
+        run(f"{server}, Redis layer, one process", 1, args.redis, args)
+        run(f"{server}, Redis layer, golem and minion apart", 2, args.redis, args)
 
 
 if __name__ == "__main__":

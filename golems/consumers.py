@@ -25,7 +25,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework.exceptions import APIException
 
-from golems.pairing import Outbox, event, minion_group, send_patiently, waiting_group
+from golems.pairing import Outbox, event, local_sockets, minion_group, send_patiently, waiting_group
 from golems.services import (
     golem_touch,
     presence_claim,
@@ -87,6 +87,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
+        local_sockets[self.channel_name] = self.dispatch
         loops = [asyncio.create_task(self._dispatch_from(receive)),
                  asyncio.create_task(self._dispatch_from(self.channel_receive))]
         try:
@@ -96,6 +97,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
+            local_sockets.pop(self.channel_name, None)
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
