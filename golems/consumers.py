@@ -69,7 +69,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
 
     # Relay traffic does no ORM work: skip the thread hop to close_old_connections
     # that the stock dispatch makes before every message.
-    _HOT = frozenset({"websocket.receive", "relay.frame", "relay.ping"})
+    _HOT = frozenset({"websocket.receive", "relay.frame", "relay.ping", "relay.batch"})
 
     _accepted = False
     peer: str | None = None
@@ -181,8 +181,17 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.outbox.put(message)
         elif not self.outbox.put_nowait(message):
-            await self.refuse(PayloadTooLarge(
-                f"More than {settings.HERDER_PAIRING_BUFFER} frames were sent before pairing."))
+            try:
+                # Pairing may be a moment away: wait for it (holding the socket's
+                # reading back) as long as this kind of socket may.
+                await asyncio.wait_for(self.outbox.put(message), self.pairing_patience())
+            except asyncio.TimeoutError:
+                await self.refuse(PayloadTooLarge(
+                    f"More than {settings.HERDER_PAIRING_BUFFER} frames were sent before pairing."))
+
+    def pairing_patience(self) -> float:
+        """Seconds a full pre-pairing queue waits for pairing before refusing."""
+        return 0
 
     async def relay_frame(self, message: dict) -> None:
         self._last_heard = asyncio.get_running_loop().time()
@@ -191,6 +200,11 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             await self.send(bytes_data=data)
         else:
             await self.send(text_data=message["text"])
+
+    async def relay_batch(self, message: dict) -> None:
+        """Several messages of a peer in another process, in their order."""
+        for each in message["messages"]:
+            await self.dispatch(each)
 
     async def relay_ping(self, message: dict) -> None:
         if message.get("from") == self.peer:
@@ -382,6 +396,11 @@ class GolemMinionConsumer(_PairingConsumer):
     leaves, this socket gets minion-disconnected and closes."""
 
     _timer: asyncio.Task | None = None
+
+    def pairing_patience(self) -> float:
+        # The minion's acceptance is on its way: a golem that starts sending at
+        # once must not be refused for it.
+        return settings.HERDER_PAIRING_REPLY_TIMEOUT
 
     @property
     def minion_id(self) -> str:
