@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
