@@ -137,6 +137,15 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         }))
         await self.close(code=4000 + exc.status_code)
 
+    async def webstrate_accepted(self) -> bool:
+        """Refuse (4400) a webstrate id that is not valid; False when refused."""
+        try:
+            webstrate_validate(self.webstrate)
+        except BadWebstrateId as exc:
+            await self.refuse(exc)
+            return False
+        return True
+
     @property
     def webstrate(self) -> str:
         return self.scope["url_route"]["kwargs"]["webstrate"]
@@ -238,10 +247,7 @@ class GolemControlConsumer(_PairingConsumer):
     _heartbeat: asyncio.Task | None = None
 
     async def connect(self) -> None:
-        try:
-            webstrate_validate(self.webstrate)
-        except BadWebstrateId as exc:
-            await self.refuse(exc)
+        if not await self.webstrate_accepted():
             return
         # Accepted first: minions may find the presence as soon as it is claimed.
         await self.accept()
@@ -306,10 +312,7 @@ class MinionPairConsumer(_PairingConsumer):
     _groups: tuple[str, ...] = ()
 
     async def connect(self) -> None:
-        try:
-            webstrate_validate(self.webstrate)
-        except BadWebstrateId as exc:
-            await self.refuse(exc)
+        if not await self.webstrate_accepted():
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.minion_type = (query.get("type") or [""])[0][:128]
