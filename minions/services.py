@@ -66,9 +66,10 @@ def minion_spec(*, env: str, image: str, owner: str) -> ContainerSpec:
         command=["--serve"],
         labels={"herder.env": env},
         # herder-run starts as root with nothing but the capabilities to become
-        # HERDER_MINION_USER, which every program runs as.
+        # HERDER_MINION_USER, which every program runs as, and to kill what
+        # its programs leave behind.
         user="0:0",
-        cap_add=["SETUID", "SETGID"],
+        cap_add=["SETUID", "SETGID", "KILL"],
         environment={"HERDER_RUN_AS": _uid() + ":" + _gid()},
         memory=settings.HERDER_MINION_MEMORY,
         cpus=settings.HERDER_MINION_CPUS,

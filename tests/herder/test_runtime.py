@@ -65,7 +65,7 @@ def test_files_go_in_and_come_out_through_the_api(runtime):
 
 def test_attached_run_sees_all_output_from_the_start(runtime):
     handle, attachment = runtime.start_attached(spec(command=["--serve"], stdin=True, auto_remove=True, user="0:0",
-                                                     cap_add=["SETUID", "SETGID"],
+                                                     cap_add=["SETUID", "SETGID", "KILL"],
                                                      read_only=True, keep_logs=False,
                                                      tmpfs={"/minion": "size=8m,uid=65534,mode=0755"}))
     try:

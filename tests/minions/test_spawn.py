@@ -12,15 +12,22 @@ from tests.conftest import herder_containers
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
 
-@pytest.fixture(autouse=True, params=["cold", "warm"])
+@pytest.fixture(autouse=True, params=["cold", "warm", "recycled"])
 def minion_path(request, settings):
-    """Every test here runs on both paths: a fresh container, and a warm one
-    taken from the pool (python's pre-filled; other envs warm up as used)."""
-    if request.param == "warm":
-        settings.HERDER_MINION_POOL_SIZE = 2
+    """Every test here runs on three paths: a fresh container; a warm one taken
+    from the pool (python's pre-filled; other envs warm up as used); and, for
+    python, a container that has already served a run and been reset."""
+    if request.param == "cold":
+        settings.HERDER_MINION_RUNS_PER_CONTAINER = 1
+    else:
+        settings.HERDER_MINION_POOL_SIZE = 2 if request.param == "warm" else 1
+        settings.HERDER_MINION_RUNS_PER_CONTAINER = 1 if request.param == "warm" else 50
         pool.take("python")  # registers the env; the pool starts filling
         pool.drain()
         pool.fill("python")
+    if request.param == "recycled":
+        Client().post("/minion/v1/spawn", {"env": "python", "main.sh": "echo x > /tmp/earlier; sleep 30 &"})
+        MinionRun.objects.all().delete()
     yield request.param
     pool.close()
 
@@ -221,7 +228,7 @@ def test_the_run_is_recorded_for_the_admin(minion_path):
     assert run.files_count == 1 and run.files_bytes == len("print('x')")
     assert run.exit_code == 0 and run.stdout_bytes == 2
     assert run.container and not run.error
-    assert run.warm is (minion_path == "warm")
+    assert run.warm is (minion_path != "cold")
 
 
 def test_no_minion_container_is_left_after_runs():
@@ -242,6 +249,9 @@ def test_a_container_removed_mid_run_is_a_503_not_a_result(settings):
     # Cold only: the one container there is, is the run's.
     settings.HERDER_MINION_POOL_SIZE = 0
     pool.close()
+    from tests.conftest import wait_until_gone
+
+    assert wait_until_gone("minion") == []
 
     def remove_it_soon():
         for _ in range(100):
