@@ -26,12 +26,12 @@ from minions import runner
 
 logger = logging.getLogger(__name__)
 
+# Marks containers started for the pool (for operators: `docker ps --filter`).
 POOLED_LABEL = "herder.pooled"
 # After a failure to start one, wait this long before trying again.
 _RETRY_SECONDS = 5.0
-
-
-# How long a container given back may take to finish its reset.
+# How long a container given back may take to finish its reset; a slower one
+# (its last run left much to clean) is removed instead.
 _READY_SECONDS = 2.0
 # How long a new container may take to start.
 _START_SECONDS = 15.0
