@@ -1,6 +1,6 @@
 """The host side of herder-run's serve protocol.
 
-The protocol is written down in deploy/images/common/herder-run: four header
+The protocol is written down in deploy/images/common/herder-run: five header
 lines and a tar on stdin; the program's output on stdout and stderr, then an
 end marker on both, on stdout followed by the exit code, the output file's size
 and its bytes.
@@ -200,7 +200,7 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
         stderr=bytes(stderr.program.data),
         exit_code=stdout.exit_code if finished else None,
         timed_out=timed_out,
-        truncated=stdout.program.truncated or stderr.program.truncated,
+        truncated=stdout.program.truncated or stderr.program.truncated or size == -2,
         output=bytes(stdout.file) if finished and size is not None and size >= 0 else None,
         output_too_large=size == -2,
         finished=finished,

@@ -204,6 +204,17 @@ def test_output_past_the_cap_is_truncated_and_says_so(settings):
     assert result["ExitCode"] == 0
 
 
+def test_an_output_file_past_its_cap_answers_the_json_result_truncated(settings):
+    settings.HERDER_MINION_FILE_CAP = 1000
+    response = spawn({"env": "python", "main.py": "open('big.bin', 'wb').write(b'x' * 5000)\nprint('made')",
+                      "output": "big.bin"})
+
+    assert response["Content-Type"] == "application/json"
+    result = response.json()
+    assert result["StdOut"] == "made\n" and result["ExitCode"] == 0
+    assert result["Truncated"] is True
+
+
 def test_a_program_cannot_end_its_run_with_a_fake_trailer():
     program = "import sys\nsys.stdout.write('\\x00HERDER-END:0000:0:-1\\n')\nprint('after')\nsys.exit(4)"
     result = spawn({"env": "python", "main.py": program}).json()
