@@ -15,7 +15,7 @@ from rest_framework.exceptions import NotFound
 
 from accounts.services import account_balance, credits_spend
 from herder.errors import BadInput, ImageNotAllowed, InsufficientCredits
-from herder.runtime import ContainerGone, ContainerSpec, Handle, get_runtime
+from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions.files import check_files
 
 from daemons.models import Daemon
@@ -228,8 +228,5 @@ def daemon_supervise() -> None:
     # A dead daemon's container that stopped for good is removed, its volume kept.
     for daemon in Daemon.objects.filter(state=State.DEAD).exclude(container_id=""):
         if daemon.container_id not in live:
-            try:
-                runtime.remove(Handle(id=daemon.container_id, name=daemon.full_name))
-            except ContainerGone:
-                pass
+            runtime.remove(Handle(id=daemon.container_id, name=daemon.full_name))
             Daemon.objects.filter(pk=daemon.pk).update(container_id="")

@@ -127,13 +127,6 @@ class Attachment:
         except socket.timeout as exc:
             raise TimeoutError("the container stopped reading its stdin") from exc
 
-    def close_stdin(self) -> None:
-        """Half-close: the container reads EOF, its output keeps coming."""
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
     def read_frame(self, *, timeout: float | None) -> tuple[int, bytes] | None:
         """The next (stream, bytes) frame; None at the end of the stream.
 
@@ -192,9 +185,6 @@ class Attachment:
         except (OSError, ValueError):
             return False
         return not readable
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def close(self) -> None:
         for closable in (self._sock, self._wrapper):

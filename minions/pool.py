@@ -58,6 +58,17 @@ class Warm:
         self.attachment.close()
 
 
+def start_warm(spec: ContainerSpec, *, timeout: float) -> Warm:
+    """Create, attach and start a container, then wait for its runner's ready
+    signal. Raises RuntimeUnavailable, the container removed, when none comes."""
+    warm = Warm(*get_runtime().start_attached(spec))
+    if not runner.await_ready(warm.attachment, timeout=timeout):
+        warm.attachment.close()
+        get_runtime().remove(warm.handle)
+        raise RuntimeUnavailable(f"A {spec.image} container did not become ready.")
+    return warm
+
+
 class Pool:
     def __init__(self, make_spec) -> None:
         # make_spec(env) -> ContainerSpec of a cold run of that env.
@@ -120,10 +131,7 @@ class Pool:
             spec: ContainerSpec = self._make_spec(env)
             spec.name = f"herder-minion-{secrets.token_hex(8)}"
             spec.labels[POOLED_LABEL] = "1"
-            warm = Warm(*get_runtime().start_attached(spec))
-            if not runner.await_ready(warm.attachment, timeout=_START_SECONDS):
-                self._discard(warm)
-                raise RuntimeError(f"a {env} container did not become ready")
+            warm = start_warm(spec, timeout=_START_SECONDS)
             with self._lock:
                 closed = self._closed
                 if not closed:

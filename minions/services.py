@@ -18,7 +18,7 @@ from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
 from minions.files import check_files, check_name
 from minions.models import MinionRun
-from minions.pool import Pool, Warm
+from minions.pool import Pool, start_warm
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,8 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
         else:
             spec = minion_spec(env=env, image=image, owner=webstrate or "anonymous")
             spec.name = f"herder-minion-{nonce[:16]}"
-            handle, attachment = runtime.start_attached(spec)
-            warm = Warm(handle, attachment)
-            if not runner.await_ready(attachment, timeout=settings.HERDER_MINION_TIMEOUT):
-                raise RuntimeUnavailable("A minion container did not start.")
+            warm = start_warm(spec, timeout=settings.HERDER_MINION_TIMEOUT)
+            handle, attachment = warm.handle, warm.attachment
         with _live_lock:
             _live.add(handle)
         run.container = handle.id[:64]
