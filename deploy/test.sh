@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh
+# Browser tests drive Debian's Chromium (tests/browser.py).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test: installing chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 services=$(bash deploy/start-services.sh)
 redis_url=$(sed -n 's/^REDIS_URL=//p' <<<"$services")
 database_url=$(sed -n 's/^DATABASE_URL=//p' <<<"$services")

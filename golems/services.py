@@ -8,7 +8,6 @@ wants and remembers (for the admin, the supervisor and idle reaping).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import re
@@ -23,13 +22,20 @@ from django.utils import timezone
 
 from golems.models import Golem, GolemPresence
 from herder.errors import BadWebstrateId, GolemNotFound, RuntimeUnavailable
-from herder.runtime import ContainerGone, ContainerInfo, ContainerSpec, Handle, get_runtime
+from herder.runtime import (
+    LABEL_INSTANCE,
+    ContainerGone,
+    ContainerInfo,
+    ContainerSpec,
+    Handle,
+    deployment_instance,
+    get_runtime,
+)
 
 logger = logging.getLogger(__name__)
 
 WEBSTRATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 KIND = "golem"
-LABEL_INSTANCE = "herder.instance"
 _LIVE = ("running", "restarting")
 # A container that dies within this many seconds of its start crashed "at once".
 QUICK_CRASH = 60
@@ -78,15 +84,6 @@ def golem_url(webstrate: str) -> str:
     return f"{settings.HERDER_GOLEM_WEBSTRATES_URL}/{webstrate}/"
 
 
-def golem_instance() -> str:
-    """Which herder deployment a golem container belongs to: a digest of the
-    database's identity, shared by every process on that database. Herders on
-    other databases may share the engine: they never adopt or restart ours."""
-    db = settings.DATABASES["default"]
-    identity = "|".join(str(db.get(key, "")) for key in ("ENGINE", "HOST", "PORT", "NAME"))
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
-
-
 def golem_container_name(webstrate: str) -> str:
     return f"herder-golem-{webstrate}"
 
@@ -117,7 +114,6 @@ def golem_container_spec(webstrate: str) -> ContainerSpec:
         name=golem_container_name(webstrate),
         command=command,
         environment={"HOME": "/tmp", "WEBSTRATE_ID": webstrate},
-        labels={LABEL_INSTANCE: golem_instance()},
         memory=settings.HERDER_GOLEM_MEMORY,
         cpus=settings.HERDER_GOLEM_CPUS,
         pids=settings.HERDER_GOLEM_PIDS,
@@ -136,7 +132,7 @@ def _containers(webstrate: str) -> list[ContainerInfo]:
 
 
 def _ours(infos: list[ContainerInfo]) -> list[ContainerInfo]:
-    instance = golem_instance()
+    instance = deployment_instance()
     return [i for i in infos if i.labels.get(LABEL_INSTANCE) == instance]
 
 

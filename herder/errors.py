@@ -96,6 +96,18 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "too_large"
 
 
+class TooManyRequests(exceptions.APIException):
+    """Refused for load; `wait` becomes the Retry-After header (seconds)."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_detail = "Too many requests; try again later."
+    default_code = "too_many_requests"
+
+    def __init__(self, detail: str | None = None, *, wait: float = 1) -> None:
+        super().__init__(detail)
+        self.wait = max(1, int(wait + 0.999))
+
+
 class ClientGone(exceptions.APIException):
     # nginx's "client closed request": nobody is left to read it.
     status_code = 499

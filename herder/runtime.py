@@ -12,6 +12,7 @@ Choose the implementation with `HERDER_RUNTIME`; `get_runtime()` returns it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import select
 import socket
@@ -35,8 +36,21 @@ from herder.errors import ImageMissing, RuntimeUnavailable
 
 LABEL_KIND = "herder.kind"
 LABEL_OWNER = "herder.owner"
+LABEL_INSTANCE = "herder.instance"
 
 STDOUT, STDERR = 1, 2
+
+
+def deployment_instance() -> str:
+    """Which herder deployment a container belongs to: HERDER_INSTANCE, else a
+    digest of the database's identity, shared by every process on that
+    database. Herders on other databases (or test runs) may share the engine:
+    they never adopt, reap or restart each other's containers."""
+    if settings.HERDER_INSTANCE:
+        return settings.HERDER_INSTANCE
+    db = settings.DATABASES["default"]
+    identity = "|".join(str(db.get(key, "")) for key in ("ENGINE", "HOST", "PORT", "NAME"))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 class ContainerGone(Exception):
@@ -232,8 +246,10 @@ class Runtime:
         """Container port -> host port of a running container's published TCP ports."""
         raise NotImplementedError
 
-    def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
-        """The herder's containers, running or not, filtered by label."""
+    def list(self, *, kind: str | None = None, owner: str | None = None,
+             ours: bool = False) -> list[ContainerInfo]:
+        """The herder's containers, running or not, filtered by label; with
+        `ours` only this deployment's (`deployment_instance()`)."""
         raise NotImplementedError
 
     def put_archive(self, handle: Handle, path: str, files: dict[str, bytes]) -> None:
@@ -294,7 +310,8 @@ class DockerRuntime(Runtime):
             return self._client
 
     def _create(self, spec: ContainerSpec) -> Handle:
-        labels = {**spec.labels, LABEL_KIND: spec.kind, LABEL_OWNER: spec.owner}
+        labels = {LABEL_INSTANCE: deployment_instance(), **spec.labels,
+                  LABEL_KIND: spec.kind, LABEL_OWNER: spec.owner}
         api = self.client.api
         host_config = api.create_host_config(
             auto_remove=spec.auto_remove,
@@ -412,10 +429,13 @@ class DockerRuntime(Runtime):
                 published[int(port)] = int(bindings[0]["HostPort"])
         return published
 
-    def list(self, *, kind: str | None = None, owner: str | None = None) -> list[ContainerInfo]:
+    def list(self, *, kind: str | None = None, owner: str | None = None,
+             ours: bool = False) -> list[ContainerInfo]:
         filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
         if owner is not None:
             filters.append(f"{LABEL_OWNER}={owner}")
+        if ours:
+            filters.append(f"{LABEL_INSTANCE}={deployment_instance()}")
         with _engine_errors():
             rows = self.client.api.containers(all=True, filters={"label": filters})
         return [

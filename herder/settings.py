@@ -159,6 +159,17 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- Admission: who a client is, and how much one may start --------------
+# Proxies whose X-Forwarded-For is believed (addresses or networks); a client
+# is the right-most hop they did not add.
+HERDER_TRUSTED_PROXIES = env.list("HERDER_TRUSTED_PROXIES", default=[])
+# Rates are counted in the cache: shared through Redis when REDIS_URL is set.
+if env.str("REDIS_URL", default=""):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": env.str("REDIS_URL")}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # --- Tokens ----------------------------------------------------------------
 # JWTs naming an account (accounts/), signed with simplejwt. The key pair is
 # HERDER_TOKEN_PRIVATE_KEY / HERDER_TOKEN_PUBLIC_KEY (PEM text, or *_FILE);
@@ -205,6 +216,9 @@ HERDER_SERVER = env.str("HERDER_SERVER", default="uvicorn")
 
 # --- The container runtime -------------------------------------------------
 HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime")
+# Labels this deployment's containers (herder.instance); empty: a digest of the
+# database's identity. Deployments sharing one engine must differ.
+HERDER_INSTANCE = env.str("HERDER_INSTANCE", default="")
 # The docker SDK's own variable; unset means the local engine.
 DOCKER_HOST = env.str("DOCKER_HOST", default="")
 

@@ -221,7 +221,7 @@ def minion_reap_orphans() -> int:
     known |= pool.container_ids()
     runtime = get_runtime()
     reaped = 0
-    for info in runtime.list(kind="minion"):
+    for info in runtime.list(kind="minion", ours=True):
         if info.handle.id not in known and timezone.now() - info.created > limit:
             runtime.remove(info.handle)
             reaped += 1

@@ -6,15 +6,18 @@ Deselect them on purpose with `-m "not docker"`.
 """
 
 import time
+import uuid
 
 import pytest
+from django.conf import settings as django_settings
 
 from herder.errors import RuntimeUnavailable
 from herder.runtime import get_runtime
 
 
 def herder_containers(kind: str) -> list:
-    return get_runtime().list(kind=kind)
+    """This test run's containers of `kind` (other runs may share the engine)."""
+    return get_runtime().list(kind=kind, ours=True)
 
 
 def wait_until_gone(kind: str, *, seconds: float = 10.0) -> list:
@@ -25,6 +28,13 @@ def wait_until_gone(kind: str, *, seconds: float = 10.0) -> list:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _instance_of_this_run():
+    """Containers of this run carry their own `herder.instance` label, so two
+    test runs on one engine never count or remove each other's."""
+    django_settings.HERDER_INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
