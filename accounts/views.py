@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
-from herder.errors import InvalidToken
+from herder.errors import BadInput, InvalidToken
 
 
 class TokenGenerateView(APIView):
@@ -44,8 +44,11 @@ class TokenGenerateView(APIView):
     )
     def post(self, request: Request) -> Response:
         # Form fields or query parameters (the original took both); fields win.
+        body = request.data
+        if not isinstance(body, dict):  # QueryDict is a dict too
+            raise BadInput("The body must be form fields or a JSON object.")
         data = request.query_params.dict()
-        data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
+        data.update(body.dict() if hasattr(body, "dict") else body)
         data = {k: str(v) for k, v in data.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
         serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)

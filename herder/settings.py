@@ -132,6 +132,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# A refused CSRF check answers JSON like every other error (not Django's HTML page).
+CSRF_FAILURE_VIEW = "herder.errors.csrf_failure"
+
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # herder/asgi.py serves the admin's and the API docs' assets from the
@@ -147,7 +150,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.JSONParser",
+        # DRF's, refusing JSON nested too deeply for Python with a 400.
+        "herder.parsers.JSONParser",
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
