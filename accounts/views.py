@@ -12,13 +12,14 @@ from herder.errors import BadInput, InvalidToken
 
 
 class TokenGenerateView(APIView):
-    """Mint a token for an email when the configured token password is given."""
+    """Mint a token for an account (an email or any identifier) when the configured token password is given."""
 
     class InputSerializer(serializers.Serializer):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
         password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = serializers.CharField(required=False, allow_blank=True, default="")
+        email = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
+                                      help_text="An email address or any identifier naming the account.")
         credits = serializers.CharField(required=False, allow_blank=True, default="",
                                         help_text="Whole number, at least 0; default 30000.")
 
@@ -27,7 +28,7 @@ class TokenGenerateView(APIView):
 
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField(help_text="The account: an email address (lower-cased) or any identifier.")
         credits = serializers.IntegerField(help_text="Credits granted with this token.")
 
         class Meta:
@@ -38,7 +39,7 @@ class TokenGenerateView(APIView):
         parameters=[InputSerializer],
         request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer},
         responses={200: OutputSerializer,
-                   400: OpenApiResponse(description="Bad email or credits."),
+                   400: OpenApiResponse(description="Bad identifier or credits."),
                    401: OpenApiResponse(description="Wrong password."),
                    405: OpenApiResponse(description="No token password is configured.")},
     )
@@ -61,7 +62,7 @@ class TokenInspectView(APIView):
 
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField(help_text="The account: an email address or any identifier.")
         credits = serializers.IntegerField(source="balance", help_text="The account's remaining credits.")
 
         class Meta:
