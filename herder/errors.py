@@ -198,7 +198,7 @@ def bad_request(request, exception=None) -> JsonResponse:
 
 def csrf_failure(request, reason: str = "") -> JsonResponse:
     # API routes are exempt; this answers form posts to Django's own pages.
-    return error_response(403, "csrf_failed", f"CSRF check failed: {reason or 'no valid token'}.")
+    return error_response(403, "csrf_failed", f"CSRF check failed: {(reason or 'no valid token').rstrip('.')}.")
 
 
 class JSONErrorsMixin:
