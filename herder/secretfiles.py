@@ -34,6 +34,8 @@ def private_file(path: Path) -> Path:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     except FileExistsError:
         _tighten(path, PRIVATE_FILE_MODE)
+    except FileNotFoundError:
+        pass  # no such folder: Django's own error on connecting says so
     return path
 
 
