@@ -24,6 +24,9 @@ from asgiref.testing import ApplicationCommunicator
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.services import token_mint
+from daemons.models import Daemon
+from golems.models import Golem
+from minions.models import MinionRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -267,6 +270,9 @@ def test_malformed_bodies_on_every_route(walk_settings, token):
                                       request(m, p, headers=a, body=b, content_type=c)))
     failures = _walk(cases)
     assert not failures, "\n".join(failures)
+    # Nothing started: every valid-looking spawn met the missing engine.
+    assert not Golem.objects.exclude(container_id="").exists() and not Daemon.objects.exists()
+    assert all(run.error for run in MinionRun.objects.all())
 
 
 def test_odd_paths_and_methods_on_every_route(walk_settings, token):
