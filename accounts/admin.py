@@ -19,6 +19,13 @@ RECENT_ENTRIES = 50
 
 
 class _ReadOnly:
+    """Rows only services write; nobody, superusers included, edits or deletes them here."""
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
@@ -147,7 +154,13 @@ class CreditEntryAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # The ledger is append-only, superusers included: an adjustment corrects it.
         return False
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def save_model(self, request: HttpRequest, obj: CreditEntry, form: forms.Form, change: bool) -> None:
         # Through the service, so the balance and the ledger change together.

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.exceptions import ImproperlyConfigured
 
+from herder.secretfiles import create_once, read_secret
+
 PRIVATE_FILE = "token_private.pem"
 PUBLIC_FILE = "token_public.pem"
 KEY_SIZE = 3072
@@ -30,26 +32,6 @@ def _public_pem(key: rsa.RSAPrivateKey) -> str:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
-
-
-def _create_exclusively(path: Path, text: str, mode: int) -> bool:
-    """Write `text` to `path` unless it exists; True when this call wrote it.
-
-    The text goes to a private temporary file first and is linked into place,
-    so two herder processes starting at once agree on one key and nobody
-    ever reads a half-written file.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def token_key_pair(*, private_pem: str, public_pem: str, data_dir: Path) -> tuple[str, str]:
@@ -83,8 +65,10 @@ def token_key_pair(*, private_pem: str, public_pem: str, data_dir: Path) -> tupl
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-        _create_exclusively(private_path, text, 0o600)
-    private_text = private_path.read_text()
+        # Atomic and exclusive: of two first starts, both end with the winner's key.
+        create_once(private_path, text.encode())
+    # An empty or damaged file is an error with the file's name, never a key.
+    private_text = read_secret(private_path, what="the token signing key") + "\n"
     derived = _public_pem(_load_private(private_text, str(private_path)))
     public_path = data_dir / PUBLIC_FILE
     if not public_path.exists() or _normalised(public_path.read_text()) != _normalised(derived):

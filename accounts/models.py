@@ -12,9 +12,10 @@ from django.utils import timezone
 
 
 class Account(models.Model):
-    """An email address with a credit balance. Shared by all its tokens."""
+    """An email address, or any other identifier, with a credit balance. Shared by all its tokens."""
 
-    email = models.EmailField(max_length=254, unique=True)
+    # Named "email" as in the original's API; any identifier (accounts.services.account_identifier).
+    email = models.CharField(max_length=254, unique=True)
     # Equal to the sum of this account's ledger; changed only by services.
     balance = models.BigIntegerField(default=0, editable=False)
     created = models.DateTimeField(default=timezone.now, editable=False)

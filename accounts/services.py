@@ -6,6 +6,7 @@ ledger's sum and never goes below zero.
 """
 
 import hmac
+import unicodedata
 from datetime import timedelta
 
 from django.conf import settings
@@ -29,27 +30,47 @@ from herder.errors import (
 )
 
 _validate_email = EmailValidator()
+_IDENTIFIER_LENGTH = Account._meta.get_field("email").max_length
+# Cc control, Cf format (zero-width, bidi overrides), Cs lone surrogates, Zl/Zp line
+# and paragraph separators: invisible or breaking, they would let two names look alike.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 # Far beyond any use, and far from the 64-bit balance column's limit.
 MAX_CREDITS = 10**15
 _SUBJECT_LENGTH = CreditEntry._meta.get_field("subject").max_length
 _NOTE_LENGTH = CreditEntry._meta.get_field("note").max_length
 
 
-def _normalise_email(email: str) -> str:
-    """Emails name accounts case-insensitively: Alice@X.org and alice@x.org share credits."""
-    email = (email or "").strip().lower()
+def account_identifier(identifier: str) -> str:
+    """The account name for `identifier`: an email address or any other identifier
+    (as the original's README has it), in its one stored form.
+
+    Rules: 1 to 254 characters, no control, format (zero-width, bidi) or separator
+    characters and no leading or trailing whitespace; Unicode in NFC. Email
+    addresses are case-insensitive (stored lower-cased: Alice@X.org and alice@x.org
+    share credits); any other identifier is kept exactly, case included, since it
+    may come from a system where case matters. Raises BadInput.
+    """
+    if not isinstance(identifier, str) or not identifier:
+        raise BadInput("An account identifier (an email address or any other name) is required.")
+    identifier = unicodedata.normalize("NFC", identifier)
+    if len(identifier) > _IDENTIFIER_LENGTH:
+        raise BadInput(f"An account identifier has at most {_IDENTIFIER_LENGTH} characters.")
+    if identifier != identifier.strip():
+        raise BadInput(f"{identifier!r}: an account identifier may not start or end with whitespace.")
+    bad = next((c for c in identifier if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+    if bad is not None:
+        raise BadInput(f"{identifier!r}: an account identifier may not hold U+{ord(bad):04X} "
+                       f"({unicodedata.category(bad)}, a control, format or separator character).")
     try:
-        if len(email) > Account._meta.get_field("email").max_length:
-            raise ValidationError("too long")
-        _validate_email(email)
+        _validate_email(identifier)
     except ValidationError:
-        raise BadInput(f"{email!r} is not a valid email address.") from None
-    return email
+        return identifier
+    return identifier.lower()
 
 
 def account_get_or_create(*, email: str) -> Account:
     """The account of `email`, created with a zero balance when new. Raises BadInput."""
-    account, _ = Account.objects.get_or_create(email=_normalise_email(email))
+    account, _ = Account.objects.get_or_create(email=account_identifier(email))
     return account
 
 
@@ -131,7 +152,8 @@ def token_mint(*, email: str, credits: int = 30000, lifetime: timedelta | None =
     its `credits` to the account, once. `lifetime` defaults to
     settings.HERDER_TOKEN_LIFETIME.
 
-    Returns the signed JWT. Raises BadInput for a malformed email, negative
+    `email` is any account identifier (account_identifier). Returns the signed
+    JWT. Raises BadInput for a malformed identifier, negative
     credits or a lifetime that is not positive.
     """
     if isinstance(credits, bool) or not isinstance(credits, int) or not 0 <= credits <= MAX_CREDITS:
@@ -139,7 +161,7 @@ def token_mint(*, email: str, credits: int = 30000, lifetime: timedelta | None =
     lifetime = settings.HERDER_TOKEN_LIFETIME if lifetime is None else lifetime
     if lifetime <= timedelta(0):
         raise BadInput("A token's lifetime must be positive.")
-    email = _normalise_email(email)
+    email = account_identifier(email)
     with transaction.atomic():
         account = account_get_or_create(email=email)
         jwt = AccountJWT.for_user(account)
@@ -202,7 +224,7 @@ def token_generate(*, password: str, email: str, credits: str | int | None = Non
         except ValueError:
             raise BadInput(f"Credits must be a whole number, not {credits!r}.") from None
     raw = token_mint(email=email, credits=credits)
-    return raw, _normalise_email(email), credits
+    return raw, account_identifier(email), credits
 
 
 def token_inspect(raw: str) -> Account:

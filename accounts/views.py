@@ -8,17 +8,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
-from herder.errors import InvalidToken
+from herder.errors import BadInput, InvalidToken
 
 
 class TokenGenerateView(APIView):
-    """Mint a token for an email when the configured token password is given."""
+    """Mint a token for an account (an email or any identifier) when the configured token password is given."""
 
     class InputSerializer(serializers.Serializer):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
         password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = serializers.CharField(required=False, allow_blank=True, default="")
+        email = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
+                                      help_text="An email address or any identifier naming the account.")
         credits = serializers.CharField(required=False, allow_blank=True, default="",
                                         help_text="Whole number, at least 0; default 30000.")
 
@@ -27,7 +28,7 @@ class TokenGenerateView(APIView):
 
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField(help_text="The account: an email address (lower-cased) or any identifier.")
         credits = serializers.IntegerField(help_text="Credits granted with this token.")
 
         class Meta:
@@ -38,14 +39,17 @@ class TokenGenerateView(APIView):
         parameters=[InputSerializer],
         request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer},
         responses={200: OutputSerializer,
-                   400: OpenApiResponse(description="Bad email or credits."),
+                   400: OpenApiResponse(description="Bad identifier or credits."),
                    401: OpenApiResponse(description="Wrong password."),
                    405: OpenApiResponse(description="No token password is configured.")},
     )
     def post(self, request: Request) -> Response:
         # Form fields or query parameters (the original took both); fields win.
+        body = request.data
+        if not isinstance(body, dict):  # QueryDict is a dict too
+            raise BadInput("The body must be form fields or a JSON object.")
         data = request.query_params.dict()
-        data.update(request.data.dict() if hasattr(request.data, "dict") else request.data)
+        data.update(body.dict() if hasattr(body, "dict") else body)
         data = {k: str(v) for k, v in data.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
         serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
@@ -58,7 +62,7 @@ class TokenInspectView(APIView):
 
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField(help_text="The account: an email address or any identifier.")
         credits = serializers.IntegerField(source="balance", help_text="The account's remaining credits.")
 
         class Meta:

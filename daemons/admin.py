@@ -16,7 +16,8 @@ class DaemonAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Stop the selected daemons (volumes kept)")
+    # Stopping changes what runs and what is charged: not for view-only staff.
+    @admin.action(description="Stop the selected daemons (volumes kept)", permissions=["change"])
     def stop_daemons(self, request, queryset) -> None:
         stopped = 0
         for daemon in queryset:

@@ -39,7 +39,7 @@ def parse_ports(raw: str | list | None) -> list[int]:
         return []
     try:
         values = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # "[[[[..." recurses past Python's limit
         raise BadInput(f"ports is not JSON: {exc}.", code="bad_ports") from exc
     if not isinstance(values, list):
         raise BadInput("ports must be a JSON list, e.g. [8080] or [\"80\", \"443\"].", code="bad_ports")

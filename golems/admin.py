@@ -21,6 +21,10 @@ class GolemAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting the row would leave its container running unseen: kill instead.
+        return False
+
     def has_operate_permission(self, request) -> bool:
         # Resetting and killing change what runs: not for view-only staff.
         return request.user.has_perm("golems.change_golem")
@@ -56,4 +60,8 @@ class GolemPresenceAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The row is the live socket's claim on its webstrate; it expires by itself.
         return False

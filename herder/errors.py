@@ -17,6 +17,7 @@ from django.core.exceptions import (
 )
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -193,3 +194,20 @@ def server_error(request) -> JsonResponse:
 
 def bad_request(request, exception=None) -> JsonResponse:
     return error_response(400, "bad_input", "The request is not valid.")
+
+
+def csrf_failure(request, reason: str = "") -> JsonResponse:
+    # API routes are exempt; this answers form posts to Django's own pages.
+    return error_response(403, "csrf_failed", f"CSRF check failed: {(reason or 'no valid token').rstrip('.')}.")
+
+
+class JSONErrorsMixin:
+    """For a DRF view whose renderers are not JSON (plain text, YAML): its
+    errors are rendered as JSON all the same."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400:
+            response.accepted_renderer = JSONRenderer()
+            response.accepted_media_type = "application/json"
+        return response

@@ -11,25 +11,26 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from herder.secretfiles import create_once, private_dir, private_file, read_secret
+
 env = environ.FileAwareEnv()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # The herder's own state: the SQLite file, the secret key, the token keys.
-HERDER_DATA_DIR = Path(env.str("HERDER_DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
-HERDER_DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Mode 0700, its files 0600 (herder/secretfiles.py).
+HERDER_DATA_DIR = private_dir(Path(env.str("HERDER_DATA_DIR", default=str(BASE_DIR / "data"))).resolve())
 
 
 def _secret_key() -> str:
-    """The configured key, else one made on first start and kept in the data folder."""
+    """The configured key, else one made on first start and kept in the data folder
+    (written atomically, so concurrent first starts agree; an empty file is an error)."""
     configured = env.str("HERDER_SECRET_KEY", default="")
     if configured:
         return configured
     path = HERDER_DATA_DIR / "secret_key"
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    create_once(path, secrets.token_urlsafe(50).encode())
+    return read_secret(path, what="Django's secret key")
 
 
 def _positive(name: str, value: float) -> float:
@@ -103,6 +104,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Created 0600 before Django connects: SQLite would create it with the umask's mode.
+    _sqlite_name = str(DATABASES["default"]["NAME"])
+    if _sqlite_name and _sqlite_name != ":memory:" and not _sqlite_name.startswith("file:"):
+        private_file(Path(_sqlite_name))
     # Concurrent writers wait for the lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
@@ -127,6 +132,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# A refused CSRF check answers JSON like every other error (not Django's HTML page).
+CSRF_FAILURE_VIEW = "herder.errors.csrf_failure"
+
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # herder/asgi.py serves the admin's and the API docs' assets from the
@@ -142,7 +150,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.JSONParser",
+        # DRF's, refusing JSON nested too deeply for Python with a 400.
+        "herder.parsers.JSONParser",
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],

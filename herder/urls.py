@@ -4,7 +4,19 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.views import TokenGenerateView, TokenInspectView
 from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
+from herder.errors import JSONErrorsMixin
 from minions.views import minion_spawn
+
+
+class SchemaView(JSONErrorsMixin, SpectacularAPIView):
+    """The OpenAPI schema (YAML or JSON); a refused method answers JSON like every error."""
+
+
+class DocsView(JSONErrorsMixin, SpectacularSwaggerView):
+    """Swagger UI. Its HTML renderer cannot render OPTIONS metadata (a 500): GET only."""
+
+    http_method_names = ["get", "head"]
+
 
 urlpatterns = [
     path("minion/v1/spawn", minion_spawn, name="minion-spawn"),
@@ -13,8 +25,8 @@ urlpatterns = [
     path("daemon/v1/spawn", DaemonSpawnView.as_view(), name="daemon-spawn"),
     path("daemon/v1/ls", DaemonListView.as_view(), name="daemon-list"),
     path("daemon/v1/kill/<str:name>", DaemonKillView.as_view(), name="daemon-kill"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
     # The bootstrap script at "/", golem/v1/... (golems/urls.py).
     path("", include("golems.urls")),

@@ -5,7 +5,7 @@ from minions.models import MinionRun
 
 @admin.register(MinionRun)
 class MinionRunAdmin(admin.ModelAdmin):
-    """Read-only audit of controlled-minion runs."""
+    """Read-only audit of controlled-minion runs: append-only, even for superusers."""
 
     list_display = ("created", "env", "webstrate", "client_addr", "exit_code", "timed_out",
                     "truncated", "duration_ms", "warm", "files_count", "files_bytes", "error")
@@ -18,3 +18,12 @@ class MinionRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The audit trail is append-only: nobody deletes a run from the admin.
+        return False
+
+    def get_actions(self, request) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions

@@ -41,7 +41,8 @@ def test_mint_token_takes_credits_and_adds_them_to_the_account():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("args,message", [
-    (["-e", "not-an-email"], "not a valid email"),
+    (["-e", "carol\tnewline"], "control, format or separator"),
+    (["-e", "carol "], "whitespace"),
     (["-e", "carol@herder.test", "-c", "-5"], "at least 0|from 0"),
 ])
 def test_mint_token_refuses_bad_input_with_a_clear_message(args, message):

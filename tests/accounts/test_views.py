@@ -76,7 +76,9 @@ def test_generate_with_url_encoded_form_fields(anon_client, password):
 
 
 @pytest.mark.parametrize("fields,code", [
-    ({"email": "not-an-email"}, "bad_input"),
+    ({"email": "carol\x00"}, "bad_input"),
+    ({"email": " carol"}, "bad_input"),
+    ({"email": "c" * 255}, "bad_input"),
     ({"email": ""}, "bad_input"),
     ({"email": "carol@herder.test", "credits": "-1"}, "bad_input"),
     ({"email": "carol@herder.test", "credits": "lots"}, "bad_input"),

@@ -6,11 +6,11 @@ from herder.errors import BadInput
 
 
 class Command(BaseCommand):
-    help = ("Print a new token for EMAIL and add its credits to the account. "
+    help = ("Print a new token for EMAIL (an email address or any identifier) and add its credits to the account. "
             "Works while the herder runs.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("-e", "--email", required=True, help="The account's email address.")
+        parser.add_argument("-e", "--email", required=True, help="The account: an email address or any other identifier.")
         parser.add_argument("-c", "--credits", type=int, default=settings.HERDER_TOKEN_DEFAULT_CREDITS,
                             help="Credits to grant (default %(default)s).")
 
