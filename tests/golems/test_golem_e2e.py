@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -42,6 +43,10 @@ probe("admin", herder.url + "/admin/login/");
 probe("port", "__HOST_PORT__/leak-port");
 probe("redis", "__HERDER_HOST__:6379/");
 probe("postgres", "__HERDER_HOST__:5432/");
+// WebRTC would send UDP around the proxy (STUN); the golem's policy forbids it.
+var rtc = new RTCPeerConnection({iceServers: [{urls: "stun:__STUN__"}]});
+rtc.createDataChannel("probe");
+rtc.createOffer().then(function (offer) { return rtc.setLocalDescription(offer); }).catch(function () {});
 var control = new WebSocket(herder.ws + "/golem/v1/connect/" + id);
 control.onmessage = function (message) {
   var event = JSON.parse(message.data);
@@ -56,10 +61,11 @@ control.onmessage = function (message) {
 """
 
 
-def webstrate_page(herder_url: str, other_url: str, leak_url: str, host_port_url: str) -> bytes:
+def webstrate_page(herder_url: str, other_url: str, leak_url: str, host_port_url: str, stun: str) -> bytes:
     herder_host = herder_url.rsplit(":", 1)[0]
     golem_code = (GOLEM_CODE.replace("__OTHER__", other_url).replace("__LEAK__", leak_url)
-                  .replace("__HOST_PORT__", host_port_url).replace("__HERDER_HOST__", herder_host))
+                  .replace("__HOST_PORT__", host_port_url).replace("__HERDER_HOST__", herder_host)
+                  .replace("__STUN__", stun))
     return f"""<!doctype html>
 <html><head><title>a webstrate</title>
 <script src="{herder_url}/golem/v1/"></script></head>
@@ -182,7 +188,12 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
     same_host = WebstratesServer(b"", host=host)
     page_port = free_port(host)
     leak_url = f"http://localhost:{page_port}"
-    page = webstrate_page(herder_url, other.url, leak_url, same_host.url)
+    # A UDP port on the host's docker0 address (loopback STUN is never tried).
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((docker_gateway(), 0))
+    udp.settimeout(0.2)
+    stun = "%s:%d" % udp.getsockname()
+    page = webstrate_page(herder_url, other.url, leak_url, same_host.url, stun)
     webstrates = WebstratesServer(page, host=host, port=page_port)
     webstrate = webstrate_id(f"e2e-{server}-{network}")
     golem_network = f"herder-test-golems-{webstrate}"
@@ -234,6 +245,13 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
             reports = dict(p.split("?", 1)[1].split("=", 1) for p in webstrates.requests if p.startswith("/report?"))
         assert reports == {"ls": "200", "admin": "blocked", "port": "blocked", "redis": "blocked",
                            "postgres": "blocked"}
+        udp_packets = []
+        for _ in range(15):
+            try:
+                udp_packets.append(udp.recvfrom(2048))
+            except socket.timeout:
+                pass
+        assert udp_packets == []
         logs = b"".join(docker_engine.logs(containers[0].handle)).decode(errors="replace")
         # The proxy refused them (and says so), rather than the servers closing on Chromium.
         for refused in (f"{host}:6379", f"{host}:5432", f"{host}:{same_host.port}", f"{host}:{herder_port}/admin"):
@@ -263,4 +281,5 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
             get_runtime().remove_network(golem_network)
         for server_ in (webstrates, other, same_host):
             server_.close()
+        udp.close()
         print(herder.output())
