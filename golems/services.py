@@ -127,7 +127,11 @@ def golem_allowed_hosts() -> list[str]:
     """The only host names a golem's Chromium resolves: the webstrates server's,
     the herder's, and HERDER_GOLEM_ALLOWED_HOSTS."""
     hosts = [_host(settings.HERDER_GOLEM_WEBSTRATES_URL), _host(settings.HERDER_PUBLIC_URL)]
-    hosts += [h.strip().lower() for h in settings.HERDER_GOLEM_ALLOWED_HOSTS]
+    for entry in settings.HERDER_GOLEM_ALLOWED_HOSTS:
+        entry = entry.strip().lower()
+        host, _, port = entry.rpartition(":")
+        # host:port names the host; a bare IPv6 address keeps its colons.
+        hosts.append(host if host and port.isdigit() and not entry.endswith("]") else entry)
     return list(dict.fromkeys(h for h in hosts if h))
 
 

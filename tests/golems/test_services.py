@@ -90,7 +90,7 @@ def test_golem_container_is_confined_and_resolves_only_allowed_hosts(settings):
     spec = golem_container_spec(W_SPEC, "generation-1")
     assert spec.command[-1] == f"https://webstrates.example/{W_SPEC}/"
     assert spec.command[0] == ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE webstrates.example, "
-                               "EXCLUDE herder.example, EXCLUDE fonts.example, EXCLUDE api.example:8443, "
+                               "EXCLUDE herder.example, EXCLUDE fonts.example, EXCLUDE api.example, "
                                "EXCLUDE 127.0.0.1")
     assert "--no-sandbox" not in spec.command and spec.security_opt[0].startswith("seccomp={")
     # Its own isolated bridge (created at start), reaching the host as host.docker.internal.
