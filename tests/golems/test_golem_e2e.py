@@ -158,6 +158,10 @@ for environ in glob.glob("/proc/[0-9]*/environ"):
 """
 # ptrace(PTRACE_TRACEME): Docker's default profile allows it, the golem's does not.
 PTRACE = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.syscall(101, 0, 0, 0, 0))"
+# A new user namespace (Chromium's sandbox needs it), then a mount namespace in it:
+# the kernel would allow that, the golem's profile does not (EPERM).
+NAMESPACES = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+              "print(libc.unshare(0x10000000), libc.unshare(0x00020000), ctypes.get_errno())")
 
 
 def frames_until_close(url: str) -> list:
@@ -262,6 +266,7 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
         code, output = in_golem(container_id.strip(), ["python3", "-c", RENDERER_NAMESPACES])
         assert code == 0 and output.split() and all(int(n) > 1 for n in output.split()), output
         assert in_golem(container_id.strip(), ["python3", "-c", PTRACE]) == (0, "-1\n")
+        assert in_golem(container_id.strip(), ["python3", "-c", NAMESPACES]) == (0, "0 -1 1\n")
         # Chromium's processes never had the proof in their environment.
         code, output = in_golem(container_id.strip(), ["python3", "-c", CHROMIUM_ENVIRONMENTS])
         assert code == 0 and "HERDER_GOLEM_ALLOW" not in output and "HERDER_GOLEM_PROOF" not in output
