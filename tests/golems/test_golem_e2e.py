@@ -191,7 +191,10 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
     other = WebstratesServer(b"", host="127.0.0.2")
     same_host = WebstratesServer(b"", host=host)
     page_port = free_port(host)
-    leak_url = f"http://localhost:{page_port}"
+    # With herd, the page is on another site than the herder (localhost and 127.0.0.1):
+    # the golem's proof must still travel on its cross-site WebSocket.
+    page_host = "localhost" if server == "herd" else host
+    leak_url = f"http://{'127.0.0.1' if page_host == 'localhost' else 'localhost'}:{page_port}"
     # A UDP port on the host's docker0 address (loopback STUN is never tried).
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((docker_gateway(), 0))
@@ -202,7 +205,8 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
     webstrate = webstrate_id(f"e2e-{server}-{network}")
     golem_network = f"herder-test-golems-{webstrate}"
     extra = {"HERDER_GOLEM_NETWORK": golem_network} if network == "bridge" else {}
-    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=webstrates.url, **extra)
+    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=f"http://{page_host}:{page_port}",
+                     **extra)
     migrate(env)
     herder = Herder(env=env, host=host, log=tmp_path / "herder.log", port=herder_port, herd=server == "herd")
     squatter = None
