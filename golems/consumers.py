@@ -252,6 +252,7 @@ class GolemControlConsumer(_PairingConsumer):
     webstrate has a golem container."""
 
     claimed = False
+    proven = False
     _heartbeat: asyncio.Task | None = None
 
     def _proof(self) -> str | None:
@@ -273,6 +274,7 @@ class GolemControlConsumer(_PairingConsumer):
             return
         # Accepted first: minions may find the presence as soon as it is claimed.
         await self.accept()
+        self.proven = proven
         self.claimed, replaced = await database_sync_to_async(presence_claim)(
             webstrate=self.webstrate, channel=self.channel_name, proven=proven)
         if not self.claimed:
@@ -290,7 +292,7 @@ class GolemControlConsumer(_PairingConsumer):
             await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
             try:
                 held = await database_sync_to_async(presence_refresh)(
-                    webstrate=self.webstrate, channel=self.channel_name)
+                    webstrate=self.webstrate, channel=self.channel_name, proven=self.proven)
             except Exception:
                 # The database may come back before the presence expires; if it
                 # does not, the next successful beat finds the claim lost.

@@ -475,14 +475,13 @@ def presence_claim(*, webstrate: str, channel: str, proven: bool = False) -> tup
     return True, None
 
 
-def presence_refresh(*, webstrate: str, channel: str) -> bool:
+def presence_refresh(*, webstrate: str, channel: str, proven: bool = False) -> bool:
     """Renew the claim; False when it was lost (taken over after a long stall,
     or replaced by a proven golem), or when it is unproven and may no longer
     hold (a golem container exists now, or unproven sockets are off)."""
     held = GolemPresence.objects.filter(webstrate=webstrate, channel=channel).update(seen=timezone.now()) == 1
     if not held:
         return False
-    proven = GolemPresence.objects.filter(webstrate=webstrate, channel=channel, proven=True).exists()
     if not proven and (not settings.HERDER_GOLEM_CONTROL_OPEN or _golem_with_container(webstrate) is not None):
         presence_release(webstrate=webstrate, channel=channel)
         return False
