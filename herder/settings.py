@@ -284,7 +284,8 @@ HERDER_GOLEM_WEBSTRATES_URL = env.str(
 # created when missing; the host is host.docker.internal). Any other name is
 # created the same way when missing; "bridge" is the engine's default bridge.
 HERDER_GOLEM_NETWORK = env.str("HERDER_GOLEM_NETWORK", default="")
-# Chromium resolves only the webstrates server's and the herder's host names, plus these.
+# Chromium reaches only the webstrates server's and the herder's host:port (through
+# the allow-list proxy in its container), plus these: "host" (ports 80 and 443) or "host:port".
 HERDER_GOLEM_ALLOWED_HOSTS = env.list("HERDER_GOLEM_ALLOWED_HOSTS", default=[])
 HERDER_GOLEM_MEMORY = env.str("HERDER_GOLEM_MEMORY", default="1g")
 HERDER_GOLEM_CPUS = _positive("HERDER_GOLEM_CPUS", env.float("HERDER_GOLEM_CPUS", default=1.0))
