@@ -74,10 +74,6 @@ class _PairingConsumer(AsyncWebsocketConsumer):
     """What the three sockets share: refusing in the herder's error shape, and a
     relay to one peer socket with liveness pings."""
 
-    # Relay traffic does no ORM work: skip the thread hop to close_old_connections
-    # that the stock dispatch makes before every message.
-    _HOT = frozenset({"websocket.receive", "relay.frame", "relay.ping", "relay.batch"})
-
     _accepted = False
     _overflowed = False
     peer: str | None = None
@@ -124,10 +120,15 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(0)
 
     async def dispatch(self, message):
-        if message["type"] in self._HOT:
-            await getattr(self, get_handler_name(message))(message)
-        else:
-            await super().dispatch(message)
+        # The stock dispatch first closes old connections on channels' one shared
+        # thread, before every message: relay traffic would pay a thread hop per
+        # frame, and every socket's connect would queue behind whatever holds
+        # that thread. These consumers' ORM calls all go through _db, which
+        # closes old connections in its own thread.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def accept(self, subprotocol=None, headers=None):
         if not self._accepted:
