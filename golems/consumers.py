@@ -209,6 +209,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(self.outbox.put(message), self.pairing_patience())
             except asyncio.TimeoutError:
                 self._overflowed = True
+                self.outbox.cancel()  # what it kept will never be relayed: free it now
                 await self.refuse(PayloadTooLarge(
                     f"More than {settings.HERDER_PAIRING_BUFFER} frames or "
                     f"{settings.HERDER_PAIRING_BUFFER_BYTES} bytes were sent before pairing."))

@@ -110,6 +110,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._room = asyncio.Event()
+        self._closed = False
         self._task: asyncio.Task | None = None
         # Awaited once when the peer's channel stayed full: frames are never dropped silently.
         self._on_fail = on_fail
@@ -133,17 +134,28 @@ class Outbox:
             self._room.set()
 
     async def put(self, message: dict) -> None:
-        """Queue a message, waiting while the queue is full (the peer is slow)."""
+        """Queue a message, waiting while the queue is full (the peer is slow).
+        Once the outbox is cancelled or closed, messages are dropped."""
         size = _size(message)
-        while not self._fits(size):
+        while not self._closed and not self._fits(size):
             self._room.clear()
             await self._room.wait()
-        await self._queue.put(message)
+        if self._closed:
+            return
         self._added(size)
+        try:
+            await self._queue.put(message)
+        except BaseException:
+            self._released(size)
+            raise
+        if self._closed:  # cancelled while waiting for a place
+            self._drop()
 
     def put_nowait(self, message: dict) -> bool:
         """Queue a message; False when the queue is full (in frames or bytes)."""
         size = _size(message)
+        if self._closed:
+            return True  # dropped: the outbox is done
         if not self._fits(size):
             return False
         try:
@@ -210,13 +222,16 @@ class Outbox:
 
     def cancel(self) -> None:
         """Stop at once; whatever is queued is dropped (the peer is gone)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
         self._drop()
+        self._room.set()
 
     async def close(self, *, flush: float = 5.0) -> None:
         """Send what is queued (for at most `flush` seconds), then stop."""
         if self._task is None:
+            self.cancel()
             return
         try:
             self._queue.put_nowait(None)
@@ -226,4 +241,4 @@ class Outbox:
             await asyncio.wait_for(asyncio.shield(self._task), flush)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._task.cancel()
-        self._drop()
+        self.cancel()
