@@ -268,3 +268,32 @@ def test_concurrent_spawns_of_one_webstrate_start_one_golem(docker_engine, setti
         assert running(docker_engine, webstrate) == answers[:1]
     finally:
         kill_all(webstrate)
+
+
+def test_a_real_herder_counts_new_golems_by_the_clients_address(tmp_path, docker_engine):
+    """Through herd (uvicorn, ASGI): the client is the peer's address, the rate holds."""
+    import urllib.error
+    import urllib.request
+
+    from tests.golems.conftest import Herder, herder_env, migrate
+
+    env = herder_env(tmp_path, HERDER_GOLEM_SPAWN_RATE="1/h", HERDER_GOLEM_WEBSTRATES_URL="http://127.0.0.1:9")
+    migrate(env)
+    herder = Herder(env=env, log=tmp_path / "herder.log", herd=True)
+    first, second = webstrate_id("asgi-rate-1"), webstrate_id("asgi-rate-2")
+    try:
+        with urllib.request.urlopen(f"{herder.http}/golem/v1/spawn/{first}", timeout=60) as answer:
+            container_id = answer.read().decode().strip()
+        with urllib.request.urlopen(f"{herder.http}/golem/v1/spawn/{first}", timeout=60) as answer:
+            assert answer.read().decode().strip() == container_id  # running: not counted
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{herder.http}/golem/v1/spawn/{second}", timeout=60)
+        assert refused.value.code == 429 and int(refused.value.headers["Retry-After"]) >= 1
+        assert docker_engine.list(kind="golem", owner=second) == []
+        with urllib.request.urlopen(f"{herder.http}/golem/v1/kill/{first}", timeout=60) as answer:
+            assert answer.read().decode().strip() == "ok"
+    finally:
+        herder.stop()
+        print(herder.output())
+        for info in docker_engine.list(kind="golem", owner=first):
+            docker_engine.remove(info.handle)
