@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from golems.models import Golem, GolemPresence
-from golems.services import golem_kill, golem_snapshot, golem_spawn
+from golems.services import golem_kill, golem_reset, golem_snapshot, golem_spawn
 from herder.runtime import DockerRuntime
 from tests.golems.conftest import webstrate_id
 
@@ -225,8 +225,6 @@ def test_no_database_lock_is_held_while_docker_starts_a_golem(docker_engine, pro
     try:
         golem_spawn(webstrate=webstrate)
         golem = Golem.objects.get(webstrate=webstrate)
-        from golems.services import golem_reset
-
         golem_reset(webstrate=webstrate)
         # Each start: another thread wrote at once, and saw the claim committed.
         assert probing_runtime.probes == [("wrote", "starting"), ("wrote", "starting")]

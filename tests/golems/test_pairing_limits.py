@@ -62,11 +62,9 @@ def test_an_unpaired_minion_sending_1_mib_frames_hits_the_byte_cap(settings):
 def test_a_paired_socket_holds_at_most_its_byte_cap_for_a_slow_peer(settings):
     """The relay's own queue: while the peer takes nothing, puts past the byte
     cap wait (the consumer stops reading its client); once it takes, all flows."""
-    peer_ready = asyncio.Event
-
     async def scenario():
         delivered: list[int] = []
-        go = peer_ready()
+        go = asyncio.Event()
 
         async def slow_peer(message: dict) -> None:
             await go.wait()
