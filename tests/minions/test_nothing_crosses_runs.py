@@ -374,6 +374,22 @@ for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
         refused=True,
     ),
     Trace(
+        "terminals",
+        leave=r'''
+def hold(ready):
+    global pty
+    pty = os.openpty()
+    ready()
+
+daemon(hold)
+print("left")
+''',
+        says="left",
+        look=r'''
+print(sorted(os.listdir("/dev/pts")))
+''',
+    ),
+    Trace(
         "hostname_and_sysctls",
         leave=r'''
 answers = []
@@ -493,3 +509,45 @@ def test_a_later_run_in_the_same_container_finds_nothing(settings, trace):
     else:
         assert third.container == second.container, "the container retired: the reset did not hold"
     assert after["StdOut"] == before["StdOut"]
+
+
+# Every image, in its own shell: write into every folder of the file system
+# (but /proc and /sys, whose writable files the table's rows try), then look
+# for any of it from the next run.
+WRITE_EVERYWHERE = r"""
+wrote=""
+for d in $(find / -xdev -type d 2>/dev/null) /dev /dev/shm /dev/mqueue /dev/pts /minion /tmp; do
+  if ( : > "$d/.herder-leak" ) 2>/dev/null; then
+    wrote="$wrote $d"
+    echo secret > "$d/.herder-leak" 2>/dev/null
+  fi
+done
+echo "wrote:$wrote"
+"""
+
+LOOK_EVERYWHERE = r"""
+find / \( -path /proc -o -path /sys \) -prune -o -name '.herder-*' -print 2>/dev/null
+ls -A /minion /tmp /dev/shm /dev/mqueue
+echo looked
+"""
+
+
+@pytest.mark.parametrize("env", ["python", "node", "ruby", "latex"])
+def test_in_every_image_only_the_reset_places_are_writable_and_they_come_back_empty(settings, env):
+    settings.HERDER_MINION_POOL_SIZE = 1
+    settings.HERDER_MINION_RUNS_PER_CONTAINER = 10
+
+    def spawn_sh(script):
+        answer = Client().post("/minion/v1/spawn", {"env": env, "main.sh": script})
+        assert answer.status_code == 200, answer.content
+        return answer.json(), MinionRun.objects.latest("pk")
+
+    before, first = spawn_sh(LOOK_EVERYWHERE)
+    wrote, second = spawn_sh(WRITE_EVERYWHERE)
+    after, third = spawn_sh(LOOK_EVERYWHERE)
+
+    # The root file system is read-only: the four folders the reset empties are all there is.
+    assert set(wrote["StdOut"].split()) == {"wrote:", "/dev/mqueue", "/dev/shm", "/minion", "/tmp"}, wrote
+    assert first.container == second.container == third.container
+    assert after["StdOut"] == before["StdOut"]
+    assert ".herder" not in after["StdOut"]
