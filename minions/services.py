@@ -172,6 +172,7 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
                 # The runner resets the container: it serves again, or
                 # retires and removes itself.
                 warm.runs += 1
+                warm.seen = outcome.after
                 if warm.runs < settings.HERDER_MINION_RUNS_PER_CONTAINER and not _stopping.is_set():
                     pool.give_back(env, warm)
                 else:
