@@ -426,7 +426,10 @@ for pid in roots:
                     lambda: os.setpriority(os.PRIO_PROCESS, pid, 19),
                     lambda: os.kill(pid, signal.SIGSTOP),
                     lambda: open(f"/proc/{pid}/oom_score_adj", "w").write("1000"),
-                    lambda: open(f"/proc/{pid}/environ", "rb").read()):
+                    lambda: open(f"/proc/{pid}/environ", "rb").read(),
+                    # The runner's stdin carries the next run's request.
+                    lambda: open(f"/proc/{pid}/fd/0", "rb").read(1),
+                    lambda: open(f"/proc/{pid}/mem", "rb").read(1)):
         tried += 1
         try:
             attempt()
