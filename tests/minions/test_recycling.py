@@ -1,10 +1,15 @@
 """A container serves several runs only with a complete reset between them."""
 
+import time
+
 import pytest
 from django.test import Client
 
+from herder.runtime import get_runtime
+from minions import runner
 from minions.models import MinionRun
-from minions.services import pool
+from minions.pool import start_warm
+from minions.services import minion_spec, pool
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
@@ -81,13 +86,6 @@ def test_many_runs_share_few_containers_and_all_succeed(settings):
 
 def test_a_container_whose_minion_folder_is_the_user_s_serves_one_run_only():
     # Owning /minion, a run could leave extended attributes or a mode on it.
-    import time
-
-    from herder.runtime import get_runtime
-    from minions import runner
-    from minions.pool import start_warm
-    from minions.services import minion_spec
-
     spec = minion_spec(env="python", image="herder/minion-python:latest", owner="test")
     spec.tmpfs["/minion"] += ",uid=65534,gid=65534"
     warm = start_warm(spec, timeout=15)
