@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from daemons.models import Daemon
-from daemons.services import daemon_stop
+from daemons.services import daemon_delete, daemon_stop
 
 
 @admin.register(Daemon)
@@ -15,6 +15,15 @@ class DaemonAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    # Deleting goes through the services: the container, its network and its
+    # volume go with the row (charged to this moment), never left running unowned.
+    def delete_model(self, request, obj) -> None:
+        daemon_delete(obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for daemon in queryset:
+            daemon_delete(daemon)
 
     @admin.action(description="Stop the selected daemons (volumes kept)")
     def stop_daemons(self, request, queryset) -> None:

@@ -14,11 +14,12 @@ from accounts.middleware import TokenAuthMiddleware  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+# The daemon proxy comes first: a daemon's origin (any path, HTTP and WebSocket)
+# and the path route never reach Django; it streams bodies both ways.
+application = PrefixRouter(ProtocolTypeRouter(
     {
-        # The daemon proxy streams bodies, so it bypasses Django's request handling.
-        "http": PrefixRouter(django_application),
+        "http": django_application,
         # Sets scope["account"] and scope["token"] from ?token= or a Bearer header.
         "websocket": TokenAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
-)
+))

@@ -27,15 +27,18 @@ def daemon_images(settings):
 
 @pytest.fixture
 def daemon_cleanup(docker_engine):
-    """Remove every daemon container and volume a test made."""
+    """Remove every daemon container, network and volume this run's test made
+    (other runs may share the engine: only this run's instance label)."""
     from daemons.models import Daemon
 
     yield
-    for info in docker_engine.list(kind="daemon"):
+    for info in docker_engine.list(kind="daemon", ours=True):
         docker_engine.remove(info.handle)
+    for network in docker_engine.networks(kind="daemon", ours=True):
+        docker_engine.network_remove(network.name)
     for daemon in Daemon.objects.all():
         docker_engine.remove_volume(daemon.volume)
-    assert get_runtime().list(kind="daemon") == []
+    assert get_runtime().list(kind="daemon", ours=True) == []
 
 
 @pytest.fixture

@@ -25,4 +25,4 @@ def test_operators_see_daemons_and_can_stop_them(alice, bob):
     assert response.status_code == 302
 
     assert Daemon.objects.get().state == "killed"
-    assert get_runtime().list(kind="daemon") == []
+    assert get_runtime().list(kind="daemon", ours=True) == []
