@@ -65,7 +65,7 @@ ws.onmessage = function (m) { document.body.setAttribute("data-ws", m.data); };
 """
 
 
-async def app(request):
+async def app_page(request):
     return web.Response(text=APP, content_type="text/html", headers={"Set-Cookie": "app=server; Path=/"})
 
 
@@ -118,7 +118,7 @@ def main():
         web.put("/echo", echo),
         web.get("/ws", websocket),
         web.get("/files", files),
-        web.get("/app/", app),
+        web.get("/app/", app_page),
         web.get("/app/next", app_next),
         web.get("/pages/{name:.+}", page),
         web.get("/set-cookie", set_cookie),
