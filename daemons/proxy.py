@@ -382,14 +382,15 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
                 data=body() if has_body else None, allow_redirects=False, timeout=timeout,
             )
             break
-        except aiohttp.ClientConnectorError as exc:
-            # Refused: Docker may have restarted the daemon on new host ports.
-            # Nothing of the body was read yet, so it can go again.
-            fresh = await _refreshed_target(route, target) if attempt == 1 else None
-            if fresh is None:
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            # Refused (Docker may have restarted the daemon on new host ports),
+            # or a pooled connection the daemon had closed: once more, when
+            # no byte of the body was read (refused, or no body at all).
+            replayable = isinstance(exc, aiohttp.ClientConnectorError) or not has_body
+            if attempt == 2 or not replayable:
                 await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
                 return
-            target = fresh
+            target = await _refreshed_target(route, target) or target
         except asyncio.TimeoutError:
             await _send_error(send, 504, "gateway_timeout", "The daemon did not answer in time.")
             return
@@ -492,9 +493,8 @@ class DaemonProxyConsumer(AsyncWebsocketConsumer):
         while True:
             left = self.last_frame + idle - time.monotonic()
             if left <= 0:
+                self._release()
                 await self.close(code=1001)
-                if self.upstream is not None:
-                    await self.upstream.close()
                 return
             await asyncio.sleep(left)
 
@@ -509,6 +509,13 @@ class DaemonProxyConsumer(AsyncWebsocketConsumer):
         except websockets.exceptions.ConnectionClosed:
             pass
         await self.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Give the daemon's slot back, once (at close or at disconnect)."""
+        if self.target is not None:
+            _free_slot(self.target)
+            self.target = None
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         self._touch()
@@ -523,6 +530,4 @@ class DaemonProxyConsumer(AsyncWebsocketConsumer):
         for task in (self.pump, self.watchdog):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
-        if self.target is not None:
-            _free_slot(self.target)
-            self.target = None
+        self._release()

@@ -73,6 +73,23 @@ class LiveHerder:
         return self.call("POST", "/daemon/v1/spawn", token,
                          {"name": name, "image": ECHO, "ports": "[8080]", **files})
 
+    def wait_ready(self, answer: dict) -> None:
+        """Until the daemon answers on its origin (Python's resolver knows no
+        *.localhost: the Host header names it)."""
+        from tests.daemons.test_daemons import wait_until
+
+        host = answer["URL"].split("://", 1)[1].rstrip("/")
+
+        def answers() -> bool:
+            request = urllib.request.Request(f"{self.base}/hello", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.read() == b"hello"
+            except OSError:
+                return False
+
+        assert wait_until(answers), self.output()
+
     def containers(self) -> list:
         return [c for c in get_runtime().list(kind="daemon") if c.labels.get("herder.instance") == self.instance]
 
@@ -166,6 +183,7 @@ def test_a_daemon_page_cannot_read_or_use_the_operators_admin_session(live, brow
     token = live.token("mallory@herder.test")
     status, answer = live.spawn(token, "evil", **{"attack.html": ATTACK.replace("HERDER", live.base)})
     assert status == 200, answer
+    live.wait_ready(answer)
     context = browser.new_context()
     try:
         session = operator_login(context, live.base)
@@ -205,6 +223,7 @@ def test_a_daemon_web_app_keeps_its_cookies_websocket_and_links_on_its_origin(li
     status, answer = live.spawn(token, "app")
     assert status == 200, answer
     assert answer["URL"].startswith("http://app-") and f".daemons.localhost:{live.port}/" in answer["URL"]
+    live.wait_ready(answer)
     context = browser.new_context()
     try:
         page = context.new_page()
