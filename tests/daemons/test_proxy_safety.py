@@ -148,6 +148,7 @@ def test_a_hanging_daemon_is_504_after_the_read_timeout_and_others_are_served(al
 
             # Its slots taken by slow requests, a third is refused at once...
             settings.HERDER_PROXY_READ_TIMEOUT = 20.0
+            await close_upstream_session()  # the timeouts are the session's
             slow = [asyncio.ensure_future(_request(scope_of("GET", f"{hanging}/sleep", query=b"seconds=3")))
                     for _ in range(2)]
             await asyncio.sleep(1.0)
