@@ -539,9 +539,10 @@ class DockerRuntime(Runtime):
                     options={"com.docker.network.bridge.enable_icc": "false"},
                 )
         except docker.errors.APIError as exc:
-            # 409: it exists (a spawn before this one made it): use it.
+            # 409: it exists (a spawn before this one made it): use it. Others
+            # (the address pools are exhausted) are the engine's to fix: 503.
             if exc.response is None or exc.response.status_code != 409:
-                raise
+                raise RuntimeUnavailable(f"The engine could not create network {name}: {exc.explanation}") from exc
         return name
 
     def network_remove(self, name: str) -> bool:
