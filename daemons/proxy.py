@@ -88,7 +88,9 @@ def _origin_pattern(origin: str) -> re.Pattern | None:
         return None
     host = origin.split("://", 1)[-1].split(":", 1)[0]
     rest = host.split("{name}", 1)[1]
-    return re.compile(r"(?P<label>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)" + re.escape(rest.lower()))
+    # Only the shape services.host_label makes (name, '-', 16 hex digits): a
+    # sibling host such as the herder's own "admin.example.org" never matches.
+    return re.compile(r"(?P<label>(?:[a-z0-9][a-z0-9-]{0,39}-)?[0-9a-f]{16})" + re.escape(rest.lower()))
 
 
 def origin_url(label: str) -> str | None:
@@ -202,10 +204,23 @@ def _lookup_target(route: Route) -> Target | None:
     return Target(proxy_host(), int(host_port), daemon.pk)
 
 
+# daemon pk -> when its port was last asked of the engine: a flood of requests
+# to a daemon that is down costs one engine call a second, not one each.
+_refreshed: dict[int, float] = {}
+_REFRESH_EVERY = 1.0
+
+
 async def _refreshed_target(route: Route, stale: Target) -> Target | None:
     """After a refused connection: the daemon's port as the engine publishes it
     now (Docker restarted it), or None when it did not move."""
     from daemons.services import daemon_refresh_target
+
+    now = time.monotonic()
+    if now - _refreshed.get(stale.daemon, 0.0) < _REFRESH_EVERY:
+        return None
+    if len(_refreshed) > 10_000:
+        _refreshed.clear()
+    _refreshed[stale.daemon] = now
 
     found = await database_sync_to_async(daemon_refresh_target)(
         **({"label": route.key} if route.on_origin else {"full_name": route.key}))
@@ -462,8 +477,10 @@ class DaemonProxyConsumer(AsyncWebsocketConsumer):
             return
         self.target = target
         query = self.scope.get("query_string", b"").decode("latin-1")
+        # On its own origin the daemon sees the page's Origin (to refuse
+        # cross-site sockets); on the path route it would be the herder's.
         headers = [(k, v) for k, v in _forwarded_headers(self.scope, route)
-                   if not k.lower().startswith("sec-websocket") and k.lower() != "origin"]
+                   if not k.lower().startswith("sec-websocket") and (route.on_origin or k.lower() != "origin")]
         for attempt in (1, 2):
             url = f"ws://{target.host}:{target.port}{route.path}" + (f"?{query}" if query else "")
             try:

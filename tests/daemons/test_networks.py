@@ -104,3 +104,26 @@ def test_one_daemon_one_container_one_network_across_respawns(alice):
     assert [c.handle.id for c in containers] == [daemon.container_id] != [first]
     assert containers[0].handle.name == container_name(daemon)
     assert [n.name for n in get_runtime().networks(kind="daemon", ours=True)] == [container_name(daemon)]
+
+
+def test_runtime_networks_are_idempotent_and_kept_while_in_use(docker_engine):
+    from herder.runtime import ContainerSpec
+
+    name = "herder-test-daemon-net"
+    runtime = get_runtime()
+    handle = None
+    try:
+        assert runtime.network_create(name, kind="daemon") == name
+        assert runtime.network_create(name, kind="daemon") == name  # exists: reused
+        assert [n.name for n in runtime.networks(kind="daemon", ours=True)].count(name) == 1
+        handle = runtime.start(ContainerSpec(kind="daemon", owner="herder-test", image="herder/daemon-echo:latest",
+                                             name="herder-test-daemon-net-c", network=name))
+        assert runtime.network_remove(name) is False  # a container is attached
+        runtime.remove(handle)
+        handle = None
+        assert runtime.network_remove(name) is True
+        assert runtime.network_remove(name) is True  # gone counts as removed
+    finally:
+        if handle is not None:
+            runtime.remove(handle)
+        runtime.network_remove(name)

@@ -102,8 +102,10 @@ def test_daemon_origin_routes_by_host_and_keeps_its_own_cookies(alice, settings)
     # An unknown daemon name on the daemons' domain is a 404, not the herder.
     status, _, body = request("GET", "/admin/", host="nobody-0123456789abcdef.daemons.localhost:8000")
     assert status == 404 and json.loads(body)["code"] == "not_found"
-    # The herder's own host is still the herder.
+    # The herder's own host is still the herder, and so is a sibling host that
+    # is not a daemon's label.
     assert request("GET", "/daemon/v1/ls", host="herder.test")[0] == 401
+    assert request("GET", "/daemon/v1/ls", host="admin.daemons.localhost:8000")[0] == 401
 
     async def websocket_on_origin():
         communicator = WebsocketCommunicator(application, "/ws", headers=[(b"host", host.encode())])
