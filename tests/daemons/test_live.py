@@ -35,7 +35,7 @@ class LiveHerder:
     def __init__(self, data_dir: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.instance = f"{django_settings.HERDER_INSTANCE}-live"
+        self.instance = f"{django_settings.HERDER_INSTANCE}-live-{data_dir.name[-12:]}"
         self.data_dir = data_dir
         self.env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         self.env.update(
@@ -88,7 +88,7 @@ class LiveHerder:
             except OSError:
                 return False
 
-        assert wait_until(answers), self.output()
+        assert wait_until(answers, seconds=60), (host, self.containers(), self.output())
 
     def containers(self) -> list:
         return [c for c in get_runtime().list(kind="daemon") if c.labels.get("herder.instance") == self.instance]
