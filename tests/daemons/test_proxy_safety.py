@@ -3,7 +3,6 @@ restarted daemons, through the herder's ASGI app against the real engine."""
 
 import asyncio
 import json
-import time
 
 import pytest
 from asgiref.sync import async_to_sync
