@@ -20,8 +20,24 @@ class Holder:
         return self.client.post("/daemon/v1/spawn", {"name": name, "image": image, "ports": ports, **files})
 
 
+@pytest.fixture(scope="session")
+def echo_image_current():
+    """The daemon-echo image as this tree's deploy/images/daemon-echo describes
+    it: build-images.sh rebuilds it when its folder changed (a no-op otherwise).
+    Trees on one engine share the tag: an older tree's build lacks the pages,
+    cookies and sleeps these tests use."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 @pytest.fixture(autouse=True)
-def daemon_images(settings):
+def daemon_images(settings, request):
+    if request.node.get_closest_marker("docker") is not None:
+        request.getfixturevalue("echo_image_current")
     settings.HERDER_DAEMON_IMAGES = [ECHO]
 
 
