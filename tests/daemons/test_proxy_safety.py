@@ -201,13 +201,17 @@ def _answers(port: int) -> bool:
 
 def test_the_supervisor_removes_a_container_no_row_owns(alice):
     spawn_ready(alice, name="lost")
+    volume = Daemon.objects.get().volume
     # What concurrent spawns left on main: a container no row points at.
     Daemon.objects.all().delete()
 
-    daemon_supervise()
+    try:
+        daemon_supervise()
 
-    assert get_runtime().list(kind="daemon", ours=True) == []
-    assert get_runtime().networks(kind="daemon", ours=True) == []
+        assert get_runtime().list(kind="daemon", ours=True) == []
+        assert get_runtime().networks(kind="daemon", ours=True) == []
+    finally:
+        get_runtime().remove_volume(volume)  # the row that named it is gone
 
 
 def test_the_supervisor_adopts_a_container_its_spawn_never_recorded(alice):
