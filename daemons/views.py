@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication
 from daemons.models import Daemon
+from daemons.proxy import origin_url
 from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
 from minions.files import files_from_request
 
@@ -18,6 +19,9 @@ class DaemonOutputSerializer(serializers.Serializer):
     Address = serializers.SerializerMethodField()
     Ports = serializers.DictField(source="host_ports", child=serializers.IntegerField())
     ProxyURL = serializers.SerializerMethodField()
+    # The daemon's own origin (HERDER_DAEMON_ORIGIN), null when off: where its
+    # pages keep cookies and run as an origin of their own.
+    URL = serializers.SerializerMethodField()
     name = serializers.CharField()
     image = serializers.CharField()
     state = serializers.CharField()
@@ -29,6 +33,9 @@ class DaemonOutputSerializer(serializers.Serializer):
 
     def get_ProxyURL(self, daemon: Daemon) -> str:
         return f"/daemon/v1/proxy/{daemon.full_name}/"
+
+    def get_URL(self, daemon: Daemon) -> str | None:
+        return origin_url(daemon.host_label)
 
 
 class _TokenView(APIView):
@@ -50,7 +57,8 @@ class DaemonSpawnView(_TokenView):
         request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
         responses={200: DaemonOutputSerializer, 400: OpenApiResponse(description="Bad name, image or ports."),
                    401: OpenApiResponse(description="No valid token."),
-                   402: OpenApiResponse(description="No credits left.")},
+                   402: OpenApiResponse(description="No credits left."),
+                   409: OpenApiResponse(description="Another spawn of that daemon is in progress (daemon_busy).")},
     )
     def post(self, request):
         files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)

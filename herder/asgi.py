@@ -16,14 +16,16 @@ from herder.rawinput import RawInputGuard  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 from herder.wslimits import WebSocketLimits  # noqa: E402
 
+# Read top to bottom, the layers a request meets. In each protocol the daemon
+# proxy (PrefixRouter) comes before the herder's own routes: a daemon's origin
+# (any path) and the path route never reach Django; it streams bodies both ways.
 application = ProtocolTypeRouter(
     {
-        # The daemon proxy streams bodies, so it bypasses Django's request handling.
         # Malformed framing (Content-Length, raw query bytes) is a JSON 400 before anything else.
         "http": RawInputGuard(PrefixRouter(django_application)),
         # Sockets per client and in total, and the frame cap, before anything else
-        # (herder/wslimits.py); then scope["account"] and scope["token"] from
-        # ?token= or a Bearer header.
-        "websocket": WebSocketLimits(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        # (herder/wslimits.py), the proxy's included; then scope["account"] and
+        # scope["token"] from ?token= or a Bearer header.
+        "websocket": WebSocketLimits(TokenAuthMiddleware(PrefixRouter(URLRouter(websocket_urlpatterns)))),
     }
 )

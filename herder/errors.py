@@ -76,6 +76,12 @@ class GolemProofRequired(exceptions.PermissionDenied):
     default_code = "golem_proof_required"
 
 
+class DaemonBusy(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Another spawn or kill of that daemon is in progress; try again."
+    default_code = "daemon_busy"
+
+
 class InsufficientCredits(exceptions.APIException):
     status_code = status.HTTP_402_PAYMENT_REQUIRED
     default_detail = "Not enough credits."

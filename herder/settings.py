@@ -281,6 +281,36 @@ HERDER_DAEMON_CONFINED = env.bool("HERDER_DAEMON_CONFINED", default=True)
 HERDER_DAEMON_COST_PER_SECOND = env.int("HERDER_DAEMON_COST_PER_SECOND", default=1)
 HERDER_DAEMON_MAX_PORTS = env.int("HERDER_DAEMON_MAX_PORTS", default=16)
 
+# --- Daemon origins and the proxy's bounds ------------------------------------
+# Each daemon's own origin, as JupyterHub's subdomain_host: "{name}.daemons.example.org"
+# or "http://{name}.daemons.localhost:8000" ({name}: the daemon's host label). A
+# request whose Host matches goes to that daemon, at its path as is. Empty: only
+# the path route /daemon/v1/proxy/<Name>/, sandboxed on the herder's origin.
+HERDER_DAEMON_ORIGIN = env.str("HERDER_DAEMON_ORIGIN", default="").strip().rstrip("/")
+if HERDER_DAEMON_ORIGIN:
+    _origin_host = HERDER_DAEMON_ORIGIN.split("://", 1)[-1]
+    if (HERDER_DAEMON_ORIGIN.split("://", 1)[0] not in ("http", "https", _origin_host)
+            or not _origin_host.startswith("{name}.") or _origin_host.count("{name}") != 1
+            or "/" in _origin_host):
+        raise ImproperlyConfigured(
+            "HERDER_DAEMON_ORIGIN is a host pattern starting with '{name}.', optionally with "
+            f"scheme and port, e.g. https://{{name}}.daemons.example.org, not {HERDER_DAEMON_ORIGIN!r}")
+# Requests and WebSockets relayed at once to one daemon, per herder process
+# (more: 429): one daemon with slow clients cannot take every connection.
+HERDER_PROXY_MAX_PER_DAEMON = int(_positive(
+    "HERDER_PROXY_MAX_PER_DAEMON", env.int("HERDER_PROXY_MAX_PER_DAEMON", default=100)))
+# Seconds to open a connection to a daemon (then 502).
+HERDER_PROXY_CONNECT_TIMEOUT = _positive(
+    "HERDER_PROXY_CONNECT_TIMEOUT", env.float("HERDER_PROXY_CONNECT_TIMEOUT", default=5.0))
+# Seconds a daemon may take to start its answer, and between two reads of it
+# (before the answer starts: 504).
+HERDER_PROXY_READ_TIMEOUT = _positive(
+    "HERDER_PROXY_READ_TIMEOUT", env.float("HERDER_PROXY_READ_TIMEOUT", default=60.0))
+# Seconds without a byte either way before a relayed request or WebSocket is
+# closed: a client that stops sending or reading frees its slot.
+HERDER_PROXY_IDLE_TIMEOUT = _positive(
+    "HERDER_PROXY_IDLE_TIMEOUT", env.float("HERDER_PROXY_IDLE_TIMEOUT", default=300.0))
+
 # --- Golems ------------------------------------------------------------------
 # One headless Chromium per webstrate (golems/). The golem opens
 # <HERDER_GOLEM_WEBSTRATES_URL>/<webstrate>/: the webstrates server as the golem's
