@@ -11,13 +11,22 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
+from daemons.proxy import PREFIX as DAEMON_PROXY_PREFIX  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
+from herder.bodycap import BodyCap  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
+
+# An HTTP request meets these in order, top to bottom.
+http = BodyCap(                     # bodies over the route's cap: 413 while they stream;
+    PrefixRouter(                   # the daemon proxy (skipped above: it streams bodies
+        django_application,         # to the daemon), else Django.
+    ),
+    skip=(DAEMON_PROXY_PREFIX,),
+)
 
 application = ProtocolTypeRouter(
     {
-        # The daemon proxy streams bodies, so it bypasses Django's request handling.
-        "http": PrefixRouter(django_application),
+        "http": http,
         # Sets scope["account"] and scope["token"] from ?token= or a Bearer header.
         "websocket": TokenAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }

@@ -1,26 +1,24 @@
-import asyncio
-import contextvars
 import mimetypes
-import threading
 
 from asgiref.sync import sync_to_async
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from herder.errors import ClientGone
+from accounts.authentication import token_from_header
+from accounts.services import token_authenticate
+from herder.admission import client_address, client_of, request_scope
+from herder.errors import BadInput, ClientGone, api_error_response
 from minions.files import files_from_request
 from minions.runner import Cancelled
-from minions.services import minion_run
+from minions.services import minion_run_admitted
 
 _PROTOCOL_FIELDS = ("env", "output")
-# Set by minion_spawn when the client disconnects mid-run.
-_client_gone: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "client_gone", default=None
-)
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class MinionSpawnView(APIView):
@@ -53,53 +51,72 @@ class MinionSpawnView(APIView):
         responses={
             200: OpenApiResponse(OutputSerializer, description="The run's result, or the output file's bytes."),
             400: OpenApiResponse(description="Unknown env or a bad file name."),
+            401: OpenApiResponse(description="A token was sent and it is not valid."),
             413: OpenApiResponse(description="Too many files or too many bytes."),
+            429: OpenApiResponse(description="The client, or the herder, runs as many minions as it may "
+                                 "and the queue is full or the wait too long; see Retry-After."),
             503: OpenApiResponse(description="The container engine is unavailable."),
         },
     )
     def post(self, request):
-        files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
-        fields = request.POST
-        output = fields.get("output") or None
-        gone = _client_gone.get()
-        try:
-            result = minion_run(
-                env=fields.get("env", ""),
-                files=files,
-                output=output,
-                client_addr=request.META.get("REMOTE_ADDR", ""),
-                origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
-                cancelled=gone.is_set if gone else (lambda: False),
-            )
-        except Cancelled as exc:
-            raise ClientGone() from exc
+        """Documents the route; `minion_spawn` below serves it (async)."""
+        raise NotImplementedError
+
+    def answer(self, result, output):
         if output and result.outcome.output is not None:
             content_type = mimetypes.guess_type(output)[0] or "application/octet-stream"
             response = HttpResponse(result.outcome.output, content_type=content_type)
             response["Content-Disposition"] = f'inline; filename="{output.rsplit("/", 1)[-1]}"'
             return response
-        return Response(self.OutputSerializer(result.as_json()).data)
+        return JsonResponse(self.OutputSerializer(result.as_json()).data)
 
 
-_spawn_view = MinionSpawnView.as_view()
-
-
-async def minion_spawn(request):
-    """MinionSpawnView under ASGI, told when the client disconnects.
-
-    Django cancels an async view whose client went away; a sync view would run
-    on to the time limit. The run itself stays in the request's own thread.
-    """
-    gone = threading.Event()
-    _client_gone.set(gone)
+def _read(request):
+    """The form (files, env, output) and the account of an optional token.
+    In the request's thread: parsing and the token's database lookup block."""
+    content_type = request.content_type or ""
+    if int(request.META.get("CONTENT_LENGTH") or 0) and content_type not in _FORMS:
+        raise exceptions.UnsupportedMediaType(content_type)
     try:
-        return await sync_to_async(_spawn_view)(request)
-    except asyncio.CancelledError:
-        gone.set()
-        raise
+        files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
+    except MultiPartParserError as exc:
+        raise BadInput(f"The form cannot be read: {exc}") from None
+    raw = token_from_header(request.META.get("HTTP_AUTHORIZATION", "")) or request.GET.get("token")
+    account = token_authenticate(raw)[0] if raw else None
+    return files, request.POST.get("env", ""), request.POST.get("output") or None, account
 
 
-# Let drf-spectacular find the view class behind the wrapper.
-minion_spawn.cls = _spawn_view.cls
-minion_spawn.initkwargs = _spawn_view.initkwargs
-minion_spawn.csrf_exempt = True
+@csrf_exempt
+async def minion_spawn(request):
+    """POST /minion/v1/spawn: parse, wait for a slot (herder.admission; no
+    thread while waiting), run, answer.
+
+    A plain async view, not DRF (which is sync): Django cancels it when the
+    client disconnects, and the run is then abandoned at once. Errors take
+    the handler's shape (herder.errors.api_error_response).
+    """
+    if request.method != "POST":
+        response = api_error_response(exceptions.MethodNotAllowed(request.method))
+        response["Allow"] = "POST, OPTIONS"
+        return response
+    view = MinionSpawnView()
+    try:
+        files, env, output, account = await sync_to_async(_read)(request)
+        scope = request_scope(request)
+        try:
+            result = await minion_run_admitted(
+                client=client_of({**scope, "account": account}),
+                env=env, files=files, output=output,
+                client_addr=client_address(scope),
+                origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
+            )
+        except Cancelled as exc:
+            raise ClientGone() from exc
+        return view.answer(result, output)
+    except Exception as exc:
+        return api_error_response(exc)
+
+
+# Let drf-spectacular find the view class behind the function.
+minion_spawn.cls = MinionSpawnView
+minion_spawn.initkwargs = {}
