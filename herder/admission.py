@@ -357,7 +357,10 @@ class Slots:
             waiter = _Waiter(client, next(self._seq), loop, loop.create_future())
             self._waiting.append(waiter)
         try:
-            await asyncio.wait_for(waiter.future, timeout=self.queue_wait or None)
+            # Not wait_for: it would swallow a cancellation arriving together
+            # with the slot, and run for a client that has gone.
+            async with asyncio.timeout(self.queue_wait or None):
+                await waiter.future
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             with self._lock:
                 handed = waiter not in self._waiting
