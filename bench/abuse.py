@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import json
 import os
 import secrets
 import signal
@@ -46,9 +47,12 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ADDRESS = "127.0.0.2"
 HELLO = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
-# The flood's run: CPU for up to two seconds (a flooder uses what it may).
-BURN = urllib.parse.urlencode({"env": "python", "main.py": (
-    "import time\nend = time.time() + 2\nwhile time.time() < end: pass\nprint('burnt')")}).encode()
+# The flood's runs hold their slots for two seconds: sleeping (admission:
+# slots, threads, containers) or burning CPU (also the engine's CPU sharing).
+FLOOD_PROGRAMS = {
+    "sleep": "import time\ntime.sleep(2)\nprint('slept')",
+    "burn": "import time\nend = time.time() + 2\nwhile time.time() < end: pass\nprint('burnt')",
+}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -63,6 +67,11 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dir_mib(path: Path) -> float:
@@ -83,14 +92,23 @@ def pct(samples: list[float], q: float) -> float:
 
 # --- The well-behaved client (its own address, sequential, in a thread) -------
 
+# The herder's own figure for each good run (DurationMs: taking a container
+# and running), to tell time in the container from time in front of it.
+run_ms: list[float] = []
+front_ms: list[float] = []
+
+
 def good_run(port: int) -> tuple[float, int]:
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90, source_address=(GOOD_ADDRESS, 0))
     try:
         conn.request("POST", "/minion/v1/spawn", body=HELLO, headers=FORM)
         answer = conn.getresponse()
-        answer.read()
+        body = answer.read()
         status = answer.status
+        if status == 200:
+            run_ms.append(json.loads(body)["DurationMs"])
+            front_ms.append((time.perf_counter() - started) * 1000 - run_ms[-1])
     except OSError:
         status = 0
     finally:
@@ -140,10 +158,11 @@ class Tally:
             self.without_retry_after += 1
 
 
-async def minion_flood(port: int, deadline: float, tally: Tally, pause: float) -> None:
+async def minion_flood(port: int, deadline: float, tally: Tally, pause: float, program: str) -> None:
+    body = urllib.parse.urlencode({"env": "python", "main.py": FLOOD_PROGRAMS[program]}).encode()
     while time.monotonic() < deadline:
         try:
-            status, info = await http_once(port, "POST", "/minion/v1/spawn", BURN, FORM)
+            status, info = await http_once(port, "POST", "/minion/v1/spawn", body, FORM)
         except (OSError, asyncio.TimeoutError):
             status, info = 0, {}
         tally.add("minion", status, info.get("retry-after", False))
@@ -228,7 +247,7 @@ async def guess_flood(port: int, deadline: float, tally: Tally) -> None:
 async def flood(port: int, args, tag: str, tally: Tally) -> None:
     deadline = time.monotonic() + args.seconds
     await asyncio.gather(
-        *(minion_flood(port, deadline, tally, args.pause) for _ in range(args.runs)),
+        *(minion_flood(port, deadline, tally, args.pause, args.program) for _ in range(args.runs)),
         *(upload_flood(port, deadline, tally) for _ in range(args.uploads)),
         socket_flood(port, args.sockets, deadline, tally),
         golem_flood(port, args.golems, tag, tally),
@@ -243,6 +262,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
     parser.add_argument("--quiet-runs", type=int, default=40)
     parser.add_argument("--runs", type=int, default=64, help="concurrent minion loops of the flood")
+    parser.add_argument("--program", choices=sorted(FLOOD_PROGRAMS), default="burn",
+                        help="what the flood's runs do for two seconds")
     parser.add_argument("--pause", type=float, default=0.01, help="seconds a flood loop rests between runs")
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--uploads", type=int, default=4, help="concurrent 1 GiB chunked upload loops")
@@ -273,13 +294,21 @@ def main() -> None:
                     time.sleep(0.1)
             for _ in range(10):  # warm up: the pool fills, code paths load
                 good_run(port)
+            run_ms.clear()
+            front_ms.clear()
             quiet = [good_run(port) for _ in range(args.quiet_runs)]
             quiet_ms = [ms for ms, status in quiet if status == 200]
             quiet_p95 = pct(quiet_ms, 0.95)
+            quiet_run_p95 = pct(run_ms, 0.95)
+            quiet_front_p95 = pct(front_ms, 0.95)
+            run_ms.clear()
+            front_ms.clear()
             rss_before = rss_mib(herd.pid)
             disk_before = dir_mib(data) + dir_mib(tmp)
             print(f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
-                  f"({len(quiet_ms)}/{len(quiet)} ok); herder RSS {rss_before:.0f} MiB")
+                  f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
+                  f"in front of it {quiet_front_p95:.0f} ms); "
+                  f"herder RSS {rss_before:.0f} MiB")
 
             stop = threading.Event()
             samples: list[float] = []
@@ -295,6 +324,7 @@ def main() -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             tally = Tally()
+            cpu_before = cpu_seconds(herd.pid)
             sampler.start()
             good.start()
             started = time.monotonic()
@@ -303,23 +333,30 @@ def main() -> None:
             good.join(120)
             sampler.join(5)
             elapsed = time.monotonic() - started
+            cpu = cpu_seconds(herd.pid) - cpu_before
             time.sleep(2)
             rss_after = rss_mib(herd.pid)
             disk_after = dir_mib(data) + dir_mib(tmp)
             fives = sum(n for (kind, status), n in tally.codes.items() if status >= 500)
 
-            print(f"flood:  {elapsed:.0f} s: {args.runs} minion loops, {args.sockets} WebSockets, "
+            print(f"flood:  {elapsed:.0f} s: {args.runs} minion loops ({args.program}), {args.sockets} WebSockets, "
                   f"{args.uploads} x 1 GiB chunked upload loops, {args.golems} golem spawns, "
                   f"{args.guessers} password guessers")
             print(f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
                   f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
-                  f"errors {dict(errors) or 0}")
+                  f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
+                  f"in front of it {pct(front_ms, 0.95):.0f} ms")
             print(f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
                   f"(growth {peaks['rss'] - rss_before:+.0f} MiB peak, target <= 150)")
+            requests = sum(tally.codes.values())
+            print(f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
+                  f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)")
             print(f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB")
             for kind in ("minion", "upload", "websocket", "golem", "token"):
                 codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
                 print(f"flood {kind:9s} {codes}")
+            if os.environ.get("ABUSE_VERBOSE"):
+                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms)])
             print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")
         finally:
             herd.send_signal(signal.SIGTERM)

@@ -333,6 +333,29 @@ class Slots:
             handed.append(chosen)
         return handed
 
+    def _refusal(self, client: str) -> TooManyRequests | None:
+        """Under the lock, when `client` finds no free slot: the refusal, or
+        None when it may wait."""
+        if not self.queue:
+            return (self._refuse_total(f"{self.name}_total") if self._client_room(client)
+                    else self._refuse_client(client))
+        # A client waits for at most as many slots as it may hold.
+        limit = self.limit_of(client)
+        if limit and sum(1 for w in self._waiting if w.client == client) >= limit:
+            return self._refuse_client(client)
+        if len(self._waiting) >= self.queue:
+            return self._refuse_total(f"{self.name}_queue_full")
+        return None
+
+    def refusal_now(self, client: str) -> TooManyRequests | None:
+        """The refusal `wait(client)` would raise at once, else None, taking
+        nothing: lets a request that would be refused anyway be answered
+        before anything else is spent on it (herder/gate.py)."""
+        with self._lock:
+            if self._total_room() and self._client_room(client):
+                return None
+            return self._refusal(client)
+
     async def wait(self, client: str) -> None:
         """Take a slot, waiting for one in the queue when there is room in it.
 
@@ -344,15 +367,9 @@ class Slots:
             if self._total_room() and self._client_room(client):
                 self._take(client)
                 return
-            if not self.queue:
-                raise (self._refuse_total(f"{self.name}_total") if self._client_room(client)
-                       else self._refuse_client(client))
-            # A client waits for at most as many slots as it may hold.
-            limit = self.limit_of(client)
-            if limit and sum(1 for w in self._waiting if w.client == client) >= limit:
-                raise self._refuse_client(client)
-            if len(self._waiting) >= self.queue:
-                raise self._refuse_total(f"{self.name}_queue_full")
+            refusal = self._refusal(client)
+            if refusal is not None:
+                raise refusal
             loop = asyncio.get_running_loop()
             waiter = _Waiter(client, next(self._seq), loop, loop.create_future())
             self._waiting.append(waiter)

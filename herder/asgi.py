@@ -11,17 +11,26 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
+from accounts.views import token_generate_refusal  # noqa: E402
 from daemons.proxy import PREFIX as DAEMON_PROXY_PREFIX  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
+from herder.gate import Gate  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
+from minions.views import minion_spawn_refusal  # noqa: E402
 
 # An HTTP request meets these in order, top to bottom.
-http = BodyCap(                     # bodies over the route's cap: 413 while they stream;
-    PrefixRouter(                   # the daemon proxy (skipped above: it streams bodies
-        django_application,         # to the daemon), else Django.
+http = Gate(                        # what admission would refuse anyway: 429 at once;
+    BodyCap(                        # bodies over the route's cap: 413 while they stream;
+        PrefixRouter(               # the daemon proxy (skipped above: it streams bodies
+            django_application,     # to the daemon), else Django.
+        ),
+        skip=(DAEMON_PROXY_PREFIX,),
     ),
-    skip=(DAEMON_PROXY_PREFIX,),
+    routes={
+        "/minion/v1/spawn": minion_spawn_refusal,
+        "/token/v1/generate": token_generate_refusal,
+    },
 )
 
 application = ProtocolTypeRouter(

@@ -10,6 +10,11 @@ its end into a temporary file before any view can refuse it.
 A chunked body within its cap is handed on with a Content-Length: Django's
 form parsing and DRF's read a body without one as empty.
 
+Large bodies (chunked, or declared over HERDER_MAX_BODY) are also counted
+while their request lasts: at most HERDER_UPLOADS_PER_CLIENT per client and
+HERDER_UPLOADS_MAX in all, else 429 before any is read. So the memory and
+disk that bodies take is bounded in total, not only per request.
+
 Holds on uvicorn (`herd`'s default). Daphne reads whole bodies itself before
 the application sees them: put a proxy with its own cap in front of it.
 """
@@ -20,7 +25,9 @@ import json
 
 from django.conf import settings
 
-from herder.admission import note_refusal
+from herder.admission import Slots, client_of, note_refusal
+from herder.errors import TooManyRequests
+from herder.gate import send_refusal
 
 # Multipart or form framing around the files themselves.
 FORM_OVERHEAD = 1024 * 1024
@@ -40,6 +47,10 @@ def body_cap(path: str) -> int:
     if path.startswith("/admin/"):
         return settings.HERDER_ADMIN_MAX_BODY
     return settings.HERDER_MAX_BODY
+
+
+# Requests with large bodies in progress (their bodies held here or spooled by Django).
+uploads = Slots("upload", per_client="HERDER_UPLOADS_PER_CLIENT", total="HERDER_UPLOADS_MAX")
 
 
 async def _too_large(send, cap: int, length: int | None) -> None:
@@ -84,10 +95,28 @@ class BodyCap:
                 return await _bad_length(send)
             if length > cap:
                 return await _too_large(send, cap, length)
-            # The server reads no more than the declared length.
+            if length <= settings.HERDER_MAX_BODY:
+                # The server reads no more than the declared length.
+                return await self.app(scope, receive, send)
+        elif any(name == b"transfer-encoding" for name, _ in scope["headers"]):
+            length = None
+        else:
+            # Neither: a request without a body.
             return await self.app(scope, receive, send)
+        client = client_of(scope)
+        try:
+            uploads.acquire(client)
+        except TooManyRequests as refusal:
+            return await send_refusal(send, refusal)
+        try:
+            if length is not None:
+                return await self.app(scope, receive, send)
+            return await self._chunked(scope, receive, send, cap)
+        finally:
+            uploads.release(client)
 
-        # No Content-Length: read the body here, up to the cap.
+    async def _chunked(self, scope, receive, send, cap: int):
+        """No Content-Length: read the body here, up to the cap."""
         body = bytearray()
         while True:
             message = await receive()

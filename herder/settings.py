@@ -297,6 +297,9 @@ def _default_minion_slots() -> int:
 # daemon proxy is not capped here: it streams bodies to the daemon.
 HERDER_MAX_BODY = env.int("HERDER_MAX_BODY", default=16 * 1024)
 HERDER_ADMIN_MAX_BODY = env.int("HERDER_ADMIN_MAX_BODY", default=1024 * 1024)
+# Requests with bodies over HERDER_MAX_BODY (or chunked) in progress at once,
+# per client and in all: what bodies may hold of memory and disk, in total.
+HERDER_UPLOADS_PER_CLIENT = env.int("HERDER_UPLOADS_PER_CLIENT", default=8)
 # Minion runs at once per client (address, or account with a token), in total,
 # and how many may wait for a slot (FIFO, fair across clients) and how long.
 HERDER_MINION_MAX_PER_CLIENT = env.int("HERDER_MINION_MAX_PER_CLIENT", default=4)
@@ -304,6 +307,8 @@ HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default
 HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
 HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
 HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
+# Enough for every run and waiter to hold its body, and a few more.
+HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + HERDER_MINION_QUEUE + 8)
 # Wrong token passwords per client, and failed admin logins per client and per
 # username, before 429 (fixed windows, counted in the cache).
 HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")

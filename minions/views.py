@@ -12,10 +12,10 @@ from rest_framework.views import APIView
 from accounts.authentication import token_from_header
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
-from herder.errors import BadInput, ClientGone, api_error_response
+from herder.errors import BadInput, ClientGone, TooManyRequests, api_error_response
 from minions.files import files_from_request
 from minions.runner import Cancelled
-from minions.services import minion_run_admitted
+from minions.services import minion_run_admitted, minion_slots
 
 _PROTOCOL_FIELDS = ("env", "output")
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -115,6 +115,14 @@ async def minion_spawn(request):
         return view.answer(result, output)
     except Exception as exc:
         return api_error_response(exc)
+
+
+def minion_spawn_refusal(scope: dict) -> TooManyRequests | None:
+    """For herder/gate.py: the 429 minion_spawn would answer this request at
+    once (its client runs and waits for all it may), else None."""
+    if any(name == b"authorization" for name, _ in scope["headers"]) or b"token=" in scope.get("query_string", b""):
+        return None  # a token may raise the client's limit: the view tells whose it is
+    return minion_slots.refusal_now(client_of(scope))
 
 
 # Let drf-spectacular find the view class behind the function.

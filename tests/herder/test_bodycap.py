@@ -145,3 +145,44 @@ def test_a_chunked_form_is_parsed_like_any_other():
 
     assert server.status == 400
     assert server.json()["code"] == "unknown_env" and "cobol" in server.json()["detail"]
+
+
+def test_large_bodies_in_progress_are_bounded_per_client(settings):
+    """A second large body from a client already sending one is 429 before
+    a byte of it is read; another client's goes on."""
+    settings.HERDER_UPLOADS_PER_CLIENT = 1
+
+    async def scenario():
+        app = BodyCap(Echo())
+        stalled = Server(chunks=1)
+
+        async def one_chunk_then_quiet():
+            message = await stalled.receive()
+            return dict(message, more_body=True)
+
+        first = asyncio.ensure_future(app(scope("/minion/v1/spawn", (b"transfer-encoding", b"chunked")),
+                                          one_chunk_then_quiet, stalled.send))
+        await asyncio.sleep(0.05)
+        second = Server(chunks=1)
+        await app(scope("/minion/v1/spawn", (b"content-length", b"100000")), second.receive, second.send)
+        other = Server(chunks=1, chunk=100000)
+        other_scope = scope("/minion/v1/spawn", (b"content-length", b"100000"))
+        other_scope["client"] = ("127.0.0.9", 1)
+        await app(other_scope, other.receive, other.send)
+        first.cancel()
+        return second, other
+
+    second, other = asyncio.run(scenario())
+    assert second.status == 429 and second.pulled == 0
+    assert dict(second.sent[0]["headers"])[b"retry-after"]
+    assert other.status == 200
+    assert recent_refusals()["upload_per_client"] >= 1
+
+
+def test_small_bodies_are_not_counted(settings):
+    settings.HERDER_UPLOADS_PER_CLIENT = 1
+    from herder.bodycap import uploads
+
+    server = Server(chunks=1, chunk=100)
+    run(BodyCap(Echo()), scope("/minion/v1/spawn", (b"content-length", b"100")), server)
+    assert server.status == 200 and uploads.in_use == 0
