@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
 from herder.admission import client_of, rate_count, rate_spent, request_scope
-from herder.errors import InvalidToken, TooManyRequests, WrongPassword
+from herder.errors import InvalidToken, WrongPassword
 
 
 class TokenGenerateView(APIView):
@@ -65,13 +65,10 @@ class TokenGenerateView(APIView):
         return Response(self.OutputSerializer({"token": token, "email": email, "credits": credits}).data)
 
 
-def token_generate_refusal(scope: dict) -> TooManyRequests | None:
-    """For herder/gate.py: the 429 TokenGenerateView would answer at once."""
-    try:
-        rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
-    except TooManyRequests as refusal:
-        return refusal
-    return None
+async def token_generate_admit(scope: dict) -> None:
+    """For herder/gate.py: the 429 TokenGenerateView would answer at once,
+    raised before Django is spent on it."""
+    rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
 
 
 class TokenInspectView(APIView):

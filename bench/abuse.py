@@ -152,9 +152,10 @@ class Tally:
         self.codes: Counter[tuple[str, int]] = Counter()
         self.without_retry_after = 0
 
-    def add(self, kind: str, status: int, retry_after: bool = False) -> None:
+    def add(self, kind: str, status: int, retry_after: bool | None = False) -> None:
+        """`retry_after` None: the answer was cut off after its status line."""
         self.codes[(kind, status)] += 1
-        if status == 429 and not retry_after:
+        if status == 429 and retry_after is False:
             self.without_retry_after += 1
 
 
@@ -177,6 +178,7 @@ async def upload_flood(port: int, deadline: float, tally: Tally, gib: float = 1.
     frames = int(gib * 2**30 / len(frame_body))
     while time.monotonic() < deadline:
         status = -1  # cut off before an answer could be read
+        retry_after = None  # unknown until its headers are read
         writer = None
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -194,12 +196,14 @@ async def upload_flood(port: int, deadline: float, tally: Tally, gib: float = 1.
             line = await asyncio.wait_for(answer, 5)
             if line:
                 status = int(line.split()[1])
-        except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                retry_after = b"\nretry-after:" in head.lower()
+        except (OSError, asyncio.TimeoutError, IndexError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
             if writer is not None:
                 writer.close()
-        tally.add("upload", status)
+        tally.add("upload", status, retry_after)
 
 
 async def socket_flood(port: int, count: int, deadline: float, tally: Tally) -> None:

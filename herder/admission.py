@@ -347,15 +347,6 @@ class Slots:
             return self._refuse_total(f"{self.name}_queue_full")
         return None
 
-    def refusal_now(self, client: str) -> TooManyRequests | None:
-        """The refusal `wait(client)` would raise at once, else None, taking
-        nothing: lets a request that would be refused anyway be answered
-        before anything else is spent on it (herder/gate.py)."""
-        with self._lock:
-            if self._total_room() and self._client_room(client):
-                return None
-            return self._refusal(client)
-
     async def wait(self, client: str) -> None:
         """Take a slot, waiting for one in the queue when there is room in it.
 
@@ -391,6 +382,12 @@ class Slots:
                              wait=self._retry_hint(len(self._waiting))) from None
             raise
 
+    async def ticket(self, client: str) -> Ticket:
+        """`wait(client)`, then a Ticket for the slot: one release only, and
+        it can be handed from the layer that waited to the work that uses it."""
+        await self.wait(client)
+        return Ticket(self, client)
+
     @contextmanager
     def hold(self, client: str):
         self.acquire(client)
@@ -403,3 +400,29 @@ class Slots:
         return {"in_use": self.in_use, "limit": self.total, "per_client": self.per_client,
                 "per_account": self.per_account, "clients": len(self._by_client),
                 "waiting": len(self._waiting), "queue": self.queue, "queue_wait": self.queue_wait}
+
+
+class Ticket:
+    """One slot taken by `Slots.ticket`. Whoever uses the slot `take()`s the
+    ticket and releases it when done; the one that waited releases it with
+    `release_unless_taken()` when nobody took it (bad input, client gone)."""
+
+    def __init__(self, slots: Slots, client: str) -> None:
+        self.slots, self.client = slots, client
+        self.taken = self.released = False
+        self._lock = threading.Lock()
+
+    def take(self) -> Ticket:
+        self.taken = True
+        return self
+
+    def release(self, *, held: float | None = None) -> None:
+        with self._lock:
+            if self.released:
+                return
+            self.released = True
+        self.slots.release(self.client, held=held)
+
+    def release_unless_taken(self) -> None:
+        if not self.taken:
+            self.release()

@@ -11,16 +11,16 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
-from accounts.views import token_generate_refusal  # noqa: E402
+from accounts.views import token_generate_admit  # noqa: E402
 from daemons.proxy import PREFIX as DAEMON_PROXY_PREFIX  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
 from herder.gate import Gate  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
-from minions.views import minion_spawn_refusal  # noqa: E402
+from minions.views import minion_spawn_admit  # noqa: E402
 
 # An HTTP request meets these in order, top to bottom.
-http = Gate(                        # what admission would refuse anyway: 429 at once;
+http = Gate(                        # admission: 429 at once, or wait for a slot here;
     BodyCap(                        # bodies over the route's cap: 413 while they stream;
         PrefixRouter(               # the daemon proxy (skipped above: it streams bodies
             django_application,     # to the daemon), else Django.
@@ -28,8 +28,8 @@ http = Gate(                        # what admission would refuse anyway: 429 at
         skip=(DAEMON_PROXY_PREFIX,),
     ),
     routes={
-        "/minion/v1/spawn": minion_spawn_refusal,
-        "/token/v1/generate": token_generate_refusal,
+        "/minion/v1/spawn": minion_spawn_admit,
+        "/token/v1/generate": token_generate_admit,
     },
 )
 

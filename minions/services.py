@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from herder.admission import Slots
+from herder.admission import Slots, Ticket
 from herder.errors import RuntimeUnavailable, UnknownEnv
 from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
@@ -209,10 +209,11 @@ minion_slots = Slots(
 
 async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
                               output: str | None = None, client_addr: str = "",
-                              origin: str = "") -> MinionResult:
+                              origin: str = "", ticket: Ticket | None = None) -> MinionResult:
     """minion_run for one client (herder.admission.client_of), once a slot is
     free: bad input is refused first, then the run waits in the queue (no
-    thread while it waits), then runs in a thread of its own.
+    thread while it waits), then runs in a thread of its own. With a
+    `ticket` (a slot already waited for, by herder/gate.py) it does not wait.
 
     Cancelled (the client went away), a waiting run leaves the queue and a
     running one is abandoned at once (its container removed); its slot is
@@ -221,7 +222,7 @@ async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
     Raises what minion_check and minion_run raise, and TooManyRequests.
     """
     minion_check(env=env, files=files, output=output)
-    await minion_slots.wait(client)
+    ticket = ticket.take() if ticket is not None else await minion_slots.ticket(client)
     gone = threading.Event()
     started = time.monotonic()
     run = asyncio.ensure_future(sync_to_async(minion_run)(
@@ -230,7 +231,7 @@ async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
     ))
 
     def ended(task: asyncio.Future) -> None:
-        minion_slots.release(client, held=time.monotonic() - started)
+        ticket.release(held=time.monotonic() - started)
         if not task.cancelled():
             task.exception()  # retrieved: nobody may be left to await it
 

@@ -12,13 +12,15 @@ from rest_framework.views import APIView
 from accounts.authentication import token_from_header
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
-from herder.errors import BadInput, ClientGone, TooManyRequests, api_error_response
+from herder.errors import BadInput, ClientGone, api_error_response
 from minions.files import files_from_request
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
 
 _PROTOCOL_FIELDS = ("env", "output")
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+# Where herder/gate.py leaves the slot it waited for.
+TICKET = "herder.minion_ticket"
 
 
 class MinionSpawnView(APIView):
@@ -105,7 +107,7 @@ async def minion_spawn(request):
         scope = request_scope(request)
         try:
             result = await minion_run_admitted(
-                client=client_of({**scope, "account": account}),
+                client=client_of({**scope, "account": account}), ticket=scope.get(TICKET),
                 env=env, files=files, output=output,
                 client_addr=client_address(scope),
                 origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
@@ -117,12 +119,15 @@ async def minion_spawn(request):
         return api_error_response(exc)
 
 
-def minion_spawn_refusal(scope: dict) -> TooManyRequests | None:
-    """For herder/gate.py: the 429 minion_spawn would answer this request at
-    once (its client runs and waits for all it may), else None."""
+async def minion_spawn_admit(scope: dict):
+    """For herder/gate.py: wait for a minion slot before Django (no thread,
+    no body held while waiting) or raise the 429. The view runs on the
+    ticket left in the scope; the gate gives it back if the view did not."""
     if any(name == b"authorization" for name, _ in scope["headers"]) or b"token=" in scope.get("query_string", b""):
-        return None  # a token may raise the client's limit: the view tells whose it is
-    return minion_slots.refusal_now(client_of(scope))
+        return None  # a token may raise the client's limit: the view tells whose, and waits
+    ticket = await minion_slots.ticket(client_of(scope))
+    scope[TICKET] = ticket
+    return ticket.release_unless_taken
 
 
 # Let drf-spectacular find the view class behind the function.

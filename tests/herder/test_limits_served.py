@@ -241,3 +241,20 @@ def test_pressure_is_json_with_limits(herd):
     assert answer["minions"]["max_running"] == 2 and answer["minions"]["max_per_client"] == 1
     assert answer["minions"]["queue"] == 1
     assert "golems" in answer and "recent" in answer["refusals"]
+
+
+def test_a_waiting_run_holds_no_thread_and_leaves_the_queue_when_its_client_does(herd):
+    running = Background(herd, SLOW, "198.51.100.20")
+    assert wait_for(lambda: pressure(herd)["minions"]["running"] >= 1)
+    threads = len(os.listdir(f"/proc/{herd.pid}/task"))
+
+    body = urllib.parse.urlencode({"env": "python", "main.py": QUICK}).encode()
+    waiting = raw(herd, b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.20\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert wait_for(lambda: pressure(herd)["minions"]["queued"] == 1)
+    assert len(os.listdir(f"/proc/{herd.pid}/task")) <= threads
+
+    waiting.close()
+    assert wait_for(lambda: pressure(herd)["minions"]["queued"] == 0, seconds=3)
+    assert running.result()[0] == 200
