@@ -307,8 +307,9 @@ HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default
 HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
 HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
 HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
-# Enough for every run and waiter to hold its body, and a few more.
-HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + HERDER_MINION_QUEUE + 8)
+# Every run may hold its body, and daemon spawns and the like some more (waiters
+# hold none: they wait before their body is read, herder/gate.py).
+HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
 # Wrong token passwords per client, and failed admin logins per client and per
 # username, before 429 (fixed windows, counted in the cache).
 HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")
