@@ -1,6 +1,7 @@
 import mimetypes
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
@@ -9,10 +10,10 @@ from rest_framework import exceptions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.views import APIView
 
-from accounts.authentication import token_from_header
+from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
-from herder.errors import BadInput, ClientGone, api_error_response
+from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
 from minions.files import files_from_request
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
@@ -53,7 +54,6 @@ class MinionSpawnView(APIView):
         responses={
             200: OpenApiResponse(OutputSerializer, description="The run's result, or the output file's bytes."),
             400: OpenApiResponse(description="Unknown env or a bad file name."),
-            401: OpenApiResponse(description="A token was sent and it is not valid."),
             413: OpenApiResponse(description="Too many files or too many bytes."),
             429: OpenApiResponse(description="The client, or the herder, runs as many minions as it may "
                                  "and the queue is full or the wait too long; see Retry-After."),
@@ -74,8 +74,7 @@ class MinionSpawnView(APIView):
 
 
 def _read(request):
-    """The form (files, env, output) and the account of an optional token.
-    In the request's thread: parsing and the token's database lookup block."""
+    """The form: files, env, output. In the request's thread: parsing blocks."""
     content_type = request.content_type or ""
     if int(request.META.get("CONTENT_LENGTH") or 0) and content_type not in _FORMS:
         raise exceptions.UnsupportedMediaType(content_type)
@@ -83,15 +82,29 @@ def _read(request):
         files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
     except MultiPartParserError as exc:
         raise BadInput(f"The form cannot be read: {exc}") from None
-    raw = token_from_header(request.META.get("HTTP_AUTHORIZATION", "")) or request.GET.get("token")
-    account = token_authenticate(raw)[0] if raw else None
-    return files, request.POST.get("env", ""), request.POST.get("output") or None, account
+    return files, request.POST.get("env", ""), request.POST.get("output") or None
+
+
+def _account_of(scope: dict):
+    """The account of a valid token on the request, else None: minion spawn
+    is public, so a bad token is ignored (the client is then its address)."""
+    raw = token_from_scope(scope)
+    if not raw:
+        return None
+    try:
+        return token_authenticate(raw)[0]
+    except InvalidToken:
+        return None
+
+
+def _client(scope: dict) -> str:
+    return client_of({**scope, "account": _account_of(scope)})
 
 
 @csrf_exempt
 async def minion_spawn(request):
-    """POST /minion/v1/spawn: parse, wait for a slot (herder.admission; no
-    thread while waiting), run, answer.
+    """POST /minion/v1/spawn: parse, run on the slot herder/gate.py waited for
+    (or wait here, when served without the gate), answer.
 
     A plain async view, not DRF (which is sync): Django cancels it when the
     client disconnects, and the run is then abandoned at once. Errors take
@@ -103,12 +116,13 @@ async def minion_spawn(request):
         return response
     view = MinionSpawnView()
     try:
-        files, env, output, account = await sync_to_async(_read)(request)
+        files, env, output = await sync_to_async(_read)(request)
         scope = request_scope(request)
+        ticket = scope.get(TICKET)
+        client = ticket.client if ticket is not None else await database_sync_to_async(_client)(scope)
         try:
             result = await minion_run_admitted(
-                client=client_of({**scope, "account": account}), ticket=scope.get(TICKET),
-                env=env, files=files, output=output,
+                client=client, ticket=ticket, env=env, files=files, output=output,
                 client_addr=client_address(scope),
                 origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
             )
@@ -123,9 +137,8 @@ async def minion_spawn_admit(scope: dict):
     """For herder/gate.py: wait for a minion slot before Django (no thread,
     no body held while waiting) or raise the 429. The view runs on the
     ticket left in the scope; the gate gives it back if the view did not."""
-    if any(name == b"authorization" for name, _ in scope["headers"]) or b"token=" in scope.get("query_string", b""):
-        return None  # a token may raise the client's limit: the view tells whose, and waits
-    ticket = await minion_slots.ticket(client_of(scope))
+    client = await database_sync_to_async(_client)(scope) if token_from_scope(scope) else client_of(scope)
+    ticket = await minion_slots.ticket(client)
     scope[TICKET] = ticket
     return ticket.release_unless_taken
 

@@ -49,11 +49,14 @@ def test_a_client_at_its_minion_limit_is_refused_at_the_door(a_client_at_its_lim
     assert status == 400 and body["code"] == "unknown_env"
 
 
-@pytest.mark.django_db
-def test_a_token_holder_is_left_to_the_view(a_client_at_its_limit):
-    # Its limit is its account's: only the view can tell whose (here: a bad token).
-    status, _, body = post("/minion/v1/spawn", (b"authorization", b"Bearer nonsense"))
-    assert status == 401 and body["code"] == "invalid_token"
+@pytest.mark.django_db(transaction=True)
+def test_a_token_holder_counts_by_account_and_a_bad_token_by_address(a_client_at_its_limit):
+    from accounts.services import token_mint
+
+    token = token_mint(email="gate@herder.test", credits=0)
+    status, _, body = post("/minion/v1/spawn", (b"authorization", f"Bearer {token}".encode()))
+    assert status == 400 and body["code"] == "unknown_env"  # admitted: the account runs nothing
+    assert post("/minion/v1/spawn", (b"authorization", b"Bearer nonsense"))[0] == 429
 
 
 @pytest.mark.django_db
