@@ -319,7 +319,10 @@ class Slots:
                 self.typical_hold = 0.8 * self.typical_hold + 0.2 * max(held, 0.05)
             handed = self._hand_on()
         for waiter in handed:
-            waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+            try:
+                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+            except RuntimeError:  # its event loop is closed: nobody will use the slot
+                self.release(waiter.client)
 
     def _hand_on(self) -> list[_Waiter]:
         handed = []
