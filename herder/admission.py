@@ -101,9 +101,11 @@ def request_scope(request) -> dict:
     if scope is not None:
         return scope
     meta = request.META
-    headers = [(b"x-forwarded-for", meta["HTTP_X_FORWARDED_FOR"].encode("latin-1"))] \
-        if meta.get("HTTP_X_FORWARDED_FOR") else []
-    return {"type": "http", "client": (meta.get("REMOTE_ADDR") or "unknown", 0), "headers": headers}
+    headers = [(name, meta[key].encode("latin-1"))
+               for name, key in ((b"x-forwarded-for", "HTTP_X_FORWARDED_FOR"), (b"authorization", "HTTP_AUTHORIZATION"))
+               if meta.get(key)]
+    return {"type": "http", "client": (meta.get("REMOTE_ADDR") or "unknown", 0), "headers": headers,
+            "query_string": meta.get("QUERY_STRING", "").encode("latin-1")}
 
 
 def client_of(scope: dict) -> str:

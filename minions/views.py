@@ -70,7 +70,9 @@ class MinionSpawnView(APIView):
             response = HttpResponse(result.outcome.output, content_type=content_type)
             response["Content-Disposition"] = f'inline; filename="{output.rsplit("/", 1)[-1]}"'
             return response
-        return JsonResponse(self.OutputSerializer(result.as_json()).data)
+        # As DRF's JSONRenderer wrote it before this view turned async.
+        return JsonResponse(self.OutputSerializer(result.as_json()).data,
+                            json_dumps_params={"separators": (",", ":"), "ensure_ascii": False})
 
 
 def _read(request):

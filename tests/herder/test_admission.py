@@ -212,3 +212,15 @@ def test_rate_spent_counts_nothing_itself():
     rate_count("test-failures", "addr:a", "2/m")
     with pytest.raises(TooManyRequests):
         rate_spent("test-failures", "addr:a", "2/m")
+
+
+def test_a_test_client_request_has_a_scope_with_its_token_and_forwarded_for():
+    from django.test import RequestFactory
+
+    from herder.admission import request_scope
+
+    request = RequestFactory().post("/x?token=abc", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="1.2.3.4",
+                                    HTTP_AUTHORIZATION="Bearer t")
+    scope = request_scope(request)
+    assert scope["client"][0] == "10.0.0.1" and scope["query_string"] == b"token=abc"
+    assert dict(scope["headers"]) == {b"x-forwarded-for": b"1.2.3.4", b"authorization": b"Bearer t"}
