@@ -170,9 +170,9 @@ async def minion_flood(port: int, deadline: float, tally: Tally, pause: float, p
         await asyncio.sleep(pause)
 
 
-async def upload_flood(port: int, deadline: float, tally: Tally, gib: float = 1.0) -> None:
-    """1 GiB chunked uploads, one after another; the answer is read while
-    sending, since a herder that refuses stops reading and closes."""
+async def upload_flood(port: int, deadline: float, tally: Tally, path: str, gib: float = 1.0) -> None:
+    """1 GiB chunked uploads to `path`, one after another; the answer is read
+    while sending, since a herder that refuses stops reading and closes."""
     frame_body = b"x" * 65536
     frame = f"{len(frame_body):x}\r\n".encode() + frame_body + b"\r\n"
     frames = int(gib * 2**30 / len(frame_body))
@@ -183,7 +183,7 @@ async def upload_flood(port: int, deadline: float, tally: Tally, gib: float = 1.
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             answer = asyncio.ensure_future(reader.readline())
-            writer.write(b"POST /minion/v1/spawn HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            writer.write(f"POST {path} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                          b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
             try:
                 for _ in range(frames):
@@ -203,7 +203,7 @@ async def upload_flood(port: int, deadline: float, tally: Tally, gib: float = 1.
         finally:
             if writer is not None:
                 writer.close()
-        tally.add("upload", status, retry_after)
+        tally.add(f"upload {path.split('/')[1]}", status, retry_after)
 
 
 async def socket_flood(port: int, count: int, deadline: float, tally: Tally) -> None:
@@ -252,7 +252,10 @@ async def flood(port: int, args, tag: str, tally: Tally) -> None:
     deadline = time.monotonic() + args.seconds
     await asyncio.gather(
         *(minion_flood(port, deadline, tally, args.pause, args.program) for _ in range(args.runs)),
-        *(upload_flood(port, deadline, tally) for _ in range(args.uploads)),
+        # Half to minion spawn (its client at its limit there: refused at the
+        # door), half to daemon spawn (the same body cap, no admission first).
+        *(upload_flood(port, deadline, tally, ("/minion/v1/spawn", "/daemon/v1/spawn")[i % 2])
+          for i in range(args.uploads)),
         socket_flood(port, args.sockets, deadline, tally),
         golem_flood(port, args.golems, tag, tally),
         *(guess_flood(port, deadline, tally) for _ in range(args.guessers)),
@@ -356,9 +359,9 @@ def main() -> None:
             print(f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
                   f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)")
             print(f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB")
-            for kind in ("minion", "upload", "websocket", "golem", "token"):
+            for kind in ("minion", "upload minion", "upload daemon", "websocket", "golem", "token"):
                 codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
-                print(f"flood {kind:9s} {codes}")
+                print(f"flood {kind:13s} {codes}")
             if os.environ.get("ABUSE_VERBOSE"):
                 print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms)])
             print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")

@@ -268,10 +268,10 @@ import re  # noqa: E402
 
 def _size(name: str, text: str) -> int:
     """Bytes of a Docker-style size: "512m", "1g", "65536"."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)b?\s*", text.lower())
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*", text.lower())
     if not match:
         raise ImproperlyConfigured(f"{name} must be a size such as 512m, not {text!r}")
-    return int(match[1]) * 1024 ** " kmg".index(match[2] or " ")
+    return int(float(match[1]) * 1024 ** " kmg".index(match[2] or " "))
 
 
 def _rate(name: str, default: str) -> str:
