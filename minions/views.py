@@ -1,3 +1,4 @@
+import logging
 import mimetypes
 
 from asgiref.sync import sync_to_async
@@ -17,6 +18,8 @@ from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
 from minions.files import files_from_request
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
+
+logger = logging.getLogger(__name__)
 
 _PROTOCOL_FIELDS = ("env", "output")
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -139,7 +142,12 @@ async def minion_spawn_admit(scope: dict):
     """For herder/gate.py: wait for a minion slot before Django (no thread,
     no body held while waiting) or raise the 429. The view runs on the
     ticket left in the scope; the gate gives it back if the view did not."""
-    client = await database_sync_to_async(_client)(scope) if token_from_scope(scope) else client_of(scope)
+    client = client_of(scope)
+    if token_from_scope(scope):
+        try:
+            client = await database_sync_to_async(_client)(scope)
+        except Exception:  # the database is down: count by address, the view will answer
+            logger.exception("minion spawn: the token could not be looked up")
     ticket = await minion_slots.ticket(client)
     scope[TICKET] = ticket
     return ticket.release_unless_taken
