@@ -1,5 +1,6 @@
 """POST /token/v1/generate and GET /token/v1/inspect/<token>."""
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -8,7 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
-from herder.errors import BadInput, InvalidToken
+from herder.admission import client_of, rate_count, rate_spent, request_scope
+from herder.errors import BadInput, InvalidToken, WrongPassword
 
 
 class TokenGenerateView(APIView):
@@ -41,9 +43,15 @@ class TokenGenerateView(APIView):
         responses={200: OutputSerializer,
                    400: OpenApiResponse(description="Bad identifier or credits."),
                    401: OpenApiResponse(description="Wrong password."),
-                   405: OpenApiResponse(description="No token password is configured.")},
+                   405: OpenApiResponse(description="No token password is configured."),
+                   429: OpenApiResponse(description="Too many wrong passwords from this client; "
+                                        "see Retry-After.")},
     )
     def post(self, request: Request) -> Response:
+        # Guessing slowed: past HERDER_TOKEN_GENERATE_RATE wrong passwords a
+        # client is refused before its password is even judged.
+        client = client_of(request_scope(request))
+        rate_spent("token_generate", client, settings.HERDER_TOKEN_GENERATE_RATE)
         # Form fields or query parameters (the original took both); fields win.
         body = request.data
         if not isinstance(body, dict):  # QueryDict is a dict too
@@ -53,8 +61,18 @@ class TokenGenerateView(APIView):
         data = {k: str(v) for k, v in data.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
         serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        token, email, credits = token_generate(**serializer.validated_data)
+        try:
+            token, email, credits = token_generate(**serializer.validated_data)
+        except WrongPassword:
+            rate_count("token_generate", client, settings.HERDER_TOKEN_GENERATE_RATE)
+            raise
         return Response(self.OutputSerializer({"token": token, "email": email, "credits": credits}).data)
+
+
+async def token_generate_admit(scope: dict) -> None:
+    """For herder/gate.py: the 429 TokenGenerateView would answer at once,
+    raised before Django is spent on it."""
+    rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
 
 
 class TokenInspectView(APIView):

@@ -116,7 +116,7 @@ class AlreadyGranted(exceptions.APIException):
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request is too large."
-    default_code = "too_large"
+    default_code = "payload_too_large"
 
 
 class TooManyRequests(exceptions.APIException):
@@ -199,6 +199,18 @@ def exception_handler(exc: Exception, context: dict) -> Response:
         status=exc.status_code,
         headers=headers,
     )
+
+
+def api_error_response(exc: Exception) -> JsonResponse:
+    """What the handler answers for `exc`, from a plain Django view (an async
+    one: DRF's views are sync), headers (Retry-After...) included."""
+    response = exception_handler(exc, {"view": None})
+    answer = JsonResponse(response.data, status=response.status_code,
+                          json_dumps_params={"separators": (",", ":"), "ensure_ascii": False})
+    for name, value in response.headers.items():
+        if name.lower() != "content-type":
+            answer[name] = value
+    return answer
 
 
 def error_response(status_code: int, code: str, detail: str) -> JsonResponse:

@@ -5,7 +5,10 @@ never see the SDK. Every container carries the labels `herder.kind` (minion,
 golem, daemon) and `herder.owner`, so the herder can find, account for and
 clean up its containers after a restart.
 
-The SDK blocks: from async code call these methods through `sync_to_async`.
+The SDK blocks: from async code call these methods through
+`await in_engine_pool(fn, ...)`, a bounded pool (HERDER_DOCKER_THREADS): a
+request waiting for the engine is a future, not a thread. Every call to the
+engine gives up after HERDER_DOCKER_TIMEOUT seconds (503).
 Choose the implementation with `HERDER_RUNTIME`; `get_runtime()` returns it.
 """
 
@@ -20,7 +23,8 @@ import struct
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -332,10 +336,11 @@ class DockerRuntime(Runtime):
         with self._lock:
             if self._client is None:
                 with _engine_errors():
+                    timeout = settings.HERDER_DOCKER_TIMEOUT
                     if settings.DOCKER_HOST:
-                        self._client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=30)
+                        self._client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=timeout)
                     else:
-                        self._client = docker.from_env(timeout=30)
+                        self._client = docker.from_env(timeout=timeout)
             return self._client
 
     def _create(self, spec: ContainerSpec) -> Handle:
@@ -587,6 +592,20 @@ def tar_of(files: dict[str, bytes], *, mode: int = 0o644) -> bytes:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+_engine_pool: ThreadPoolExecutor | None = None
+
+
+async def in_engine_pool(fn: Callable, /, *args, **kwargs):
+    """`fn(*args, **kwargs)` (a blocking runtime call) on the engine's bounded
+    thread pool; callers beyond its HERDER_DOCKER_THREADS threads wait in
+    its queue as futures. No database work here: the pool's threads are
+    not Django's."""
+    global _engine_pool
+    with _runtime_lock:
+        if _engine_pool is None:
+            _engine_pool = ThreadPoolExecutor(settings.HERDER_DOCKER_THREADS, thread_name_prefix="herder-engine")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_engine_pool, lambda: fn(*args, **kwargs))
 
 
 def get_runtime() -> Runtime:
@@ -600,7 +619,7 @@ def get_runtime() -> Runtime:
 
 def _forget_runtime(*, setting: str, **kwargs) -> None:
     global _runtime
-    if setting in ("HERDER_RUNTIME", "DOCKER_HOST"):
+    if setting in ("HERDER_RUNTIME", "DOCKER_HOST", "HERDER_DOCKER_TIMEOUT"):
         with _runtime_lock:
             _runtime = None
 

@@ -232,6 +232,11 @@ HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime
 HERDER_INSTANCE = env.str("HERDER_INSTANCE", default="")
 # The docker SDK's own variable; unset means the local engine.
 DOCKER_HOST = env.str("DOCKER_HOST", default="")
+# Seconds any one call to the engine may take before it counts as down (503).
+HERDER_DOCKER_TIMEOUT = _positive("HERDER_DOCKER_TIMEOUT", env.float("HERDER_DOCKER_TIMEOUT", default=30.0))
+# Threads for engine calls made from async code (herder.runtime.in_engine_pool):
+# callers beyond them wait as futures, not as threads.
+HERDER_DOCKER_THREADS = int(_positive("HERDER_DOCKER_THREADS", env.int("HERDER_DOCKER_THREADS", default=8)))
 
 # --- Controlled minions ----------------------------------------------------
 # env name -> image. HERDER_MINION_ENVS adds or replaces: "julia=me/julia:1,r=me/r".
@@ -265,6 +270,66 @@ HERDER_MINION_REAP_GRACE = env.float("HERDER_MINION_REAP_GRACE", default=30.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = HERDER_MINION_MAX_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = HERDER_MINION_MAX_FILES + 16
 DATA_UPLOAD_MAX_NUMBER_FILES = HERDER_MINION_MAX_FILES + 16
+
+# --- Admission: body caps, minion slots, throttles ---------------------------
+# (herder/bodycap.py, herder/admission.py; the README's "Limits" table.)
+
+
+def _size(name: str, text: str) -> int:
+    """Bytes of a Docker-style size: "512m", "1g", "65536"."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*", text.lower())
+    if not match:
+        raise ImproperlyConfigured(f"{name} must be a size such as 512m, not {text!r}")
+    return int(float(match[1]) * 1024 ** " kmg".index(match[2] or " "))
+
+
+def _rate(name: str, default: str) -> str:
+    """A rate, N/s|m|h|d (herder.admission.Rate); empty or 0 turns it off."""
+    text = env.str(name, default=default)
+    if text.strip() not in ("", "0", "off", "none") and not re.fullmatch(
+            r"\s*\d+\s*/\s*\d*\s*[smhd]\w*\s*", text):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 10/m, not {text!r}")
+    return text
+
+
+def _default_minion_slots() -> int:
+    """Runs at once this machine can hold: 4 per core (a run mostly waits on
+    its container), and no more than fit in memory at the minion memory limit."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores * 4, memory // _size("HERDER_MINION_MEMORY", HERDER_MINION_MEMORY)))
+
+
+# Request bodies, refused with 413 while they stream (before Django reads
+# them). Minion and daemon spawn take HERDER_MINION_MAX_BYTES plus form
+# framing; the admin's forms this; every other route HERDER_MAX_BODY. The
+# daemon proxy is not capped here: it streams bodies to the daemon.
+HERDER_MAX_BODY = env.int("HERDER_MAX_BODY", default=16 * 1024)
+HERDER_ADMIN_MAX_BODY = env.int("HERDER_ADMIN_MAX_BODY", default=1024 * 1024)
+# Requests with bodies over HERDER_MAX_BODY (or chunked) in progress at once,
+# per client and in all: what bodies may hold of memory and disk, in total.
+HERDER_UPLOADS_PER_CLIENT = env.int("HERDER_UPLOADS_PER_CLIENT", default=8)
+# Minion runs at once per client (address, or account with a token), in total,
+# and how many may wait for a slot (FIFO, fair across clients) and how long.
+HERDER_MINION_MAX_PER_CLIENT = env.int("HERDER_MINION_MAX_PER_CLIENT", default=4)
+HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default=8)
+HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
+HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
+HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
+# Every run may hold its body, and daemon spawns and the like some more (waiters
+# hold none: they wait before their body is read, herder/gate.py).
+HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
+# Wrong token passwords per client, and failed admin logins per client and per
+# username, before 429 (fixed windows, counted in the cache).
+HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")
+HERDER_ADMIN_LOGIN_RATE = _rate("HERDER_ADMIN_LOGIN_RATE", "10/m")
+# Each section of GET /pressure: name -> a callable returning a JSON-able dict,
+# cheap enough to poll every second (no Docker call).
+HERDER_PRESSURE_SOURCES = {
+    "minions": "minions.services.minion_pressure",
+    "golems": "golems.services.golem_snapshot",
+    "sockets": "herder.wslimits.snapshot",
+}
 
 # --- Daemons -----------------------------------------------------------------
 HERDER_DAEMON_MEMORY = env.str("HERDER_DAEMON_MEMORY", default="512m")
