@@ -53,7 +53,8 @@ class GolemAdmin(admin.ModelAdmin):
 class GolemPresenceAdmin(admin.ModelAdmin):
     """Which process holds each webstrate's golem control socket."""
 
-    list_display = ("webstrate", "channel", "connected", "seen")
+    list_display = ("webstrate", "channel", "proven", "connected", "seen")
+    list_filter = ("proven",)
     search_fields = ("webstrate", "channel")
 
     def has_add_permission(self, request) -> bool:

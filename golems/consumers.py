@@ -23,10 +23,13 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.http.cookie import parse_cookie
 from rest_framework.exceptions import APIException
 
 from golems.pairing import Outbox, event, local_sockets, minion_group, send_patiently, waiting_group
 from golems.services import (
+    PROOF_COOKIE,
+    golem_control_admit,
     golem_touch,
     presence_claim,
     presence_lookup,
@@ -34,7 +37,7 @@ from golems.services import (
     presence_release,
     webstrate_validate,
 )
-from herder.errors import BadInput, BadWebstrateId, GolemConnected, PayloadTooLarge
+from herder.errors import BadInput, BadWebstrateId, GolemConnected, GolemProofRequired, PayloadTooLarge
 from herder.handshake import can_refuse_before_upgrade, refuse_before_upgrade
 
 logger = logging.getLogger(__name__)
@@ -255,23 +258,46 @@ class _PairingConsumer(AsyncWebsocketConsumer):
 class GolemControlConsumer(_PairingConsumer):
     """ws /golem/v1/connect/<webstrate>: receives minion-connected and
     minion-disconnected events. One per webstrate across every herder process;
-    a second is refused: HTTP 409 before the upgrade where the server can, else 4409."""
+    a second is refused: HTTP 409 before the upgrade where the server can, else 4409.
+
+    The golem's own browser proves it is the golem (the cookie its container
+    sets, golem_control_admit): such a socket replaces any other, which is
+    closed with 4409. Without the proof a socket is refused (4403) while the
+    webstrate has a golem container."""
 
     claimed = False
+    proven = False
     _heartbeat: asyncio.Task | None = None
+
+    def _proof(self) -> str | None:
+        for name, value in self.scope.get("headers", []):
+            if name == b"cookie":
+                proof = parse_cookie(value.decode("latin-1")).get(PROOF_COOKIE)
+                if proof:
+                    return proof
+        return None
 
     async def connect(self) -> None:
         if not await self.webstrate_accepted():
             return
+        try:
+            proven = await database_sync_to_async(golem_control_admit)(
+                webstrate=self.webstrate, proof=self._proof())
+        except GolemProofRequired as exc:
+            await self.refuse(exc)
+            return
+        self.proven = proven
         # Claimed before accepting, so that a second socket can be refused before
         # its upgrade; minions that find the claim first are told once send() accepts.
-        self.claimed = await database_sync_to_async(presence_claim)(
-            webstrate=self.webstrate, channel=self.channel_name)
+        self.claimed, replaced = await database_sync_to_async(presence_claim)(
+            webstrate=self.webstrate, channel=self.channel_name, proven=proven)
         if not self.claimed:
             await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."),
                               before_upgrade=True)
             return
         await self.accept()
+        if replaced:
+            await send_patiently(self.channel_layer, replaced, {"type": "golem.replaced"}, timeout=2)
         self._heartbeat = asyncio.create_task(self._beat())
         # Minions already waiting announce themselves.
         await self.channel_layer.group_send(
@@ -282,7 +308,7 @@ class GolemControlConsumer(_PairingConsumer):
             await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
             try:
                 held = await database_sync_to_async(presence_refresh)(
-                    webstrate=self.webstrate, channel=self.channel_name)
+                    webstrate=self.webstrate, channel=self.channel_name, proven=self.proven)
             except Exception:
                 # The database may come back before the presence expires; if it
                 # does not, the next successful beat finds the claim lost.
@@ -296,6 +322,13 @@ class GolemControlConsumer(_PairingConsumer):
     async def receive(self, text_data=None, bytes_data=None) -> None:
         # As in the original herder, what the golem says here is ignored.
         pass
+
+    async def golem_replaced(self, message: dict) -> None:
+        # The golem itself connected: its claim is no longer ours to release.
+        self.claimed = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.refuse(GolemConnected(f"The golem of {self.webstrate} connected."))
 
     async def golem_minion_connected(self, message: dict) -> None:
         await self.send(text_data=event("minion-connected", ID=message["id"], Type=message["minion_type"]))

@@ -25,6 +25,9 @@ class Golem(models.Model):
     crash_streak = models.PositiveIntegerField(default=0)
     # Why the container last stopped, when the herder knows.
     error = models.CharField(max_length=255, blank=True)
+    # Names the container's start (its label herder.generation): the golem's proof
+    # is derived from it and SECRET_KEY, so a new container has a new proof.
+    generation = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["webstrate"]
@@ -50,6 +53,8 @@ class GolemPresence(models.Model):
     channel = models.CharField(max_length=255)
     connected = models.DateTimeField()
     seen = models.DateTimeField(db_index=True)
+    # The socket carried its golem's proof: it is never replaced by one that did not.
+    proven = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"{self.webstrate} at {self.channel}"

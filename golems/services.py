@@ -8,9 +8,12 @@ wants and remembers (for the admin, the supervisor and idle reaping).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import re
+import secrets
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +24,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from golems.models import Golem, GolemPresence
-from herder.errors import BadWebstrateId, GolemNotFound, RuntimeUnavailable
+from herder.errors import BadWebstrateId, GolemNotFound, GolemProofRequired, RuntimeUnavailable
 from herder.runtime import (
     LABEL_INSTANCE,
     ContainerGone,
@@ -39,6 +42,15 @@ KIND = "golem"
 _LIVE = ("running", "restarting")
 # A container that dies within this many seconds of its start crashed "at once".
 QUICK_CRASH = 60
+# The network golems join by default when the herder is not on the loopback address.
+GOLEM_NETWORK = "herder-golems"
+# Names a golem container's start: its proof is derived from it (golem_proof).
+LABEL_GENERATION = "herder.generation"
+# The cookie the golem's Chromium presents on its control socket (set by the
+# image's golem-start, which knows the name too).
+PROOF_COOKIE = "herder_golem_proof"
+# Networks the engine provides: never created by the herder.
+_ENGINE_NETWORKS = ("host", "bridge", "none", "default")
 
 
 def webstrate_validate(webstrate: str) -> str:
@@ -65,18 +77,61 @@ def _is_loopback(host: str) -> bool:
 
 def golem_network() -> str:
     """The Docker network golems join: the setting, else "host" when the herder
-    and the webstrates server are both on the loopback address, else "bridge"."""
+    and the webstrates server are both on the loopback address (nothing else
+    reaches them), else GOLEM_NETWORK."""
     if settings.HERDER_GOLEM_NETWORK:
         return settings.HERDER_GOLEM_NETWORK
     hosts = (_host(settings.HERDER_GOLEM_WEBSTRATES_URL), _host(settings.HERDER_PUBLIC_URL))
-    return "host" if all(_is_loopback(h) for h in hosts) else "bridge"
+    return "host" if all(_is_loopback(h) for h in hosts) else GOLEM_NETWORK
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    host = (parts.hostname or "").lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def golem_proxy_allow() -> list[str]:
+    """The only host:port pairs a golem's Chromium reaches (through the proxy in
+    its container): the herder's, the webstrates server's, and
+    HERDER_GOLEM_ALLOWED_HOSTS (`host` for ports 80 and 443, or `host:port`)."""
+    allowed = [_host_port(settings.HERDER_GOLEM_WEBSTRATES_URL), _host_port(settings.HERDER_PUBLIC_URL)]
+    for entry in settings.HERDER_GOLEM_ALLOWED_HOSTS:
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        if host and port.isdigit() and not entry.endswith("]"):
+            allowed.append(entry)
+        else:
+            allowed += [f"{entry}:80", f"{entry}:443"]
+    return list(dict.fromkeys(allowed))
+
+
+def golem_proof(webstrate: str, generation: str) -> str:
+    """The secret a golem's container presents: only the herder (SECRET_KEY)
+    and that container (its environment) know it; a new container, a new proof."""
+    message = f"herder-golem-proof\0{webstrate}\0{generation}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+
+
+def golem_control_url(webstrate: str) -> str:
+    """The control socket's URL as the golem's page opens it (herder.ws + path)."""
+    url = settings.HERDER_PUBLIC_URL
+    ws = "wss" + url[len("https"):] if url.startswith("https:") else "ws" + url[len("http"):]
+    return f"{ws}/golem/v1/connect/{webstrate}"
 
 
 def golem_allowed_hosts() -> list[str]:
     """The only host names a golem's Chromium resolves: the webstrates server's,
     the herder's, and HERDER_GOLEM_ALLOWED_HOSTS."""
     hosts = [_host(settings.HERDER_GOLEM_WEBSTRATES_URL), _host(settings.HERDER_PUBLIC_URL)]
-    hosts += [h.strip().lower() for h in settings.HERDER_GOLEM_ALLOWED_HOSTS]
+    for entry in settings.HERDER_GOLEM_ALLOWED_HOSTS:
+        entry = entry.strip().lower()
+        host, _, port = entry.rpartition(":")
+        # host:port names the host; a bare IPv6 address keeps its colons.
+        hosts.append(host if host and port.isdigit() and not entry.endswith("]") else entry)
     return list(dict.fromkeys(h for h in hosts if h))
 
 
@@ -88,11 +143,13 @@ def golem_container_name(webstrate: str) -> str:
     return f"herder-golem-{webstrate}"
 
 
-def golem_container_spec(webstrate: str) -> ContainerSpec:
+def golem_container_spec(webstrate: str, generation: str = "") -> ContainerSpec:
     """How a webstrate's golem runs: confined, limited, resolving only the allowed
-    hosts (every other name is NOTFOUND, so nothing else is contacted), and
-    without a DevTools port."""
-    rules = ", ".join(["MAP * ~NOTFOUND"] + [f"EXCLUDE {h}" for h in golem_allowed_hosts()])
+    hosts (every other name is NOTFOUND) and reaching only the allowed host:port
+    pairs (golem-start's proxy), without a DevTools port, and holding the proof
+    of `generation` for its control socket."""
+    # The proxy golem-start runs for Chromium is on 127.0.0.1 in the container.
+    rules = ", ".join(["MAP * ~NOTFOUND"] + [f"EXCLUDE {h}" for h in golem_allowed_hosts() + ["127.0.0.1"]])
     command = [f"--host-resolver-rules={rules}"]
     security_opt = []
     if settings.HERDER_GOLEM_SANDBOX:
@@ -113,11 +170,19 @@ def golem_container_spec(webstrate: str) -> ContainerSpec:
         image=settings.HERDER_GOLEM_IMAGE,
         name=golem_container_name(webstrate),
         command=command,
-        environment={"HOME": "/tmp", "WEBSTRATE_ID": webstrate},
+        environment={
+            "HOME": "/tmp", "WEBSTRATE_ID": webstrate,
+            # golem-start takes these out of the environment before Chromium starts.
+            "HERDER_GOLEM_PROOF": golem_proof(webstrate, generation) if generation else "",
+            "HERDER_GOLEM_PROOF_URL": golem_control_url(webstrate),
+            "HERDER_GOLEM_ALLOW": ",".join(golem_proxy_allow()),
+            "HERDER_GOLEM_ADMIN_HOST": _host_port(settings.HERDER_PUBLIC_URL),
+        },
+        labels={LABEL_GENERATION: generation} if generation else {},
         memory=settings.HERDER_GOLEM_MEMORY,
         cpus=settings.HERDER_GOLEM_CPUS,
         pids=settings.HERDER_GOLEM_PIDS,
-        network=None if network == "bridge" else network,
+        network=None if network in ("bridge", "default") else network,
         read_only=True,
         tmpfs={"/tmp": f"size={settings.HERDER_GOLEM_TMP_SIZE},mode=1777"},
         confined=True,
@@ -139,13 +204,17 @@ def _ours(infos: list[ContainerInfo]) -> list[ContainerInfo]:
 def _start(golem: Golem, *, error: str = "") -> None:
     """Replace whatever container the golem has with a fresh one; `error` says why
     the previous one stopped, when it crashed."""
-    spec = golem_container_spec(golem.webstrate)
+    generation = secrets.token_hex(16)
+    spec = golem_container_spec(golem.webstrate, generation)
     _remove_all(golem.webstrate)
+    if spec.network and spec.network not in _ENGINE_NETWORKS:
+        get_runtime().ensure_network(spec.network, isolated=True, labels={"herder.network": "golems"})
     handle = get_runtime().start(spec)
     now = timezone.now()
     golem.state = Golem.State.RUNNING
     golem.container_id = handle.id
     golem.container_name = handle.name
+    golem.generation = generation
     golem.started = now
     golem.stopped = None
     golem.error = error
@@ -295,6 +364,7 @@ def _reconcile_one(webstrate: str) -> None:
                 golem.state = Golem.State.RUNNING
                 golem.container_id = keep.handle.id
                 golem.container_name = keep.handle.name
+                golem.generation = keep.labels.get(LABEL_GENERATION, "")
                 golem.started = golem.started or keep.created
                 golem.save()
                 logger.info("golem %s adopted (%s)", webstrate, keep.handle.name)
@@ -351,28 +421,71 @@ def _presence_ttl() -> timedelta:
     return timedelta(seconds=3 * settings.HERDER_PAIRING_HEARTBEAT)
 
 
-def presence_claim(*, webstrate: str, channel: str) -> bool:
-    """Record `channel` as the webstrate's golem control socket. False when
-    another live socket holds it; a holder silent for three heartbeats is
-    taken over (its process died)."""
+def golem_control_admit(*, webstrate: str, proof: str | None) -> bool:
+    """Whether a control socket may open, and whether it is the golem's own:
+    True when `proof` is the proof of the webstrate's golem container, False
+    for an unproven socket that may still open (no golem container exists and
+    HERDER_GOLEM_CONTROL_OPEN is on: a golem in a browser tab, as in the original).
+
+    Raises GolemProofRequired.
+    """
+    golem = _golem_with_container(webstrate)
+    if golem is not None and golem.generation and proof:
+        if hmac.compare_digest(golem_proof(webstrate, golem.generation), proof):
+            return True
+    if golem is None and settings.HERDER_GOLEM_CONTROL_OPEN:
+        return False
+    raise GolemProofRequired(f"Only the golem of {webstrate} may open its control socket.")
+
+
+def _golem_with_container(webstrate: str) -> Golem | None:
+    """The webstrate's golem when it has (or is about to have again) a container."""
+    return Golem.objects.filter(
+        webstrate=webstrate, state__in=[Golem.State.RUNNING, Golem.State.CRASHED]
+    ).first()
+
+
+def presence_claim(*, webstrate: str, channel: str, proven: bool = False) -> tuple[bool, str | None]:
+    """Record `channel` as the webstrate's golem control socket. Answers
+    (claimed, replaced): a proven socket always claims it, and `replaced` is
+    the channel of the socket it displaced (to be closed). An unproven socket
+    claims it only when nobody live holds it; a holder silent for three
+    heartbeats is taken over (its process died)."""
     now = timezone.now()
     with transaction.atomic():
-        taken = GolemPresence.objects.filter(webstrate=webstrate, seen__lt=now - _presence_ttl()).update(
-            channel=channel, connected=now, seen=now
-        )
-        if taken:
-            return True
+        if proven:
+            held = GolemPresence.objects.select_for_update().filter(webstrate=webstrate).first()
+            if held is not None:
+                replaced = held.channel if held.channel != channel else None
+                held.channel, held.connected, held.seen, held.proven = channel, now, now, True
+                held.save()
+                return True, replaced
+        else:
+            taken = GolemPresence.objects.filter(webstrate=webstrate, seen__lt=now - _presence_ttl()).update(
+                channel=channel, connected=now, seen=now, proven=False
+            )
+            if taken:
+                return True, None
         try:
             with transaction.atomic():
-                GolemPresence.objects.create(webstrate=webstrate, channel=channel, connected=now, seen=now)
+                GolemPresence.objects.create(webstrate=webstrate, channel=channel, connected=now, seen=now,
+                                             proven=proven)
         except IntegrityError:
-            return False
+            return False, None
+    return True, None
+
+
+def presence_refresh(*, webstrate: str, channel: str, proven: bool = False) -> bool:
+    """Renew the claim; False when it was lost (taken over after a long stall,
+    or replaced by a proven golem), or when it is unproven and may no longer
+    hold (a golem container exists now, or unproven sockets are off)."""
+    held = GolemPresence.objects.filter(webstrate=webstrate, channel=channel).update(seen=timezone.now()) == 1
+    if not held:
+        return False
+    if not proven and (not settings.HERDER_GOLEM_CONTROL_OPEN or _golem_with_container(webstrate) is not None):
+        presence_release(webstrate=webstrate, channel=channel)
+        return False
     return True
-
-
-def presence_refresh(*, webstrate: str, channel: str) -> bool:
-    """Renew the claim; False when it was lost (taken over after a long stall)."""
-    return GolemPresence.objects.filter(webstrate=webstrate, channel=channel).update(seen=timezone.now()) == 1
 
 
 def presence_release(*, webstrate: str, channel: str) -> None:
@@ -380,12 +493,20 @@ def presence_release(*, webstrate: str, channel: str) -> None:
 
 
 def presence_lookup(*, webstrate: str) -> str | None:
-    """The channel of the webstrate's live golem control socket, or None."""
-    return (
+    """The channel of the webstrate's live golem control socket, or None. An
+    unproven socket counts only while no golem container exists: minions are
+    never announced to a squatter while the real golem may connect."""
+    found = (
         GolemPresence.objects.filter(webstrate=webstrate, seen__gte=timezone.now() - _presence_ttl())
-        .values_list("channel", flat=True)
+        .values_list("channel", "proven")
         .first()
     )
+    if found is None:
+        return None
+    channel, proven = found
+    if not proven and (not settings.HERDER_GOLEM_CONTROL_OPEN or _golem_with_container(webstrate) is not None):
+        return None
+    return channel
 
 
 def presence_expire() -> int:

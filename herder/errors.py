@@ -60,6 +60,11 @@ class GolemConnected(exceptions.APIException):
     default_code = "golem_connected"
 
 
+class GolemProofRequired(exceptions.PermissionDenied):
+    default_detail = "Only the webstrate's golem may open its control socket."
+    default_code = "golem_proof_required"
+
+
 class InsufficientCredits(exceptions.APIException):
     status_code = status.HTTP_402_PAYMENT_REQUIRED
     default_detail = "Not enough credits."

@@ -272,6 +272,16 @@ class Runtime:
         """Delete a volume; one already gone counts as deleted."""
         raise NotImplementedError
 
+    def ensure_network(self, name: str, *, isolated: bool = True, labels: dict[str, str] | None = None) -> None:
+        """Create the bridge network `name` unless it exists. `isolated`: its
+        containers cannot reach each other (they still reach the host and beyond).
+        An existing network is left as it is."""
+        raise NotImplementedError
+
+    def remove_network(self, name: str) -> None:
+        """Delete a network; one already gone counts as deleted."""
+        raise NotImplementedError
+
 
 @contextmanager
 def _engine_errors(image: str | None = None):
@@ -486,6 +496,27 @@ class DockerRuntime(Runtime):
         try:
             with _engine_errors():
                 self.client.api.remove_volume(name, force=True)
+        except ContainerGone:
+            pass
+
+    def ensure_network(self, name: str, *, isolated: bool = True, labels: dict[str, str] | None = None) -> None:
+        with _engine_errors():
+            # The engine's name filter matches parts of names too.
+            if any(n.get("Name") == name for n in self.client.api.networks(names=[name])):
+                return
+            options = {"com.docker.network.bridge.enable_icc": "false"} if isolated else None
+            try:
+                self.client.api.create_network(name, driver="bridge", options=options,
+                                               labels=labels or None, check_duplicate=True)
+            except docker.errors.APIError as exc:
+                # 409: another process created it meanwhile.
+                if exc.response is None or exc.response.status_code != 409:
+                    raise
+
+    def remove_network(self, name: str) -> None:
+        try:
+            with _engine_errors():
+                self.client.api.remove_network(name)
         except ContainerGone:
             pass
 

@@ -289,9 +289,12 @@ HERDER_GOLEM_WEBSTRATES_URL = env.str(
 ).rstrip("/")
 # Docker network of golem containers. Empty: "host" when both the webstrates URL
 # and HERDER_PUBLIC_URL are on the loopback address (one machine), else the
-# engine's default bridge (the host is then host.docker.internal).
+# network "herder-golems" (a bridge without traffic between its containers,
+# created when missing; the host is host.docker.internal). Any other name is
+# created the same way when missing; "bridge" is the engine's default bridge.
 HERDER_GOLEM_NETWORK = env.str("HERDER_GOLEM_NETWORK", default="")
-# Chromium resolves only the webstrates server's and the herder's host names, plus these.
+# Chromium reaches only the webstrates server's and the herder's host:port (through
+# the allow-list proxy in its container), plus these: "host" (ports 80 and 443) or "host:port".
 HERDER_GOLEM_ALLOWED_HOSTS = env.list("HERDER_GOLEM_ALLOWED_HOSTS", default=[])
 HERDER_GOLEM_MEMORY = env.str("HERDER_GOLEM_MEMORY", default="1g")
 HERDER_GOLEM_CPUS = _positive("HERDER_GOLEM_CPUS", env.float("HERDER_GOLEM_CPUS", default=1.0))
@@ -303,6 +306,12 @@ HERDER_GOLEM_SANDBOX = env.bool("HERDER_GOLEM_SANDBOX", default=True)
 HERDER_GOLEM_SECCOMP_PROFILE = env.str(
     "HERDER_GOLEM_SECCOMP_PROFILE", default=str(BASE_DIR / "deploy" / "seccomp" / "golem.json")
 )
+# --- Golem identity (golems/services.py: golem_control_admit) ---
+# A golem's control socket that does not carry its golem's proof (the cookie its
+# container's Chromium presents) is refused while the webstrate has a golem
+# container. Where none exists it still works (a golem in a browser tab) unless
+# this is false: then only proven golems connect.
+HERDER_GOLEM_CONTROL_OPEN = env.bool("HERDER_GOLEM_CONTROL_OPEN", default=True)
 # Seconds without a spawn request or a minion before a golem is reaped (0: never).
 HERDER_GOLEM_IDLE_TIMEOUT = env.float("HERDER_GOLEM_IDLE_TIMEOUT", default=24 * 3600.0)
 # How long an ad-hoc minion waits for the webstrate's golem (then golem-not-found, 4404).

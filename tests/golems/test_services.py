@@ -15,6 +15,7 @@ from golems.models import Golem
 from golems.services import (
     LABEL_INSTANCE,
     golem_container_spec,
+    golem_proof,
     golem_kill,
     golem_reap_idle,
     golem_reconcile,
@@ -85,12 +86,23 @@ def test_golem_container_is_confined_and_resolves_only_allowed_hosts(settings):
     settings.HERDER_PUBLIC_URL = "https://herder.example"
     settings.HERDER_GOLEM_WEBSTRATES_URL = "https://webstrates.example"
     settings.HERDER_GOLEM_NETWORK = ""
-    spec = golem_container_spec(W_SPEC)
+    settings.HERDER_GOLEM_ALLOWED_HOSTS = ["fonts.example", "api.example:8443"]
+    spec = golem_container_spec(W_SPEC, "generation-1")
     assert spec.command[-1] == f"https://webstrates.example/{W_SPEC}/"
-    assert spec.command[0] == ("--host-resolver-rules=MAP * ~NOTFOUND, "
-                               "EXCLUDE webstrates.example, EXCLUDE herder.example")
+    assert spec.command[0] == ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE webstrates.example, "
+                               "EXCLUDE herder.example, EXCLUDE fonts.example, EXCLUDE api.example, "
+                               "EXCLUDE 127.0.0.1")
     assert "--no-sandbox" not in spec.command and spec.security_opt[0].startswith("seccomp={")
-    assert spec.network is None and spec.extra_hosts == {"host.docker.internal": "host-gateway"}
+    # Its own isolated bridge (created at start), reaching the host as host.docker.internal.
+    assert spec.network == "herder-golems" and spec.extra_hosts == {"host.docker.internal": "host-gateway"}
+    # Chromium's proxy connects to these pairs only.
+    assert spec.environment["HERDER_GOLEM_ALLOW"] == (
+        "webstrates.example:443,herder.example:443,fonts.example:80,fonts.example:443,api.example:8443")
+    # The proof of this generation, for the control socket's URL; the generation on a label.
+    assert spec.environment["HERDER_GOLEM_PROOF"] == golem_proof(W_SPEC, "generation-1")
+    assert spec.environment["HERDER_GOLEM_PROOF_URL"] == f"wss://herder.example/golem/v1/connect/{W_SPEC}"
+    assert spec.labels == {"herder.generation": "generation-1"}
+    assert golem_proof(W_SPEC, "generation-2") != golem_proof(W_SPEC, "generation-1")
     assert spec.confined and spec.read_only and spec.pids == 512 and not spec.ports
     assert not any("remote-debugging" in arg for arg in spec.command)
 
@@ -129,11 +141,14 @@ def test_a_crashed_golem_is_restarted(docker_engine):
 
 
 def test_running_golems_are_adopted_after_a_restart(docker_engine):
-    container_id = golem_spawn(webstrate=W_ADOPT).container_id
+    spawned = golem_spawn(webstrate=W_ADOPT)
+    container_id = spawned.container_id
     Golem.objects.all().delete()  # a herder that lost its rows (or a fresh database)
     golem_reconcile()
     adopted = Golem.objects.get(webstrate=W_ADOPT)
     assert adopted.state == Golem.State.RUNNING and adopted.container_id == container_id
+    # Its generation comes back from the container's label: the golem can still prove itself.
+    assert adopted.generation == spawned.generation and len(adopted.generation) == 32
     assert adopted.restarts == 0
     golem_kill(webstrate=W_ADOPT)
 
