@@ -18,7 +18,9 @@ class DaemonOutputSerializer(serializers.Serializer):
     Address = serializers.SerializerMethodField()
     Ports = serializers.DictField(source="host_ports", child=serializers.IntegerField())
     ProxyURL = serializers.SerializerMethodField()
-    name = serializers.CharField()
+    # Not `name`: clients that match keys regardless of case (Go's encoding/json) would
+    # read `Name` or `name` depending on their order. One spelling per meaning.
+    ShortName = serializers.CharField(source="name")
     image = serializers.CharField()
     state = serializers.CharField()
     started = serializers.DateTimeField(allow_null=True)
