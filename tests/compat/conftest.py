@@ -39,13 +39,14 @@ def webstrate_id(name: str) -> str:
 
 class Herd:
     """`manage.py herd --server <server>` on a free loopback port, without the
-    supervisor (nothing here touches Docker)."""
+    supervisor (nothing here touches Docker); with `redis_url`, on the Redis channel layer."""
 
-    def __init__(self, server: str, data_dir: Path) -> None:
+    def __init__(self, server: str, data_dir: Path, *, redis_url: str | None = None) -> None:
         self.server = server
         self.port = free_port()
+        extra = {"REDIS_URL": redis_url} if redis_url else {}
         env = herder_env(data_dir, HERDER_GOLEM_WAIT=str(GOLEM_WAIT),
-                         HERDER_PAIRING_REPLY_TIMEOUT=str(REPLY_TIMEOUT), HERDER_MINION_POOL_SIZE="0")
+                         HERDER_PAIRING_REPLY_TIMEOUT=str(REPLY_TIMEOUT), HERDER_MINION_POOL_SIZE="0", **extra)
         migrate(env)
         self.log = data_dir / "herd.log"
         self._log_file = open(self.log, "wb")
@@ -79,9 +80,18 @@ class Herd:
         print(f"--- herd on {self.server}\n{self.log.read_text(errors='replace')[-4000:]}")
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "daphne"])
+@pytest.fixture(scope="module", params=["uvicorn", "daphne", "uvicorn+redis"])
 def herd(request, tmp_path_factory):
-    started = Herd(request.param, tmp_path_factory.mktemp(f"herd-{request.param}"))
+    """The herder on each server; also on Redis, where the paired sockets of one process
+    still talk directly while pairing replies go through Redis (they can be overtaken)."""
+    server, _, layer = request.param.partition("+")
+    redis_url = None
+    if layer:
+        redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
+        if not redis_url:
+            pytest.fail("HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
+                        "and export it, as deploy/test.sh does.")
+    started = Herd(server, tmp_path_factory.mktemp(f"herd-{server}"), redis_url=redis_url)
     yield started
     started.stop()
 
