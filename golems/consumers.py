@@ -43,6 +43,13 @@ from herder.handshake import can_refuse_before_upgrade, refuse_before_upgrade
 logger = logging.getLogger(__name__)
 
 
+def _db(function):
+    """Run a short ORM call in a worker thread of its own: channels' default
+    (thread_sensitive) queues every consumer's database calls behind one thread,
+    so one slow write (SQLite's lock) would hold up every socket's presence."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 class MinionNotFound(APIException):
     status_code = 404
     default_detail = "No such minion is waiting for this webstrate's golem."
@@ -71,11 +78,8 @@ class _PairingConsumer(AsyncWebsocketConsumer):
     """What the three sockets share: refusing in the herder's error shape, and a
     relay to one peer socket with liveness pings."""
 
-    # Relay traffic does no ORM work: skip the thread hop to close_old_connections
-    # that the stock dispatch makes before every message.
-    _HOT = frozenset({"websocket.receive", "relay.frame", "relay.ping", "relay.batch"})
-
     _accepted = False
+    _overflowed = False
     peer: str | None = None
     outbox: Outbox | None = None
     _watchdog: asyncio.Task | None = None
@@ -106,7 +110,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             # Whatever ended the consumer, none of its timers or senders outlives it.
-            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer"):
+            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer", "_keep_alive"):
                 task = getattr(self, name, None)
                 if task is not None:
                     task.cancel()
@@ -120,10 +124,15 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(0)
 
     async def dispatch(self, message):
-        if message["type"] in self._HOT:
-            await getattr(self, get_handler_name(message))(message)
-        else:
-            await super().dispatch(message)
+        # The stock dispatch first closes old connections on channels' one shared
+        # thread, before every message: relay traffic would pay a thread hop per
+        # frame, and every socket's connect would queue behind whatever holds
+        # that thread. These consumers' ORM calls all go through _db, which
+        # closes old connections in its own thread.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def accept(self, subprotocol=None, headers=None):
         if not self._accepted:
@@ -170,7 +179,8 @@ class _PairingConsumer(AsyncWebsocketConsumer):
     # --- The relay ---------------------------------------------------------
 
     def _new_outbox(self) -> None:
-        self.outbox = Outbox(self.channel_layer, size=settings.HERDER_PAIRING_BUFFER, on_fail=self._peer_stuck)
+        self.outbox = Outbox(self.channel_layer, size=settings.HERDER_PAIRING_BUFFER,
+                             max_bytes=settings.HERDER_PAIRING_BUFFER_BYTES, on_fail=self._peer_stuck)
 
     def _paired(self, peer: str) -> None:
         self.peer = peer
@@ -200,11 +210,14 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         await self.close(code=1011)
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self._overflowed:
+            return  # refused: what still arrives before the close is dropped
         if bytes_data is not None:
             message = {"type": "relay.frame", "bytes": bytes_data}
         else:
             message = {"type": "relay.frame", "text": text_data}
         if self.peer is not None:
+            # Waits while the outbox is full: this socket stops reading its client.
             await self.outbox.put(message)
         elif not self.outbox.put_nowait(message):
             try:
@@ -212,8 +225,11 @@ class _PairingConsumer(AsyncWebsocketConsumer):
                 # reading back) as long as this kind of socket may.
                 await asyncio.wait_for(self.outbox.put(message), self.pairing_patience())
             except asyncio.TimeoutError:
+                self._overflowed = True
+                self.outbox.cancel()  # what it kept will never be relayed: free it now
                 await self.refuse(PayloadTooLarge(
-                    f"More than {settings.HERDER_PAIRING_BUFFER} frames were sent before pairing."))
+                    f"More than {settings.HERDER_PAIRING_BUFFER} frames or "
+                    f"{settings.HERDER_PAIRING_BUFFER_BYTES} bytes were sent before pairing."))
 
     def pairing_patience(self) -> float:
         """Seconds a full pre-pairing queue waits for pairing before refusing."""
@@ -281,7 +297,7 @@ class GolemControlConsumer(_PairingConsumer):
         if not await self.webstrate_accepted():
             return
         try:
-            proven = await database_sync_to_async(golem_control_admit)(
+            proven = await _db(golem_control_admit)(
                 webstrate=self.webstrate, proof=self._proof())
         except GolemProofRequired as exc:
             await self.refuse(exc)
@@ -289,7 +305,7 @@ class GolemControlConsumer(_PairingConsumer):
         self.proven = proven
         # Claimed before accepting, so that a second socket can be refused before
         # its upgrade; minions that find the claim first are told once send() accepts.
-        self.claimed, replaced = await database_sync_to_async(presence_claim)(
+        self.claimed, replaced = await _db(presence_claim)(
             webstrate=self.webstrate, channel=self.channel_name, proven=proven)
         if not self.claimed:
             await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."),
@@ -307,7 +323,7 @@ class GolemControlConsumer(_PairingConsumer):
         while True:
             await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
             try:
-                held = await database_sync_to_async(presence_refresh)(
+                held = await _db(presence_refresh)(
                     webstrate=self.webstrate, channel=self.channel_name, proven=self.proven)
             except Exception:
                 # The database may come back before the presence expires; if it
@@ -342,7 +358,7 @@ class GolemControlConsumer(_PairingConsumer):
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self.claimed:
-            await database_sync_to_async(presence_release)(webstrate=self.webstrate, channel=self.channel_name)
+            await _db(presence_release)(webstrate=self.webstrate, channel=self.channel_name)
 
 
 class MinionPairConsumer(_PairingConsumer):
@@ -357,6 +373,7 @@ class MinionPairConsumer(_PairingConsumer):
     control: str | None = None
     announced_to: str | None = None
     _give_up: asyncio.Task | None = None
+    _keep_alive: asyncio.Task | None = None
     _gave_up = False
     _groups: tuple[str, ...] = ()
 
@@ -372,16 +389,28 @@ class MinionPairConsumer(_PairingConsumer):
         self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))
         for group in self._groups:
             await self.channel_layer.group_add(group, self.channel_name)
-        control = await database_sync_to_async(self._find_golem)()
+        control = await _db(self._find_golem)()
         # A golem arriving meanwhile has been told already.
         if control and self.announced_to is None:
             await self._announce(control)
         if self.control is None and self.peer is None:
             self._give_up = asyncio.create_task(self._give_up_later())
+        if settings.HERDER_GOLEM_IDLE_TIMEOUT > 0:
+            self._keep_alive = asyncio.create_task(self._keep_golem())
 
     def _find_golem(self) -> str | None:
         golem_touch(webstrate=self.webstrate)
         return presence_lookup(webstrate=self.webstrate)
+
+    async def _keep_golem(self) -> None:
+        """A connected minion is activity: its golem is not reaped as idle under it."""
+        every = min(300.0, settings.HERDER_GOLEM_IDLE_TIMEOUT / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await _db(golem_touch)(webstrate=self.webstrate)
+            except Exception:
+                logger.exception("recording the minion's activity on golem %s failed", self.webstrate)
 
     async def _announce(self, control: str) -> None:
         self.announced_to = control
@@ -497,7 +526,7 @@ class GolemMinionConsumer(_PairingConsumer):
         self._unpaired()
         if crashed:
             # The minion's process died: its control-socket event must come from here.
-            control = await database_sync_to_async(presence_lookup)(webstrate=self.webstrate)
+            control = await _db(presence_lookup)(webstrate=self.webstrate)
             if control:
                 await send_patiently(self.channel_layer, control,
                                      {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2)

@@ -5,6 +5,9 @@ class Golem(models.Model):
     """The golem of one webstrate: its container, kept for the admin and the supervisor."""
 
     class State(models.TextChoices):
+        # Claimed and committed; its container is being started (no database
+        # lock is held across Docker calls). `started` is the claim's time.
+        STARTING = "starting"
         RUNNING = "running"
         # Its container exited or vanished; the supervisor starts a new one.
         CRASHED = "crashed"

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from channels.exceptions import ChannelFull
+from channels.layers import InMemoryChannelLayer
 
 logger = logging.getLogger(__name__)
 # Most messages one channel message carries to a peer in another process.
@@ -31,6 +32,28 @@ _BATCH_BYTES = 256 * 1024
 
 def _size(message: dict) -> int:
     return len(message.get("bytes") or message.get("text") or "")
+
+
+# Bytes (characters of text frames) queued in every Outbox of this process, and
+# the most there ever were (tests and /pressure read them).
+_buffered = {"now": 0, "peak": 0}
+
+
+def buffered_bytes() -> int:
+    return _buffered["now"]
+
+
+def buffered_peak(*, reset: bool = False) -> int:
+    peak = _buffered["peak"]
+    if reset:
+        _buffered["peak"] = _buffered["now"]
+    return peak
+
+
+def _count(size: int) -> None:
+    _buffered["now"] += size
+    if _buffered["now"] > _buffered["peak"]:
+        _buffered["peak"] = _buffered["now"]
 
 # Channel name -> dispatch of a pairing socket of this process.
 local_sockets: dict[str, Callable[[dict], Awaitable[None]]] = {}
@@ -74,12 +97,20 @@ async def send_patiently(layer, channel: str, message: dict, *, timeout: float =
 
 class Outbox:
     """Frames for the peer, sent in order by one task so that the consumer keeps
-    reading its own channel while the peer's channel is full."""
+    reading its own channel while the peer's channel is full.
 
-    def __init__(self, layer, *, size: int, on_fail) -> None:
+    Bounded in frames (`size`) and in bytes (`max_bytes`; a single larger frame
+    passes when nothing else is queued): client bytes held for a slow or absent
+    peer never exceed that, whatever the client sends."""
+
+    def __init__(self, layer, *, size: int, max_bytes: int, on_fail) -> None:
         self.layer = layer
         self.peer: str | None = None
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._room = asyncio.Event()
+        self._closed = False
         self._task: asyncio.Task | None = None
         # Awaited once when the peer's channel stayed full: frames are never dropped silently.
         self._on_fail = on_fail
@@ -89,19 +120,59 @@ class Outbox:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
+    def _fits(self, size: int) -> bool:
+        return not self.bytes or self.bytes + size <= self.max_bytes
+
+    def _added(self, size: int) -> None:
+        self.bytes += size
+        _count(size)
+
+    def _released(self, size: int) -> None:
+        if size:
+            self.bytes -= size
+            _count(-size)
+            self._room.set()
+
     async def put(self, message: dict) -> None:
-        """Queue a message, waiting while the queue is full (the peer is slow)."""
-        await self._queue.put(message)
+        """Queue a message, waiting while the queue is full (the peer is slow).
+        Once the outbox is cancelled or closed, messages are dropped."""
+        size = _size(message)
+        while not self._closed and not self._fits(size):
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            return
+        self._added(size)
+        try:
+            await self._queue.put(message)
+        except BaseException:
+            self._released(size)
+            raise
+        if self._closed:  # cancelled while waiting for a place
+            self._drop()
 
     def put_nowait(self, message: dict) -> bool:
-        """Queue a message; False when the queue is full."""
+        """Queue a message; False when the queue is full (in frames or bytes)."""
+        size = _size(message)
+        if self._closed:
+            return True  # dropped: the outbox is done
+        if not self._fits(size):
+            return False
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
             return False
+        self._added(size)
         return True
 
+    def _drop(self) -> None:
+        """Forget what is queued: its bytes no longer count."""
+        while not self._queue.empty():
+            message = self._queue.get_nowait()
+            self._released(_size(message) if message else 0)
+
     async def _run(self) -> None:
+        # A message's bytes count until it is delivered, not only while queued.
         while True:
             message = await self._queue.get()
             if message is None:
@@ -113,18 +184,26 @@ class Outbox:
                 except Exception:
                     # The peer's socket is closing; its own loops say so.
                     logger.debug("local peer %s refused a message", self.peer, exc_info=True)
+                finally:
+                    self._released(_size(message))
                 continue
-            message, done = self._batch(message)
-            if not await send_patiently(self.layer, self.peer, message):
-                await self._on_fail()
-                return
+            message, size, done = self._batch(message)
+            # Every socket of an in-memory layer is in this process: a peer not
+            # found has left, and its channel would keep these until they expire.
+            gone = isinstance(self.layer, InMemoryChannelLayer)
+            try:
+                if not gone and not await send_patiently(self.layer, self.peer, message):
+                    await self._on_fail()
+                    return
+            finally:
+                self._released(size)
             if done:
                 return
 
-    def _batch(self, first: dict) -> tuple[dict, bool]:
+    def _batch(self, first: dict) -> tuple[dict, int, bool]:
         """`first` and whatever else is queued already, as one channel message:
         one round trip to Redis for a burst of frames instead of one each.
-        Also says whether the end of the queue (None) was reached."""
+        Also says its size and whether the end of the queue (None) was reached."""
         messages, size = [first], _size(first)
         while len(messages) < _BATCH and size < _BATCH_BYTES:
             try:
@@ -132,10 +211,10 @@ class Outbox:
             except asyncio.QueueEmpty:
                 break
             if message is None:
-                return self._wrap(messages), True
+                return self._wrap(messages), size, True
             messages.append(message)
             size += _size(message)
-        return self._wrap(messages), False
+        return self._wrap(messages), size, False
 
     @staticmethod
     def _wrap(messages: list[dict]) -> dict:
@@ -143,12 +222,16 @@ class Outbox:
 
     def cancel(self) -> None:
         """Stop at once; whatever is queued is dropped (the peer is gone)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
+        self._drop()
+        self._room.set()
 
     async def close(self, *, flush: float = 5.0) -> None:
         """Send what is queued (for at most `flush` seconds), then stop."""
         if self._task is None:
+            self.cancel()
             return
         try:
             self._queue.put_nowait(None)
@@ -158,3 +241,4 @@ class Outbox:
             await asyncio.wait_for(asyncio.shield(self._task), flush)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._task.cancel()
+        self.cancel()

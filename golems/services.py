@@ -10,21 +10,35 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import logging
 import re
 import secrets
+import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.cache import cache
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
+from golems import pairing
 from golems.models import Golem, GolemPresence
-from herder.errors import BadWebstrateId, GolemNotFound, GolemProofRequired, RuntimeUnavailable
+from herder.admission import rate_check, refuse
+from herder.errors import (
+    BadWebstrateId,
+    GolemNotFound,
+    GolemProofRequired,
+    RuntimeUnavailable,
+    WebstrateNotFound,
+    WebstratesUnavailable,
+)
 from herder.runtime import (
     LABEL_INSTANCE,
     ContainerGone,
@@ -51,6 +65,18 @@ LABEL_GENERATION = "herder.generation"
 PROOF_COOKIE = "herder_golem_proof"
 # Networks the engine provides: never created by the herder.
 _ENGINE_NETWORKS = ("host", "bridge", "none", "default")
+# What counts against HERDER_GOLEM_MAX: every golem the herder keeps running.
+_ALIVE = ("starting", "running", "crashed")
+# A start not recorded after this many seconds belongs to a process that died
+# mid-start (a golem's container starts in a second or two): the supervisor takes over.
+START_STALE = 120
+# How long a spawn or reset waits for another's start of the same golem.
+START_WAIT = 60
+# Retry-After of a spawn refused because the herder runs HERDER_GOLEM_MAX golems:
+# places free up as idle golems are reaped.
+TOTAL_RETRY_AFTER = 60
+# Serialises golem admission on PostgreSQL (pg_advisory_xact_lock): "golem" in ASCII.
+_ADMISSION_LOCK = 0x676F6C656D
 
 
 def webstrate_validate(webstrate: str) -> str:
@@ -201,26 +227,6 @@ def _ours(infos: list[ContainerInfo]) -> list[ContainerInfo]:
     return [i for i in infos if i.labels.get(LABEL_INSTANCE) == instance]
 
 
-def _start(golem: Golem, *, error: str = "") -> None:
-    """Replace whatever container the golem has with a fresh one; `error` says why
-    the previous one stopped, when it crashed."""
-    generation = secrets.token_hex(16)
-    spec = golem_container_spec(golem.webstrate, generation)
-    _remove_all(golem.webstrate)
-    if spec.network and spec.network not in _ENGINE_NETWORKS:
-        get_runtime().ensure_network(spec.network, isolated=True, labels={"herder.network": "golems"})
-    handle = get_runtime().start(spec)
-    now = timezone.now()
-    golem.state = Golem.State.RUNNING
-    golem.container_id = handle.id
-    golem.container_name = handle.name
-    golem.generation = generation
-    golem.started = now
-    golem.stopped = None
-    golem.error = error
-    logger.info("golem %s started in %s", golem.webstrate, handle.name)
-
-
 def _running(golem: Golem) -> bool:
     if not golem.is_running:
         return False
@@ -245,76 +251,307 @@ def _remove_all(webstrate: str) -> None:
     raise RuntimeUnavailable(f"The golem containers of {webstrate} could not be removed.")
 
 
-def _stop(golem: Golem, *, state: str, error: str = "") -> None:
-    _remove_all(golem.webstrate)
-    golem.state = state
-    golem.container_id = ""
-    golem.stopped = timezone.now()
-    golem.error = error
-    golem.save()
+# --- Claims: the row first, Docker after, no database lock across it ----------
+#
+# On SQLite a transaction holding a write lock locks every other writer (minion
+# runs recording themselves) for as long as it lasts, and a golem's container
+# takes a second or more to start. So a start is claimed in a short transaction
+# (the row becomes STARTING, `started` the claim's time), Docker works with no
+# transaction open, and the result is recorded only if the claim still holds
+# (a conditional update); a start whose claim was lost (a kill, a reset) removes
+# what it started. Within this process, the Docker work of one webstrate is
+# serialised by a lock stripe, so a kill and a start never interleave their calls.
+
+_STRIPES = [threading.RLock() for _ in range(64)]
+
+
+def _stripe(webstrate: str) -> threading.RLock:
+    return _STRIPES[hash(webstrate) % len(_STRIPES)]
+
+
+def _unchanged(golem: Golem):
+    """The row, if it is still as `golem` saw it (for conditional updates)."""
+    return Golem.objects.filter(pk=golem.pk, state=golem.state, container_id=golem.container_id,
+                                started=golem.started)
+
+
+def _stale(golem: Golem) -> bool:
+    """A claim not finished for START_STALE seconds: its process died mid-start."""
+    return (golem.state == Golem.State.STARTING and golem.started is not None
+            and (timezone.now() - golem.started).total_seconds() > START_STALE)
+
+
+@contextmanager
+def _admission():
+    """A transaction in which golems are counted and one is claimed, one at a time
+    in every process: SQLite's IMMEDIATE transactions are serial already; on
+    PostgreSQL a transaction-scoped advisory lock makes them so."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADMISSION_LOCK])
+        yield
+
+
+def _admit_total() -> None:
+    """Raise 429 when HERDER_GOLEM_MAX golems are running, starting or crashed."""
+    limit = settings.HERDER_GOLEM_MAX
+    if limit and Golem.objects.filter(state__in=_ALIVE).count() >= limit:
+        raise refuse("golem_total", f"The herder runs its limit of {limit} golems; try again later.",
+                     wait=TOTAL_RETRY_AFTER)
+
+
+def _claim(webstrate: str, seen: Golem | None, *, new: bool, **changes) -> Golem | None:
+    """Mark the golem STARTING if its row is still as `seen` (None: no row); a
+    `new` golem first counts against HERDER_GOLEM_MAX. None when the row moved on."""
+    now = timezone.now()
+    fields = {"state": Golem.State.STARTING, "container_id": "", "started": now, "last_active": now,
+              **changes}
+    try:
+        with _admission():
+            if new:
+                _admit_total()
+            if seen is None:
+                return Golem.objects.create(webstrate=webstrate, **fields)
+            if not _unchanged(seen).update(**fields):
+                return None
+    except IntegrityError:  # created meanwhile by another request
+        return None
+    return Golem.objects.get(pk=seen.pk)
+
+
+def _start_container(webstrate: str, generation: str):
+    spec = golem_container_spec(webstrate, generation)
+    runtime = get_runtime()
+    if spec.network and spec.network not in _ENGINE_NETWORKS:
+        runtime.ensure_network(spec.network, isolated=True, labels={"herder.network": "golems"})
+    for attempt in range(3):
+        _remove_all(webstrate)
+        try:
+            return runtime.start(spec)
+        except Exception as exc:
+            # 409: a container of that name appeared meanwhile (a superseded start
+            # in another process); it is removed and the start tried again.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status != 409 or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch(golem: Golem, *, undo, error: str = "") -> Golem:
+    """Start the container of a claimed (STARTING) golem and record it, if the
+    claim still holds; else remove what was started. On failure `undo(why)` puts
+    the row back (or marks it crashed) before the error goes on."""
+    claimed = Golem.objects.filter(pk=golem.pk, state=Golem.State.STARTING, started=golem.started)
+    with _stripe(golem.webstrate):
+        if not claimed.exists():
+            return Golem.objects.get(pk=golem.pk)
+        try:
+            # A new container, a new proof (golem_proof).
+            generation = secrets.token_hex(16)
+            handle = _start_container(golem.webstrate, generation)
+        except Exception as exc:
+            undo(claimed, str(exc)[:255])
+            raise
+        if not claimed.update(state=Golem.State.RUNNING, container_id=handle.id,
+                              container_name=handle.name, generation=generation,
+                              stopped=None, error=error):
+            get_runtime().remove(handle)
+            logger.info("golem %s: a start lost its claim; its container is removed", golem.webstrate)
+            return Golem.objects.get(pk=golem.pk)
+    logger.info("golem %s started in %s", golem.webstrate, handle.name)
+    return Golem.objects.get(pk=golem.pk)
+
+
+def _undo_to(seen: Golem | None):
+    """How a failed spawn puts the row back: gone when it was new, else as it was."""
+    def undo(claimed, why: str) -> None:
+        if seen is None:
+            claimed.delete()
+        else:
+            claimed.update(state=seen.state, container_id=seen.container_id, started=seen.started)
+    return undo
+
+
+def _undo_crashed(claimed, why: str) -> None:
+    """A failed restart: crashed, so the supervisor tries again (waiting longer each time)."""
+    claimed.update(state=Golem.State.CRASHED, stopped=timezone.now(), error=why,
+                   crash_streak=F("crash_streak") + 1)
+
+
+def _stop(webstrate: str, rows, *, state: str, error: str = "") -> bool:
+    """Mark `rows` (the webstrate's row, filtered) stopped, then remove its containers
+    unless a start claimed it meanwhile. False when no row matched."""
+    with _stripe(webstrate):
+        now = timezone.now()
+        if not rows.update(state=state, container_id="", stopped=now, error=error):
+            return False
+        if Golem.objects.filter(webstrate=webstrate, state=state, stopped=now).exists():
+            _remove_all(webstrate)
+    return True
 
 
 # --- Actions ----------------------------------------------------------------
 
-def golem_spawn(*, webstrate: str) -> Golem:
+def golem_spawn(*, webstrate: str, client: str = "") -> Golem:
     """Start the webstrate's golem unless it runs already (then nothing changes
-    but its last activity). One golem per webstrate, whatever runs concurrently.
+    but its last activity). One golem per webstrate, whatever runs concurrently;
+    a spawn while another starts it answers that golem once started.
 
-    Raises BadWebstrateId, RuntimeUnavailable, ImageMissing.
+    A new golem (not running, starting or crashed) must exist on the webstrates
+    server (HERDER_GOLEM_CHECK_EXISTS) and counts against HERDER_GOLEM_MAX and,
+    for a `client` (herder.admission.client_of; none for the admin and the
+    supervisor), against its HERDER_GOLEM_SPAWN_RATE.
+
+    Raises BadWebstrateId, TooManyRequests, WebstrateNotFound, WebstratesUnavailable,
+    RuntimeUnavailable, ImageMissing.
     """
     webstrate_validate(webstrate)
-    with transaction.atomic():
-        golem, _ = Golem.objects.select_for_update().get_or_create(webstrate=webstrate)
-        golem.last_active = timezone.now()
-        if not _running(golem):
-            _start(golem)
-        golem.save()
+    deadline = time.monotonic() + START_WAIT
+    admitted = False
+    while time.monotonic() < deadline:
+        golem = Golem.objects.filter(webstrate=webstrate).first()
+        if golem is not None and golem.state == Golem.State.STARTING and not _stale(golem):
+            time.sleep(0.05)  # another request starts it
+            continue
+        if golem is not None and _running(golem):
+            golem.last_active = timezone.now()
+            Golem.objects.filter(pk=golem.pk).update(last_active=golem.last_active)
+            return golem
+        new = golem is None or golem.state not in _ALIVE
+        if new and not admitted:
+            # Cheapest refusal first; the rate counts only spawns the herder could serve.
+            _admit_total()
+            if client:
+                rate_check("golem-spawn", client, settings.HERDER_GOLEM_SPAWN_RATE)
+            webstrate_check_exists(webstrate)
+            admitted = True
+            continue  # the row may have moved on while we asked
+        claimed = _claim(webstrate, golem, new=new, error="")
+        if claimed is not None:
+            return _launch(claimed, undo=_undo_to(golem) if new else _undo_crashed)
+    golem = Golem.objects.filter(webstrate=webstrate).first()
+    if golem is None:
+        raise RuntimeUnavailable(f"The golem of {webstrate} could not be started in time.")
     return golem
 
 
 def golem_reset(*, webstrate: str) -> Golem:
-    """Restart the webstrate's golem in a fresh container (a fresh browser).
+    """Restart the webstrate's golem in a fresh container (a fresh browser). A
+    golem being started is fresh already: the reset answers it once started.
 
     Raises BadWebstrateId, GolemNotFound (no golem is running or crashed), RuntimeUnavailable.
     """
     webstrate_validate(webstrate)
-    with transaction.atomic():
-        golem = Golem.objects.select_for_update().filter(webstrate=webstrate).first()
-        if golem is None or golem.state not in (Golem.State.RUNNING, Golem.State.CRASHED):
+    deadline = time.monotonic() + START_WAIT
+    while time.monotonic() < deadline:
+        golem = Golem.objects.filter(webstrate=webstrate).first()
+        if golem is None or golem.state not in _ALIVE:
             raise GolemNotFound(f"Webstrate {webstrate} has no golem.")
-        golem.last_active = timezone.now()
-        golem.crash_streak = 0
-        _start(golem)
-        golem.save()
-    return golem
+        if golem.state == Golem.State.STARTING and not _stale(golem):
+            time.sleep(0.05)
+            continue
+        claimed = _claim(webstrate, golem, new=False, crash_streak=0)
+        if claimed is not None:
+            return _launch(claimed, undo=_undo_crashed)
+    return Golem.objects.get(webstrate=webstrate)
 
 
 def golem_kill(*, webstrate: str) -> Golem:
-    """Stop and remove the webstrate's golem; its row stays, marked killed.
+    """Stop and remove the webstrate's golem; its row stays, marked killed. A start
+    in progress loses its claim and removes what it started.
 
     Raises BadWebstrateId, GolemNotFound, RuntimeUnavailable.
     """
     webstrate_validate(webstrate)
-    with transaction.atomic():
-        golem = Golem.objects.select_for_update().filter(webstrate=webstrate).first()
-        alive = golem is not None and golem.state in (Golem.State.RUNNING, Golem.State.CRASHED)
+    with _stripe(webstrate):
+        golem = Golem.objects.filter(webstrate=webstrate).first()
+        alive = golem is not None and golem.state in _ALIVE
         if not alive and not _containers(webstrate):
             raise GolemNotFound(f"Webstrate {webstrate} has no golem.")
         if golem is None:
-            golem = Golem.objects.create(webstrate=webstrate)
-        _stop(golem, state=Golem.State.KILLED)
+            golem, _ = Golem.objects.get_or_create(webstrate=webstrate,
+                                                   defaults={"state": Golem.State.KILLED})
+        _stop(webstrate, Golem.objects.filter(pk=golem.pk), state=Golem.State.KILLED)
     logger.info("golem %s killed", webstrate)
-    return golem
+    return Golem.objects.get(pk=golem.pk)
 
 
 def golem_list() -> list[Golem]:
-    """The golems the herder keeps running (crashed ones are being restarted)."""
-    return list(Golem.objects.filter(state__in=[Golem.State.RUNNING, Golem.State.CRASHED]))
+    """The golems the herder keeps running (starting ones, crashed ones being restarted)."""
+    return list(Golem.objects.filter(state__in=_ALIVE))
 
 
 def golem_touch(*, webstrate: str) -> None:
-    """Record activity (a minion came) so the golem is not reaped as idle."""
+    """Record activity (a minion came, or is still there) so the golem is not reaped as idle."""
     Golem.objects.filter(webstrate=webstrate).update(last_active=timezone.now())
+
+
+def golem_snapshot() -> dict:
+    """Golems against their limits, and the bytes pairing sockets of this process
+    hold, for /pressure and the metrics."""
+    states = dict(Golem.objects.filter(state__in=_ALIVE).values_list("state").annotate(n=Count("pk")))
+    return {
+        "in_use": sum(states.values()),
+        "limit": settings.HERDER_GOLEM_MAX,
+        "starting": states.get(Golem.State.STARTING, 0),
+        "crashed": states.get(Golem.State.CRASHED, 0),
+        "spawn_rate": settings.HERDER_GOLEM_SPAWN_RATE,
+        "pairing_buffered_bytes": pairing.buffered_bytes(),
+        "pairing_buffer_bytes_limit": settings.HERDER_PAIRING_BUFFER_BYTES,
+    }
+
+
+# --- Does the webstrate exist? --------------------------------------------------
+
+# A webstrate that exists rarely stops existing: spare the webstrates server.
+_EXISTS_TTL = 60
+# One created a moment after a refusal is found soon.
+_MISSING_TTL = 10
+
+
+def webstrate_check_exists(webstrate: str) -> None:
+    """Raise WebstrateNotFound unless the webstrates server has the webstrate
+    (when HERDER_GOLEM_CHECK_EXISTS); answers are cached briefly, in the cache
+    every herder process shares. Raises WebstratesUnavailable when it does not answer."""
+    if not settings.HERDER_GOLEM_CHECK_EXISTS:
+        return
+    url = settings.HERDER_WEBSTRATES_URL
+    key = "herder:webstrate-exists:" + hashlib.sha256(f"{url}/{webstrate}".encode()).hexdigest()[:40]
+    exists = cache.get(key)
+    if exists is None:
+        exists = _webstrate_exists(url, webstrate)
+        cache.set(key, exists, _EXISTS_TTL if exists else _MISSING_TTL)
+    if not exists:
+        raise WebstrateNotFound(f"The webstrates server has no webstrate {webstrate} (or does not let it be read).")
+
+
+def _webstrate_exists(base: str, webstrate: str) -> bool:
+    """Ask the webstrates server. Its page `/<id>/` answers 200 for any id (a
+    webstrate is created when first edited), but `/<id>/?json` answers 404 for
+    one that was never created, and 403 for one an anonymous visitor, such as a
+    golem's Chromium, may not read. HEAD, or GET when HEAD is not allowed."""
+    url = urlsplit(base)
+    path = f"{url.path.rstrip('/')}/{webstrate}/?json"
+    connection_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    status = 0
+    try:
+        for method in ("HEAD", "GET"):
+            conn = connection_class(url.hostname, url.port, timeout=settings.HERDER_GOLEM_CHECK_TIMEOUT)
+            try:
+                conn.request(method, path, headers={"User-Agent": "herder", "Accept": "application/json"})
+                status = conn.getresponse().status  # the body is never read
+            finally:
+                conn.close()
+            if status not in (405, 501):
+                break
+    except (OSError, http.client.HTTPException) as exc:
+        raise WebstratesUnavailable(f"The webstrates server does not answer: {exc}") from exc
+    if status < 400:
+        return True
+    if status in (401, 403, 404, 410):
+        return False
+    raise WebstratesUnavailable(f"The webstrates server answered {status}.")
 
 
 # --- Supervisor duties --------------------------------------------------------
@@ -322,12 +559,13 @@ def golem_touch(*, webstrate: str) -> None:
 def golem_reconcile() -> None:
     """Make Docker and the rows agree: adopt golem containers the rows do not know
     (after a herder restart), start a new container for golems whose container
-    exited or vanished, remove leftovers, and forget stale control-socket presence."""
+    exited or vanished (or whose start never finished), remove leftovers, and
+    forget stale control-socket presence."""
     presence_expire()
     infos = _ours(get_runtime().list(kind=KIND))
     live = {i.handle.id for i in infos if i.status in _LIVE}
     owners = {i.owner for i in infos}
-    wanted = Golem.objects.filter(state__in=[Golem.State.RUNNING, Golem.State.CRASHED])
+    wanted = Golem.objects.filter(state__in=_ALIVE)
     suspects = {g.webstrate for g in wanted if g.container_id not in live or g.state != Golem.State.RUNNING}
     known_live = {g.container_id for g in wanted}
     suspects |= {i.owner for i in infos if i.handle.id not in known_live}
@@ -344,10 +582,13 @@ def golem_reconcile() -> None:
 
 
 def _reconcile_one(webstrate: str) -> None:
+    """One webstrate: decided on the row as read, then Docker's list; every change
+    to the row is conditional on it being unchanged (else the next pass decides)."""
     runtime = get_runtime()
-    with transaction.atomic():
-        golem = Golem.objects.select_for_update().filter(webstrate=webstrate).first()
-        # Listed again under the row's lock: a kill or spawn in progress has finished.
+    with _stripe(webstrate):
+        golem = Golem.objects.filter(webstrate=webstrate).first()
+        if golem is not None and golem.state == Golem.State.STARTING and not _stale(golem):
+            return  # a start in progress: it records its container itself
         containers = _ours(_containers(webstrate))
         running = [c for c in containers if c.status in _LIVE]
         keep = None
@@ -355,38 +596,51 @@ def _reconcile_one(webstrate: str) -> None:
             keep = next((c for c in running if c.handle.id == golem.container_id), None)
         if keep is None and running:
             keep = running[0]
-        for info in containers:
-            if info is not keep:
-                runtime.remove(info.handle)
         if keep is not None:
-            if golem is None or golem.container_id != keep.handle.id or golem.state != Golem.State.RUNNING:
-                golem = golem or Golem(webstrate=webstrate, last_active=timezone.now())
-                golem.state = Golem.State.RUNNING
-                golem.container_id = keep.handle.id
-                golem.container_name = keep.handle.name
-                golem.generation = keep.labels.get(LABEL_GENERATION, "")
-                golem.started = golem.started or keep.created
-                golem.save()
+            if golem is None:
+                try:
+                    Golem.objects.create(webstrate=webstrate, last_active=timezone.now(),
+                                         state=Golem.State.RUNNING, container_id=keep.handle.id,
+                                         container_name=keep.handle.name, started=keep.created,
+                                         generation=keep.labels.get(LABEL_GENERATION, ""))
+                except IntegrityError:
+                    return
                 logger.info("golem %s adopted (%s)", webstrate, keep.handle.name)
+            elif golem.container_id != keep.handle.id or golem.state != Golem.State.RUNNING:
+                if not _unchanged(golem).update(state=Golem.State.RUNNING, container_id=keep.handle.id,
+                                                container_name=keep.handle.name,
+                                                generation=keep.labels.get(LABEL_GENERATION, ""),
+                                                started=golem.started or keep.created):
+                    return
+                logger.info("golem %s adopted (%s)", webstrate, keep.handle.name)
+            for info in containers:
+                if info is not keep:
+                    runtime.remove(info.handle)
             return
-        if golem is None or golem.state not in (Golem.State.RUNNING, Golem.State.CRASHED):
+        if golem is None or golem.state not in _ALIVE:
+            if golem is None or _unchanged(golem).exists():
+                for info in containers:
+                    runtime.remove(info.handle)
             return
         now = timezone.now()
-        if golem.state == Golem.State.RUNNING:
+        if golem.state in (Golem.State.RUNNING, Golem.State.STARTING):
             exited = [c for c in containers if c.handle.id == golem.container_id]
             quick = golem.started is not None and (now - golem.started).total_seconds() < QUICK_CRASH
-            golem.crash_streak = golem.crash_streak + 1 if quick else 1
-            golem.state = Golem.State.CRASHED
-            golem.restarts += 1
-            golem.stopped = now
-            golem.error = "its container exited" if exited else "its container vanished"
-            golem.save()
+            error = ("its start did not finish" if golem.state == Golem.State.STARTING
+                     else "its container exited" if exited else "its container vanished")
+            crashed = {"state": Golem.State.CRASHED, "crash_streak": golem.crash_streak + 1 if quick else 1,
+                       "restarts": golem.restarts + 1, "stopped": now, "error": error}
+            if not _unchanged(golem).update(**crashed):
+                return
+            for name, value in crashed.items():
+                setattr(golem, name, value)
             logger.warning("golem %s crashed (%s)", webstrate, golem.error)
         delay = restart_delay(golem.crash_streak)
         if golem.stopped is not None and (now - golem.stopped).total_seconds() < delay:
             return  # it keeps crashing: a later pass restarts it
-        _start(golem, error=golem.error)
-        golem.save()
+        claimed = _claim(webstrate, golem, new=False, last_active=golem.last_active)
+        if claimed is not None:
+            _launch(claimed, undo=_undo_crashed, error=golem.error)
 
 
 def restart_delay(crash_streak: int) -> float:
@@ -396,7 +650,7 @@ def restart_delay(crash_streak: int) -> float:
 
 
 def golem_reap_idle() -> None:
-    """Stop golems with no spawn request and no minion for HERDER_GOLEM_IDLE_TIMEOUT seconds."""
+    """Stop golems with no spawn request, reset or minion for HERDER_GOLEM_IDLE_TIMEOUT seconds."""
     timeout = settings.HERDER_GOLEM_IDLE_TIMEOUT
     if timeout <= 0:
         return
@@ -405,14 +659,10 @@ def golem_reap_idle() -> None:
         state__in=[Golem.State.RUNNING, Golem.State.CRASHED], last_active__lt=cutoff
     ).values_list("webstrate", flat=True)
     for webstrate in list(idle):
-        with transaction.atomic():
-            golem = Golem.objects.select_for_update().filter(
-                webstrate=webstrate, last_active__lt=cutoff,
-                state__in=[Golem.State.RUNNING, Golem.State.CRASHED],
-            ).first()
-            if golem is not None:
-                _stop(golem, state=Golem.State.REAPED, error=f"idle for {timeout:.0f} s")
-                logger.info("golem %s reaped: idle", webstrate)
+        rows = Golem.objects.filter(webstrate=webstrate, last_active__lt=cutoff,
+                                    state__in=[Golem.State.RUNNING, Golem.State.CRASHED])
+        if _stop(webstrate, rows, state=Golem.State.REAPED, error=f"idle for {timeout:.0f} s"):
+            logger.info("golem %s reaped: idle", webstrate)
 
 
 # --- Control-socket presence ---------------------------------------------------

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from golems.models import Golem
 from golems.services import golem_kill, golem_list, golem_reset, golem_spawn
+from herder.admission import client_of_request
 
 _BOOTSTRAP = (Path(__file__).parent / "bootstrap.js").read_text()
 
@@ -80,19 +81,26 @@ class _GolemActionView(APIView):
 _ACTION_RESPONSES = {
     200: OpenApiResponse(GolemSerializer, description="The golem; as text, its container id."),
     400: OpenApiResponse(description="Not a valid webstrate id."),
-    503: OpenApiResponse(description="The container engine is unavailable."),
+    503: OpenApiResponse(description="The container engine (or, spawning, the webstrates server) is unavailable."),
 }
 
 
 class GolemSpawnView(_GolemActionView):
     """Start the webstrate's golem; a repeat changes nothing and answers the same."""
 
-    @extend_schema(operation_id="golem_spawn", responses=_ACTION_RESPONSES)
+    @extend_schema(operation_id="golem_spawn", responses={
+        **_ACTION_RESPONSES,
+        404: OpenApiResponse(description="The webstrates server has no such webstrate."),
+        429: OpenApiResponse(description="Too many golems, in total or new ones from this client; "
+                                         "Retry-After says when to try again."),
+    })
     def get(self, request, webstrate: str):
         return super().get(request, webstrate)
 
     def act(self, webstrate: str) -> Golem:
-        return golem_spawn(webstrate=webstrate)
+        # GET stays (the original's bootstrap script spawns from any page); the
+        # client's rate and the total bound what cross-site requests can start.
+        return golem_spawn(webstrate=webstrate, client=client_of_request(self.request))
 
 
 class GolemResetView(_GolemActionView):

@@ -97,6 +97,19 @@ def client_of(scope: dict) -> str:
     return f"addr:{client_address(scope)}"
 
 
+def client_of_request(request) -> str:
+    """`client_of` for a Django or DRF request: its ASGI scope, or under WSGI
+    (the test client) one made of its META."""
+    request = getattr(request, "_request", request)
+    scope = getattr(request, "scope", None)
+    if scope is None:
+        meta = request.META
+        headers = [(b"x-forwarded-for", meta["HTTP_X_FORWARDED_FOR"].encode("latin-1"))] \
+            if "HTTP_X_FORWARDED_FOR" in meta else []
+        scope = {"client": (meta.get("REMOTE_ADDR") or "unknown", 0), "headers": headers}
+    return client_of(scope)
+
+
 # --- Refusals, remembered for /pressure and the metrics ----------------------
 
 _refusals_lock = threading.Lock()

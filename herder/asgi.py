@@ -14,13 +14,16 @@ from accounts.middleware import TokenAuthMiddleware  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.rawinput import RawInputGuard  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
+from herder.wslimits import WebSocketLimits  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # The daemon proxy streams bodies, so it bypasses Django's request handling.
         # Malformed framing (Content-Length, raw query bytes) is a JSON 400 before anything else.
         "http": RawInputGuard(PrefixRouter(django_application)),
-        # Sets scope["account"] and scope["token"] from ?token= or a Bearer header.
-        "websocket": TokenAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        # Sockets per client and in total, and the frame cap, before anything else
+        # (herder/wslimits.py); then scope["account"] and scope["token"] from
+        # ?token= or a Bearer header.
+        "websocket": WebSocketLimits(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -54,6 +54,17 @@ class GolemNotFound(exceptions.NotFound):
     default_code = "golem_not_found"
 
 
+class WebstrateNotFound(exceptions.NotFound):
+    default_detail = "The webstrates server has no such webstrate (or does not let it be read)."
+    default_code = "webstrate_not_found"
+
+
+class WebstratesUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The webstrates server does not answer; try again later."
+    default_code = "webstrates_unavailable"
+
+
 class GolemConnected(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "A golem is already connected to that webstrate."

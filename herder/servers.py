@@ -21,6 +21,7 @@ def _in_thread(on_signal: Callable[[], object]) -> None:
 def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
                   on_signal: Callable[[], object]) -> None:
     import uvicorn
+    from django.conf import settings
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -30,8 +31,8 @@ def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
     config = uvicorn.Config(
         application, host=host, port=port, loop="uvloop", http="httptools", ws="websockets-sansio",
         lifespan="off", access_log=access_log, log_level="info" if access_log else "warning",
-        # The admin and the API are small; big bodies are minion files (10 MiB).
-        ws_max_size=16 * 1024 * 1024, timeout_graceful_shutdown=5,
+        # A larger WebSocket message closes its socket (1009) before it is buffered whole.
+        ws_max_size=settings.HERDER_WS_MAX_FRAME, timeout_graceful_shutdown=5,
     )
     Server(config).run()
 
@@ -41,6 +42,7 @@ def serve_daphne(application, *, host: str, port: int, access_log: bool,
     from daphne.access import AccessLogGenerator
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
+    from django.conf import settings
     from twisted.internet import reactor
 
     def stop(signum, frame) -> None:
@@ -55,6 +57,9 @@ def serve_daphne(application, *, host: str, port: int, access_log: bool,
         action_logger=AccessLogGenerator(sys.stdout) if access_log else None,
         # Minion runs may take the whole time limit.
         http_timeout=None,
+        # A larger WebSocket message closes its socket (1009) before it is buffered whole.
+        websocket_max_message_size=settings.HERDER_WS_MAX_FRAME,
+        websocket_max_frame_size=settings.HERDER_WS_MAX_FRAME,
         signal_handlers=False,
     ).run()
 

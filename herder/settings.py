@@ -5,6 +5,8 @@ channel layer, the local Docker engine). Secrets may also be given as files:
 `NAME_FILE=/run/secrets/name` (django-environ's FileAwareEnv).
 """
 
+import os
+import re
 import secrets
 from pathlib import Path
 
@@ -312,8 +314,9 @@ HERDER_GOLEM_SECCOMP_PROFILE = env.str(
 # container. Where none exists it still works (a golem in a browser tab) unless
 # this is false: then only proven golems connect.
 HERDER_GOLEM_CONTROL_OPEN = env.bool("HERDER_GOLEM_CONTROL_OPEN", default=True)
-# Seconds without a spawn request or a minion before a golem is reaped (0: never).
-HERDER_GOLEM_IDLE_TIMEOUT = env.float("HERDER_GOLEM_IDLE_TIMEOUT", default=24 * 3600.0)
+# Seconds without a spawn request (a person opening the page), a reset or a
+# connected minion before a golem is reaped (0: never).
+HERDER_GOLEM_IDLE_TIMEOUT = env.float("HERDER_GOLEM_IDLE_TIMEOUT", default=3600.0)
 # How long an ad-hoc minion waits for the webstrate's golem (then golem-not-found, 4404).
 HERDER_GOLEM_WAIT = _positive("HERDER_GOLEM_WAIT", env.float("HERDER_GOLEM_WAIT", default=20.0))
 # Pairing liveness: a golem's control socket refreshes its presence and paired
@@ -329,6 +332,46 @@ HERDER_PAIRING_REPLY_TIMEOUT = _positive(
 HERDER_PAIRING_BUFFER = int(
     _positive("HERDER_PAIRING_BUFFER", env.int("HERDER_PAIRING_BUFFER", default=1000))
 )
+
+# --- Golem and WebSocket admission --------------------------------------------
+# What one client, and everyone together, may make the herder hold: golems
+# (1 GiB of Chromium each), WebSockets and the bytes they queue. README "Limits".
+def _memory_bytes(text: str) -> int:
+    """Docker's memory notation: 1g, 512m, 64k or bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([bkmg]?)b?\s*", text.lower())
+    if not match:
+        raise ImproperlyConfigured(f"A memory size is N, Nk, Nm or Ng, not {text!r}")
+    return int(match.group(1)) * 1024 ** "bkmg".index(match.group(2) or "b")
+
+
+# This machine's memory (the engine's, when it runs here): what golems share.
+HERDER_MACHINE_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+# Golems at once, over every client: by default as many as fit the machine's
+# memory at their limit (a Chromium each). Past it, spawning answers 429.
+HERDER_GOLEM_MAX = env.int(
+    "HERDER_GOLEM_MAX", default=max(1, HERDER_MACHINE_MEMORY // _memory_bytes(HERDER_GOLEM_MEMORY)))
+# New golems one client may ask for (a spawn of a golem that runs is free):
+# any page can embed <img src=".../golem/v1/spawn/x">, so strangers do ask.
+HERDER_GOLEM_SPAWN_RATE = env.str("HERDER_GOLEM_SPAWN_RATE", default="20/h")
+# Spawn only for webstrates the webstrates server has (HEAD <url>/<id>/?json,
+# answers cached briefly), so invented ids start no Chromium.
+HERDER_GOLEM_CHECK_EXISTS = env.bool("HERDER_GOLEM_CHECK_EXISTS", default=True)
+HERDER_GOLEM_CHECK_TIMEOUT = _positive(
+    "HERDER_GOLEM_CHECK_TIMEOUT", env.float("HERDER_GOLEM_CHECK_TIMEOUT", default=3.0))
+# Bytes (characters of text frames) a pairing socket queues towards its peer,
+# beside HERDER_PAIRING_BUFFER frames: past them a paired socket stops reading
+# its client, an unpaired minion is refused (4413).
+HERDER_PAIRING_BUFFER_BYTES = int(_positive(
+    "HERDER_PAIRING_BUFFER_BYTES", env.int("HERDER_PAIRING_BUFFER_BYTES", default=1024 * 1024)))
+# The largest WebSocket message a client may send (close 1009 past it); the
+# ASGI servers refuse it before buffering it whole.
+HERDER_WS_MAX_FRAME = int(_positive("HERDER_WS_MAX_FRAME", env.int("HERDER_WS_MAX_FRAME", default=1024 * 1024)))
+# WebSockets (every route) one client address, and everyone, may hold open in
+# one herder process. The total's default gives each socket the most it can hold
+# (its pairing buffer and three frames) within a quarter of the machine's memory.
+HERDER_WS_MAX_PER_CLIENT = env.int("HERDER_WS_MAX_PER_CLIENT", default=128)
+HERDER_WS_MAX = env.int("HERDER_WS_MAX", default=max(
+    64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)))
 
 # --- The supervisor --------------------------------------------------------
 HERDER_SUPERVISOR_INTERVAL = _positive(

@@ -42,13 +42,15 @@ class Warm:
     handle: Handle
     attachment: Attachment
     runs: int = 0
-    # Given back after a run: its runner's ready signal is still to be read.
+    # Given back after a run: its runner's ready signal is still to be read,
+    # of which `seen` came with the run's last frame.
     resetting: bool = False
+    seen: bytes = b""
 
     def is_fit(self) -> bool:
         if self.resetting:
             self.resetting = False
-            return runner.await_ready(self.attachment, timeout=_READY_SECONDS)
+            return runner.await_ready(self.attachment, timeout=_READY_SECONDS, seen=self.seen)
         # An idle runner writes nothing: a readable stream means it ended.
         return self.attachment.is_quiet()
 

@@ -43,6 +43,10 @@ class Outcome:
     output_too_large: bool
     # The trailer arrived: the runner finished and its container is exiting.
     finished: bool
+    # What the runner wrote after the output file, read in the same frame: the
+    # start of its ready signal once its reset is done (a busy engine may hand
+    # both over together).
+    after: bytes = b""
 
 
 class _Capped:
@@ -101,6 +105,7 @@ class _StdoutScanner(_ProgramStream):
         self.exit_code: int | None = None
         self.file_size: int | None = None
         self.file = bytearray()
+        self.after = bytearray()
 
     @property
     def done(self) -> bool:
@@ -120,7 +125,9 @@ class _StdoutScanner(_ProgramStream):
             code, size = self._header[:end].split(b":")
             self.exit_code, self.file_size = int(code), int(size)
             chunk = bytes(self._header[end + 1 :])
-        self.file += chunk
+        room = max(self.file_size, 0) - len(self.file)
+        self.file += chunk[:room]
+        self.after += chunk[room:]
 
     def flush(self) -> None:
         if self._header is None:
@@ -139,11 +146,11 @@ def encode_request(*, nonce: str, output: str | None, timeout: float, file_cap: 
     return header + archive
 
 
-def await_ready(attachment: Attachment, *, timeout: float) -> bool:
-    """Read the runner's ready signal. False when the stream ends, says
-    anything else, or nothing comes within `timeout`: the container is unfit."""
+def await_ready(attachment: Attachment, *, timeout: float, seen: bytes = b"") -> bool:
+    """Read the runner's ready signal, of which `seen` was already read. False
+    when the stream ends, says anything else, or nothing comes within
+    `timeout`: the container is unfit."""
     deadline = time.monotonic() + timeout
-    seen = b""
     while len(seen) < len(READY):
         try:
             frame = attachment.read_frame(timeout=max(deadline - time.monotonic(), 0))
@@ -204,4 +211,5 @@ def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: fl
         output=bytes(stdout.file) if finished and size is not None and size >= 0 else None,
         output_too_large=size == -2,
         finished=finished,
+        after=bytes(stdout.after),
     )

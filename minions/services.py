@@ -77,8 +77,10 @@ def minion_spec(*, env: str, image: str, owner: str) -> ContainerSpec:
         network="none",
         read_only=True,
         tmpfs={
-            "/minion": f"rw,exec,nosuid,nodev,size={settings.HERDER_MINION_WORKDIR_SIZE},"
-            f"uid={_uid()},gid={_gid()},mode=0755",
+            # Root's, not the user's: herder-run makes it sticky and open to
+            # all like /tmp, so that a run cannot set extended attributes or a
+            # mode on /minion itself, which emptying it would not undo.
+            "/minion": f"rw,exec,nosuid,nodev,size={settings.HERDER_MINION_WORKDIR_SIZE},mode=1777",
             "/tmp": f"rw,exec,nosuid,nodev,size={settings.HERDER_MINION_TMP_SIZE},mode=1777",
         },
         confined=True,
@@ -170,6 +172,7 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
                 # The runner resets the container: it serves again, or
                 # retires and removes itself.
                 warm.runs += 1
+                warm.seen = outcome.after
                 if warm.runs < settings.HERDER_MINION_RUNS_PER_CONTAINER and not _stopping.is_set():
                     pool.give_back(env, warm)
                 else:

@@ -1,6 +1,5 @@
 import asyncio
 import contextvars
-import mimetypes
 import threading
 
 from asgiref.sync import sync_to_async
@@ -13,6 +12,7 @@ from rest_framework.views import APIView
 
 from herder.errors import ClientGone
 from minions.files import files_from_request
+from minions.output import output_file_headers
 from minions.runner import Cancelled
 from minions.services import minion_run
 
@@ -74,10 +74,10 @@ class MinionSpawnView(APIView):
         except Cancelled as exc:
             raise ClientGone() from exc
         if output and result.outcome.output is not None:
-            content_type = mimetypes.guess_type(output)[0] or "application/octet-stream"
-            response = HttpResponse(result.outcome.output, content_type=content_type)
-            response["Content-Disposition"] = f'inline; filename="{output.rsplit("/", 1)[-1]}"'
-            return response
+            # Never a document of the herder's origin (minions/output.py).
+            headers = output_file_headers(output)
+            return HttpResponse(result.outcome.output, content_type=headers.pop("Content-Type"),
+                                headers=headers)
         return Response(self.OutputSerializer(result.as_json()).data)
 
 

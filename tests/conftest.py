@@ -30,6 +30,16 @@ def wait_until_gone(kind: str, *, seconds: float = 10.0) -> list:
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory) -> None:
+    """SQLite tests use a file, as the herder does: Django's default in-memory test
+    database, shared between threads, locks differently (a writer makes the
+    others fail at once instead of waiting for SQLite's busy timeout)."""
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _instance_of_this_run():
     """Containers of this run carry their own `herder.instance` label, so two

@@ -1,10 +1,15 @@
 """A container serves several runs only with a complete reset between them."""
 
+import time
+
 import pytest
 from django.test import Client
 
+from herder.runtime import get_runtime
+from minions import runner
 from minions.models import MinionRun
-from minions.services import pool
+from minions.pool import start_warm
+from minions.services import minion_spec, pool
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
@@ -77,3 +82,22 @@ def test_many_runs_share_few_containers_and_all_succeed(settings):
     containers = set(MinionRun.objects.values_list("container", flat=True))
     assert 3 <= len(containers) <= 6
     pool.close()
+
+
+def test_a_container_whose_minion_folder_is_the_user_s_serves_one_run_only():
+    # Owning /minion, a run could leave extended attributes or a mode on it.
+    spec = minion_spec(env="python", image="herder/minion-python:latest", owner="test")
+    spec.tmpfs["/minion"] += ",uid=65534,gid=65534"
+    warm = start_warm(spec, timeout=15)
+    try:
+        nonce = runner.new_nonce()
+        outcome = runner.exchange(
+            warm.attachment, nonce=nonce, deadline=time.monotonic() + 20, output_cap=1024, file_cap=1024,
+            request=runner.encode_request(nonce=nonce, output=None, timeout=10, file_cap=1024,
+                                          files={"main.sh": b"stat -c '%U %a' /minion"}))
+        assert (outcome.exit_code, outcome.stdout) == (0, b"nobody 755\n")
+        assert not runner.await_ready(warm.attachment, timeout=10, seen=outcome.after)
+        assert warm.attachment.read_frame(timeout=10) is None, "the runner did not end"
+    finally:
+        warm.attachment.close()
+        get_runtime().remove(warm.handle)

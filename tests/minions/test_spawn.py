@@ -266,7 +266,7 @@ def test_a_container_removed_mid_run_is_a_503_not_a_result(settings):
 
     def remove_it_soon():
         for _ in range(100):
-            running = get_runtime().list(kind="minion")
+            running = get_runtime().list(kind="minion", ours=True)
             if running:
                 time.sleep(0.5)
                 for info in running:
