@@ -227,6 +227,8 @@ def walk_settings(settings):
     settings.DOCKER_HOST = "unix:///nonexistent/herder-test-walk.sock"
     settings.HERDER_TOKEN_PASSWORD = PASSWORD
     settings.HERDER_DAEMON_IMAGES = ["herder/daemon-echo:latest"]
+    # No webstrates server runs here: golem spawns go on to the (absent) engine.
+    settings.HERDER_GOLEM_CHECK_EXISTS = False
     return settings
 
 
