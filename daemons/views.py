@@ -22,7 +22,9 @@ class DaemonOutputSerializer(serializers.Serializer):
     # The daemon's own origin (HERDER_DAEMON_ORIGIN), null when off: where its
     # pages keep cookies and run as an origin of their own.
     URL = serializers.SerializerMethodField()
-    name = serializers.CharField()
+    # Not `name`: clients that match keys regardless of case (Go's encoding/json) would
+    # read `Name` or `name` depending on their order. One spelling per meaning.
+    ShortName = serializers.CharField(source="name")
     image = serializers.CharField()
     state = serializers.CharField()
     started = serializers.DateTimeField(allow_null=True)
