@@ -22,12 +22,18 @@ if [ "$current" = "$hash" ]; then say "$tag is up to date ($hash)"; exit 0; fi
 sed '/^# Tests/,$d' requirements.txt > deploy/.wheels/requirements.txt
 pip=${PIP:-.venv/bin/pip}
 say "downloading wheels into deploy/.wheels"
+# Offline first: the wheels of an earlier build may be all that is needed.
+if "$pip" download -q --disable-pip-version-check --no-index --find-links deploy/.wheels -d deploy/.wheels \
+     -r deploy/.wheels/requirements.txt "async-timeout>=4.0.3" >"$log_dir/herder-wheels.log" 2>&1; then
+  say "the wheels are all in deploy/.wheels already"
+else
 "$pip" download -q --disable-pip-version-check -d deploy/.wheels -r deploy/.wheels/requirements.txt \
   >"$log_dir/herder-wheels.log" 2>&1 || { tail -n 20 "$log_dir/herder-wheels.log"; exit 1; }
 # Debian's python3 is 3.11.2; redis needs async-timeout below 3.11.3, which a
 # newer host Python does not download for itself.
 "$pip" download -q --disable-pip-version-check -d deploy/.wheels "async-timeout>=4.0.3" \
   >>"$log_dir/herder-wheels.log" 2>&1 || { tail -n 20 "$log_dir/herder-wheels.log"; exit 1; }
+fi
 say "building $tag ($hash), log: $log_dir/herder.log"
 started=$SECONDS
 DOCKER_BUILDKIT=0 docker build --network host --label "herder.build-hash=$hash" -t "$tag" \

@@ -32,6 +32,7 @@ import re
 import time
 from datetime import datetime
 
+import docker.errors
 import docker.types
 from django.conf import settings
 
@@ -296,6 +297,17 @@ class SwarmRuntime(DockerRuntime):
                     return Handle(id=cid, name=cid[:12])
             time.sleep(0.1)
         raise ContainerGone(f"{handle.name} runs on no task of this node")
+
+    def remove_volume(self, name: str) -> None:
+        """A removed service's task container lets go of its volume a moment
+        later: wait for that (up to ~10 s) rather than fail with "in use"."""
+        for attempt in range(50):
+            try:
+                return super().remove_volume(name)
+            except docker.errors.APIError as exc:
+                if exc.response is None or exc.response.status_code != 409 or attempt == 49:
+                    raise
+                time.sleep(0.2)
 
     def network_create(self, name: str, *, kind: str, labels: dict[str, str] | None = None) -> str:
         """Golems and daemons join HERDER_SWARM_NETWORK (the herder reaches them

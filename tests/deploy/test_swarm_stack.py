@@ -1,0 +1,203 @@
+"""The herder deployed on a single-node Docker Swarm from deploy/stack.yml.
+
+One fixture (module scope) makes a swarm on 127.0.0.1, deploys the stack under
+a name of its own (herder-test-<hex>: services, overlay network, volume,
+secrets) with two herder replicas on PostgreSQL and Redis, and removes all of
+it at the end, leaving the swarm (and the docker_gwbridge it made).
+
+The host cannot reach overlay addresses, so a relay container on the overlay
+(deploy/herder/relay.py) gives each replica a port of its own on 127.0.0.1:
+port A reaches the first task of the herder service, port B the second.
+"""
+
+import fcntl
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker]
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = "/tmp/herder-test-swarm.lock"
+
+
+def sh(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout.strip()
+
+
+def wait_until(predicate, seconds: float, step: float = 0.5):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, path: str, *, data: dict | None = None, method: str | None = None,
+            timeout: float = 30) -> tuple[int, bytes]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+class Stack:
+    def __init__(self, name: str, ports: dict[str, int], token_password: str) -> None:
+        self.name, self.ports, self.token_password = name, ports, token_password
+
+    def containers(self, service: str) -> list[str]:
+        return sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+
+    def services(self, kind: str) -> list[dict]:
+        ids = sh("docker", "service", "ls", "-q", "--filter", f"label=herder.kind={kind}",
+                 "--filter", f"label=herder.instance={self.name}").split()
+        return json.loads(sh("docker", "service", "inspect", *ids)) if ids else []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    lock = open(LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one swarm test at a time on this engine
+    if sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}") != "inactive":
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        pytest.skip("this engine is already part of a swarm that this test does not own")
+    sh("bash", "deploy/build-images.sh", "daemon-echo", "minion-python")
+    sh("bash", "deploy/build-herder-image.sh")
+
+    name = f"herder-test-{secrets.token_hex(4)}"
+    secrets_dir = tmp_path_factory.mktemp("swarm-secrets")
+    had_gwbridge = bool(sh("docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$"))
+    relay = f"{name}-relay"
+    front_port = free_port()
+    env = {"HERDER_SECRETS_DIR": str(secrets_dir), "HERDER_SWARM_NETWORK": name, "HERDER_INSTANCE": name,
+           "HERDER_PORT": str(front_port), "HERDER_REPLICAS": "2"}
+    sh("bash", "deploy/secrets.sh", env=env)
+    sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
+    try:
+        sh("docker", "stack", "deploy", "-c", "deploy/stack.yml", name, env=env)
+        sh("docker", "run", "-d", "--name", relay, "--network", name, "--label", f"herder.instance={name}",
+           "-p", "127.0.0.1::9001", "-p", "127.0.0.1::9002", "--entrypoint", "python3", "herder/herder:latest",
+           "/app/deploy/herder/relay.py", "9001=tasks.herder:8000#0", "9002=tasks.herder:8000#1")
+        ports = {key: int(sh("docker", "port", relay, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
+                 for key, port in (("a", 9001), ("b", 9002))}
+        up = wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200 for p in ports.values()), 240, 2)
+        assert up, sh("docker", "service", "ps", "--no-trunc", f"{name}_herder") + "\n" + \
+            sh("docker", "service", "logs", "--tail", "40", f"{name}_herder", check=False)
+        yield Stack(name, ports, (secrets_dir / "token_password").read_text().strip())
+    finally:
+        _teardown(name, relay, had_gwbridge)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _teardown(name: str, relay: str, had_gwbridge: bool) -> None:
+    sh("docker", "rm", "-f", relay, check=False)
+    sh("docker", "stack", "rm", name, check=False)
+    # The herder's own services (daemons, golems) carry its instance label.
+    for service in sh("docker", "service", "ls", "-q", "--filter", f"label=herder.instance={name}", check=False).split():
+        sh("docker", "service", "rm", service, check=False)
+    wait_until(lambda: not sh("docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}",
+                              check=False), 60)
+    # Minion containers the replicas left (a killed replica cannot clean up).
+    for container in sh("docker", "ps", "-aq", "--filter", f"label=herder.instance={name}", check=False).split():
+        sh("docker", "rm", "-f", container, check=False)
+    wait_until(lambda: not sh("docker", "ps", "-aq", "--filter", f"label=com.docker.swarm.service.name",
+                              "--filter", f"label=herder.instance={name}", check=False), 30)
+    sh("docker", "swarm", "leave", "--force", check=False)
+    wait_until(lambda: not sh("docker", "network", "ls", "-q", "--filter", f"name=^{name}$", check=False), 20)
+    sh("docker", "network", "rm", name, check=False)
+    if not had_gwbridge:
+        wait_until(lambda: sh("docker", "network", "rm", "docker_gwbridge", check=False) is not None
+                   and not sh("docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$", check=False), 20)
+    for volume in sh("docker", "volume", "ls", "-q", "--filter", f"name={name}", check=False).split():
+        sh("docker", "volume", "rm", "-f", volume, check=False)
+
+
+def test_stack_minions_daemon_and_a_replica_killed(stack):
+    a, b = stack.ports["a"], stack.ports["b"]
+    # Two replicas, two different tasks behind the relay's two ports.
+    assert len(stack.containers("herder")) == 2
+
+    status, body = request(a, "/token/v1/generate", data={"password": stack.token_password,
+                                                            "email": "swarm@example.org", "credits": "100000"})
+    assert status == 200, body
+    token = json.loads(body)["token"]
+
+    # Minions run on each replica's local engine (not as services).
+    for port in (a, b):
+        status, body = request(port, "/minion/v1/spawn", data={"env": "python", "main.py": f"print({port} * 2)"})
+        assert status == 200, body
+        assert json.loads(body)["StdOut"].strip() == str(port * 2)
+    assert stack.services("minion") == []
+
+    # A daemon spawned through replica A runs as a Swarm service on the overlay,
+    # publishes no host port, and is proxied by replica B.
+    daemon = f"web{secrets.token_hex(3)}"
+    status, body = request(a, f"/daemon/v1/spawn?token={token}",
+                           data={"name": daemon, "image": "herder/daemon-echo:latest", "ports": '["8080"]',
+                                 "data/kept.txt": "kept"})
+    assert status == 200, body
+    answer = json.loads(body)
+    services = stack.services("daemon")
+    assert len(services) == 1
+    spec = services[0]["Spec"]
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr" and not services[0]["Endpoint"].get("Ports")
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 512 * 1024 ** 2
+    assert [n["Target"] for n in spec["TaskTemplate"]["Networks"]] == [
+        sh("docker", "network", "inspect", "-f", "{{.Id}}", stack.name)]
+    proxied = f"{answer['ProxyURL']}hello"
+    for port in (b, a):
+        assert wait_until(lambda: request(port, proxied, timeout=5) == (200, b"hello"), 60), request(port, proxied)
+    # The files went into its volume before it started.
+    assert json.loads(request(b, f"{answer['ProxyURL']}files")[1]) == ["data/kept.txt"]
+
+    # Metered across replicas: the supervisors charge it while it runs.
+    def used() -> int:
+        status, body = request(b, f"/daemon/v1/ls?token={token}")
+        rows = json.loads(body) if status == 200 else []
+        return rows[0]["credits_used"] if rows else 0
+    assert wait_until(lambda: used() >= 2, 60, 1), used()
+
+    # Kill one replica hard: the other keeps proxying and metering; Swarm starts a new one.
+    victim = stack.containers("herder")[0]
+    sh("docker", "kill", victim)
+    survivor = None
+    for port in (a, b):
+        if wait_until(lambda: request(port, proxied, timeout=3) == (200, b"hello"), 10, 1):
+            survivor = port
+            break
+    assert survivor is not None
+    before = used()
+    assert wait_until(lambda: used() > before, 60, 1)
+    assert wait_until(lambda: len(stack.containers("herder")) == 2 and victim not in stack.containers("herder"), 120, 2)
+
+    # Killed (and wiped) through any replica: the service goes.
+    status, body = request(survivor, f"/daemon/v1/kill/{daemon}?wipe=true&token={token}")
+    assert status == 200, body
+    assert wait_until(lambda: stack.services("daemon") == [], 30)
+    assert request(survivor, proxied)[0] == 404
