@@ -13,13 +13,15 @@ mkdir -p "$log_dir" deploy/.wheels
 say() { printf 'build-herder-image: %s\n' "$*"; }
 
 bash deploy/build-images.sh postgres redis >/dev/null || bash deploy/build-images.sh postgres redis
-hash=$( (find requirements.txt manage.py herder accounts minions golems daemons deploy/Dockerfile \
+# The runtime part of requirements.txt (tests and browsers stay out of the image).
+sed '/^# Tests/,$d' requirements.txt > deploy/.wheels/requirements.txt
+# ... plus websockets, listed with the tests but imported by the daemon proxy.
+grep -E '^websockets==' requirements.txt >> deploy/.wheels/requirements.txt
+hash=$( (find deploy/.wheels/requirements.txt deploy/build-herder-image.sh manage.py herder accounts minions golems daemons deploy/Dockerfile \
            deploy/herder deploy/seccomp -type f ! -name "*.pyc" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
 current=$(docker image inspect -f '{{ index .Config.Labels "herder.build-hash" }}' "$tag" 2>/dev/null || true)
 if [ "$current" = "$hash" ]; then say "$tag is up to date ($hash)"; exit 0; fi
 
-# The runtime part of requirements.txt (tests and browsers stay out of the image).
-sed '/^# Tests/,$d' requirements.txt > deploy/.wheels/requirements.txt
 pip=${PIP:-.venv/bin/pip}
 say "downloading wheels into deploy/.wheels"
 # Offline first: the wheels of an earlier build may be all that is needed.
