@@ -107,12 +107,21 @@ def stack(tmp_path_factory):
         ports = {key: int(sh("docker", "port", relay, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
                  for key, port in (("a", 9001), ("b", 9002))}
         up = wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200 for p in ports.values()), 240, 2)
-        assert up, sh("docker", "service", "ps", "--no-trunc", f"{name}_herder") + "\n" + \
-            sh("docker", "service", "logs", "--tail", "40", f"{name}_herder", check=False)
+        assert up, diagnose(name)
         yield Stack(name, ports, (secrets_dir / "token_password").read_text().strip())
     finally:
         _teardown(name, relay, had_gwbridge)
         fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def diagnose(name: str) -> str:
+    """The stack's tasks and the last lines of each of its containers' output."""
+    lines = [sh("docker", "stack", "ps", "--no-trunc", name, check=False)]
+    for container in sh("docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}",
+                        check=False).split():
+        done = subprocess.run(["docker", "logs", "--tail", "25", container], capture_output=True, text=True)
+        lines.append(f"--- {container}\n{done.stdout[-2500:]}{done.stderr[-2500:]}")
+    return "\n".join(lines)
 
 
 def _teardown(name: str, relay: str, had_gwbridge: bool) -> None:
