@@ -6,7 +6,8 @@ set -euo pipefail
 dir=${HERDER_SECRETS_DIR:-$(cd "$(dirname "$0")" && pwd)/.secrets}
 mkdir -p "$dir" && chmod 700 "$dir"
 umask 077
-make() { [ -s "$dir/$1" ] || openssl rand -hex 32 > "$dir/$1"; }
+# No trailing newline: *_FILE settings take a file's bytes as they are.
+make() { [ -s "$dir/$1" ] || openssl rand -hex 32 | tr -d '\n' > "$dir/$1"; }
 make postgres_password
 make secret_key
 make token_password
