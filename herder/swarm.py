@@ -88,6 +88,11 @@ class SwarmRuntime(DockerRuntime):
               files_at: str = "/minion") -> Handle:
         if spec.kind not in SERVICE_KINDS:
             return super().start(spec, files=files, files_at=files_at)
+        if spec.security_opt:
+            # Dropping a seccomp profile silently would leave Chromium without
+            # the sandbox it was told to use: refuse, loudly.
+            raise RuntimeUnavailable("Swarm services take no --security-opt (seccomp profile): "
+                                     "set HERDER_GOLEM_SANDBOX=false with HERDER_RUNTIME=swarm.")
         constraints = list(settings.HERDER_SWARM_CONSTRAINTS)
         if spec.volumes:
             # Volumes are node-local in Swarm: the files go into the volume on

@@ -87,7 +87,7 @@ def stack(tmp_path_factory):
     if sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}") != "inactive":
         fcntl.flock(lock, fcntl.LOCK_UN)
         pytest.skip("this engine is already part of a swarm that this test does not own")
-    sh("bash", "deploy/build-images.sh", "daemon-echo", "minion-python")
+    sh("bash", "deploy/build-images.sh", "daemon-echo", "minion-python", "golem")
     sh("bash", "deploy/build-herder-image.sh")
 
     name = f"herder-test-{secrets.token_hex(4)}"
@@ -96,7 +96,9 @@ def stack(tmp_path_factory):
     relay = f"{name}-relay"
     front_port = free_port()
     env = {"HERDER_SECRETS_DIR": str(secrets_dir), "HERDER_SWARM_NETWORK": name, "HERDER_INSTANCE": name,
-           "HERDER_PORT": str(front_port), "HERDER_REPLICAS": "2"}
+           "HERDER_PORT": str(front_port), "HERDER_REPLICAS": "2",
+           # No webstrates server here: the golem's page never loads, its service runs all the same.
+           "HERDER_GOLEM_CHECK_EXISTS": "false"}
     sh("bash", "deploy/secrets.sh", env=env)
     sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
     try:
@@ -210,3 +212,28 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
     assert status == 200, body
     assert wait_until(lambda: stack.services("daemon") == [], 30)
     assert request(survivor, proxied)[0] == 404
+
+
+def test_golem_runs_as_a_service_that_every_replica_sees(stack):
+    a, b = stack.ports["a"], stack.ports["b"]
+    webstrate = f"swarm-{secrets.token_hex(4)}"
+    status, body = request(a, f"/golem/v1/spawn/{webstrate}")
+    assert status == 200, body
+    services = stack.services("golem")
+    assert [s["Spec"]["Labels"]["herder.owner"] for s in services] == [webstrate]
+    spec = services[0]["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    # Confined as the local golem is, minus what Swarm cannot do (seccomp: --no-sandbox).
+    assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    assert "--no-sandbox" in container["Args"]
+    assert [m["Type"] for m in container["Mounts"]] == ["tmpfs"]
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
+    assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"  # the supervisor restarts golems
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr" and not services[0]["Endpoint"].get("Ports")
+
+    # Replica B sees it (one database), and kills it: the service goes.
+    listed = json.loads(request(b, "/golem/v1/ls")[1])
+    assert [g["webstrate"] for g in listed if g["webstrate"] == webstrate] == [webstrate]
+    status, body = request(b, f"/golem/v1/kill/{webstrate}")
+    assert status == 200, body
+    assert wait_until(lambda: stack.services("golem") == [], 30)
