@@ -71,6 +71,11 @@ class Stack:
     def __init__(self, name: str, ports: dict[str, int], token_password: str) -> None:
         self.name, self.ports, self.token_password = name, ports, token_password
 
+    def both_answer(self) -> bool:
+        """Both replicas serve (after one was killed, its successor takes a moment)."""
+        return bool(wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200
+                                           for p in self.ports.values()), 120, 1))
+
     def containers(self, service: str) -> list[str]:
         return sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
 
@@ -215,6 +220,7 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
 
 
 def test_golem_runs_as_a_service_that_every_replica_sees(stack):
+    assert stack.both_answer()
     a, b = stack.ports["a"], stack.ports["b"]
     webstrate = f"swarm-{secrets.token_hex(4)}"
     status, body = request(a, f"/golem/v1/spawn/{webstrate}")
@@ -237,3 +243,28 @@ def test_golem_runs_as_a_service_that_every_replica_sees(stack):
     status, body = request(b, f"/golem/v1/kill/{webstrate}")
     assert status == 200, body
     assert wait_until(lambda: stack.services("golem") == [], 30)
+
+
+def test_ad_hoc_minion_pairs_across_replicas(stack):
+    """The golem's side on replica A, the ad-hoc minion on replica B: the
+    pairing crosses replicas through Redis (a Python client plays the golem)."""
+    from websockets.sync.client import connect
+
+    assert stack.both_answer()
+    a, b = stack.ports["a"], stack.ports["b"]
+    webstrate = f"pair-{secrets.token_hex(4)}"
+
+    def event(socket) -> dict:
+        return json.loads(socket.recv(timeout=15))
+
+    with connect(f"ws://127.0.0.1:{a}/golem/v1/connect/{webstrate}", open_timeout=15) as control:
+        with connect(f"ws://127.0.0.1:{b}/minion/v1/connect/{webstrate}?type=t", open_timeout=15) as minion:
+            connected = event(control)
+            assert connected["Event"] == "minion-connected", connected
+            with connect(f"ws://127.0.0.1:{a}/golem/v1/connect-to/{webstrate}/{connected['ID']}",
+                         open_timeout=15) as golem:
+                assert event(minion) == {"Event": "golem-connected"}
+                minion.send("from the minion on B")
+                assert golem.recv(timeout=15) == "from the minion on B"
+                golem.send("from the golem on A")
+                assert minion.recv(timeout=15) == "from the golem on A"
