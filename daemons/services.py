@@ -29,7 +29,8 @@ State = Daemon.State
 
 
 def check_daemon_name(name: str) -> str:
-    if not NAME.match(name or ""):
+    # fullmatch: match() lets "$" match before a final newline ("echo\n" passed).
+    if not NAME.fullmatch(name or ""):
         raise BadInput("A daemon name is 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit.")
     return name
 
@@ -49,7 +50,9 @@ def parse_ports(raw: str | list | None) -> list[int]:
     ports = []
     for value in values:
         text = str(value).removesuffix("/tcp")
-        if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
+        # ASCII digits only: str.isdigit() also takes "²" (int() then fails: a 500)
+        # and "８０" (which the schema's pattern does not).
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise BadInput(f"{value!r} is not a port number (1-65535).", code="bad_ports")
         if int(text) not in ports:
             ports.append(int(text))

@@ -5,6 +5,7 @@ from channels.db import database_sync_to_async
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -14,6 +15,7 @@ from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
+from herder.schema import errors, minion_form
 from minions.files import files_from_request
 from minions.output import output_file_headers
 from minions.runner import Cancelled
@@ -32,17 +34,6 @@ class MinionSpawnView(APIView):
 
     parser_classes = [MultiPartParser, FormParser]
 
-    class InputSerializer(serializers.Serializer):
-        env = serializers.CharField(help_text="python, ruby, node, latex, or an env the operators added.")
-        output = serializers.CharField(
-            required=False, help_text="A file to answer instead of the JSON result."
-        )
-        files = serializers.DictField(
-            child=serializers.CharField(), required=False,
-            help_text="Every other field or upload is a file written into /minion, "
-            "named by the field (sub-folders allowed).",
-        )
-
     class OutputSerializer(serializers.Serializer):
         StdOut = serializers.CharField()
         StdErr = serializers.CharField()
@@ -51,16 +42,27 @@ class MinionSpawnView(APIView):
         Truncated = serializers.BooleanField(help_text="Output past a cap was cut.")
         DurationMs = serializers.IntegerField()
 
+        class Meta:
+            ref_name = "MinionResult"
+
     @extend_schema(
         operation_id="minion_spawn",
-        request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
+        request={"multipart/form-data": minion_form(binary=True),
+                 "application/x-www-form-urlencoded": minion_form(binary=False)},
+        # A token is optional: with a valid one the client is its account.
+        auth=[{"token": []}, {"tokenQuery": []}, {}],
         responses={
-            200: OpenApiResponse(OutputSerializer, description="The run's result, or the output file's bytes."),
-            400: OpenApiResponse(description="Unknown env or a bad file name."),
-            413: OpenApiResponse(description="Too many files or too many bytes."),
-            429: OpenApiResponse(description="The client, or the herder, runs as many minions as it may "
-                                 "and the queue is full or the wait too long; see Retry-After."),
-            503: OpenApiResponse(description="The container engine is unavailable."),
+            (200, "application/json"): OpenApiResponse(
+                OutputSerializer, description="The run's result (also when `output` names no file it produced)."),
+            (200, "*/*"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The `output` file's bytes: `Content-Security-Policy: sandbox`, "
+                "types a browser only shows inline, every other as an attachment (minions/output.py)."),
+            **errors(400, 405, 413, 415, 429, 503,
+                     _400="Unknown env (`unknown_env`), a bad file name (`bad_file_name`) or an unreadable form.",
+                     _413="Too many files or bytes (`payload_too_large`), refused while the body streams.",
+                     _429="The client, its account or the herder runs as many minions as it may, and the "
+                     "queue is full or the wait was too long (`too_many_requests`); see Retry-After.",
+                     _503="The container engine is unavailable, or the env's image is missing."),
         },
     )
     def post(self, request):
