@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from accounts.services import token_generate, token_inspect
 from herder.admission import client_of, rate_count, rate_spent, request_scope
 from herder.errors import BadInput, InvalidToken, WrongPassword
-from herder.schema import errors
+from herder.schema import FormText, FormWholeNumber, errors
 
 
 class TokenGenerateView(APIView):
@@ -20,11 +20,12 @@ class TokenGenerateView(APIView):
     class InputSerializer(serializers.Serializer):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
-        password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
-                                      help_text="An email address or any identifier naming the account.")
-        credits = serializers.CharField(required=False, allow_blank=True, default="",
-                                        help_text="Whole number, at least 0; default 30000.")
+        password = FormText(required=False, allow_blank=True, trim_whitespace=False, default="")
+        email = FormText(required=False, allow_blank=True, default="", trim_whitespace=False,
+                         help_text="An email address or any identifier naming the account: 1-254 characters, "
+                         "no control, format or separator characters, no whitespace at either end.")
+        credits = FormWholeNumber(required=False, allow_blank=True, default="",
+                                  help_text="Whole number, at least 0; default 30000.")
 
         class Meta:
             ref_name = "TokenGenerateInput"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
 # The same patterns the services check (golems.services.WEBSTRATE_ID,
@@ -41,6 +41,22 @@ _WS = r"[ \t\n\r]*"
 
 def ports_pattern(most: int) -> str:
     return rf"^(?:{_WS}\[{_WS}(?:{_PORT_ITEM}(?:{_WS},{_WS}{_PORT_ITEM}){{0,{most - 1}}})?{_WS}\]{_WS})?$"
+
+
+# DRF's CharField refuses NUL characters (400) before a view sees them. Both
+# patterns leave out "": drf-spectacular adds it as a oneOf of its own for
+# blank-allowing fields, and "" may match only one of the two.
+NO_NUL_PATTERN = r"^[^\x00]+$"
+
+
+@extend_schema_field({"type": "string", "pattern": NO_NUL_PATTERN})
+class FormText(serializers.CharField):
+    """A CharField whose schema says what DRF refuses in it: NUL characters."""
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\s*[0-9]+\s*$"})
+class FormWholeNumber(serializers.CharField):
+    """A whole number sent as text (empty: the default)."""
 
 
 class ErrorSerializer(serializers.Serializer):
