@@ -12,6 +12,7 @@ config, with the exceptions and why, and the hook that kills spawned daemons).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -23,8 +24,10 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 
 from herder.runtime import get_runtime
+from herder.schema import DAEMON_NAME_OR_FULL_PATTERN, FILE_NAME_PATTERN, WEBSTRATE_ID_PATTERN
 from tests.golems.conftest import Herder, herder_env, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +44,50 @@ def test_schema_generates_without_warnings():
     out = StringIO()
     call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", stdout=out)
     assert '"/minion/v1/spawn"' in out.getvalue()
+
+
+def _schema() -> dict:
+    out = StringIO()
+    call_command("spectacular", "--format", "openapi-json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_schema_says_what_routes_take_and_answer():
+    schema = _schema()
+    paths = schema["paths"]
+    for path, item in paths.items():
+        for method, operation in item.items():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400:
+                    # Every error in the one shape; every 429 says when to come back.
+                    assert answer["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/Error"}, (method, path, status)
+                if status == "429":
+                    assert answer["headers"]["Retry-After"]["required"], (method, path)
+    for path, name, pattern in (("/golem/v1/spawn/{webstrate}", "webstrate", WEBSTRATE_ID_PATTERN),
+                                ("/daemon/v1/kill/{name}", "name", DAEMON_NAME_OR_FULL_PATTERN)):
+        parameters = {p["name"]: p for p in paths[path]["get"]["parameters"]}
+        assert parameters[name]["in"] == "path" and parameters[name]["schema"]["pattern"] == pattern
+    spawn = paths["/minion/v1/spawn"]["post"]
+    form = spawn["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert spawn["requestBody"]["required"] and form["required"] == ["env"]
+    assert form["properties"]["env"]["enum"] == ["latex", "node", "python", "ruby"]
+    assert form["propertyNames"]["pattern"] == FILE_NAME_PATTERN
+    # Daemon routes: a token by either scheme, never anonymous.
+    assert paths["/daemon/v1/ls"]["get"]["security"] == [{"token": []}, {"tokenQuery": []}]
+    assert {"/", "/golem/v1/", "/pressure"} <= set(paths)
+    assert {socket["path"] for socket in schema["x-websockets"]} >= {
+        "/golem/v1/connect/{webstrate}", "/minion/v1/connect/{webstrate}"}
+
+
+@pytest.mark.parametrize("path", ["/", "/golem/v1/", "/pressure"])
+def test_routes_taking_no_post_answer_405(path):
+    """Found by Schemathesis's unsupported_method check: the bootstrap script
+    answered any method, and a POST to either was a CSRF 403."""
+    answer = Client(enforce_csrf_checks=True).post(path)
+    assert answer.status_code == 405
+    assert answer["Allow"] == "GET, HEAD"
+    assert answer.json()["code"] == "method_not_allowed"
 
 
 @pytest.fixture
