@@ -21,3 +21,15 @@ def after_validate(context, case, response, results) -> None:
     killed = requests.get(f"{base}/daemon/v1/kill/{name}", params={"wipe": "1"}, timeout=60,
                           headers={"Authorization": f"Bearer {os.environ['HERDER_SCHEMATHESIS_TOKEN']}"})
     killed.raise_for_status()
+
+
+@schemathesis.hook
+def filter_body(context, body) -> bool:
+    """By design and beyond any schema: a spawn form whose names make one both a
+    file and a folder ("0" and "0/0") is 400 bad_file_name (README, Controlled
+    minions); JSON Schema cannot say that one property's name must not prefix
+    another's. Such generated forms are left out, whatever the mode."""
+    if not isinstance(body, dict):
+        return True
+    names = {str(name) for name in body}
+    return not any(f"{name}/" == other[:len(name) + 1] for name in names for other in names)
