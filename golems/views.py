@@ -90,12 +90,13 @@ class _GolemActionView(APIView):
 
 def _action(operation_id: str, text: str, **statuses: str) -> dict:
     """extend_schema's arguments for a golem action, answered alike to GET and POST."""
+    answer = (f"As plain text (the original's answer): {text} As JSON, the golem, when the client "
+              "accepts JSON (`Accept: application/json` or `?format=json`).")
     return dict(
         operation_id=operation_id, parameters=[WEBSTRATE_PARAMETER], request=None,
         responses={
-            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description=text),
-            (200, "application/json"): OpenApiResponse(
-                GolemSerializer, description="The golem, when the client accepts JSON (`Accept: application/json`)."),
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description=answer),
+            (200, "application/json"): OpenApiResponse(GolemSerializer, description=answer),
             **errors(400, 405, 503, *(int(status[1:]) for status in statuses),
                      _400="Not a valid webstrate id (`bad_webstrate_id`).", **statuses),
         },
@@ -109,7 +110,7 @@ class GolemSpawnView(_GolemActionView):
     """Start the webstrate's golem; a repeat changes nothing and answers the same."""
 
     _schema = _action(
-        "golem_spawn", "The golem's container id.",
+        "golem_spawn", "the golem's container id.",
         _404="The webstrates server has no such webstrate (`webstrate_not_found`).",
         _429="Too many golems, in total or new ones from this client; see Retry-After.",
         _503="The container engine or the webstrates server (`webstrates_unavailable`) does not answer.")
@@ -131,7 +132,7 @@ class GolemSpawnView(_GolemActionView):
 class GolemResetView(_GolemActionView):
     """Restart the webstrate's golem in a fresh browser."""
 
-    _schema = _action("golem_reset", "The new container's id.", _404=_NO_GOLEM)
+    _schema = _action("golem_reset", "the new container's id.", _404=_NO_GOLEM)
 
     @extend_schema(**_schema)
     def get(self, request, webstrate: str):

@@ -89,7 +89,8 @@ def errors(*statuses: int, **described: str) -> dict:
     answers = {}
     for status in statuses:
         text = described.get(f"_{status}") or _MEANING.get(status, "")
-        answers[status] = OpenApiResponse(ErrorSerializer, description=text)
+        # JSON whatever the route's other answers are (plain text, YAML).
+        answers[(status, "application/json")] = OpenApiResponse(ErrorSerializer, description=text)
     return answers
 
 

@@ -29,6 +29,11 @@ _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 TICKET = "herder.minion_ticket"
 
 
+_ANSWER = ("The run's result as JSON; or, when `output` names a file the run made, that file's bytes "
+           "(`Content-Security-Policy: sandbox`; types a browser only shows inline, every other as an "
+           "attachment: minions/output.py).")
+
+
 class MinionSpawnView(APIView):
     """Run code in a short-lived sandboxed container and answer its output."""
 
@@ -52,11 +57,8 @@ class MinionSpawnView(APIView):
         # A token is optional: with a valid one the client is its account.
         auth=[{"token": []}, {"tokenQuery": []}, {}],
         responses={
-            (200, "application/json"): OpenApiResponse(
-                OutputSerializer, description="The run's result (also when `output` names no file it produced)."),
-            (200, "*/*"): OpenApiResponse(
-                OpenApiTypes.BINARY, description="The `output` file's bytes: `Content-Security-Policy: sandbox`, "
-                "types a browser only shows inline, every other as an attachment (minions/output.py)."),
+            (200, "application/json"): OpenApiResponse(OutputSerializer, description=_ANSWER),
+            (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description=_ANSWER),
             **errors(400, 405, 413, 415, 429, 503,
                      _400="Unknown env (`unknown_env`), a bad file name (`bad_file_name`) or an unreadable form.",
                      _413="Too many files or bytes (`payload_too_large`), refused while the body streams.",
