@@ -184,8 +184,9 @@ What OpenAPI cannot describe as operations (also in `x-websockets`, `x-daemon-pr
   * `GET /minion/v1/connect/{webstrate}?type=<type>`: an ad-hoc minion, paired with the golem;
     `golem-not-found` then 4404 when no golem answers in `HERDER_GOLEM_WAIT` seconds,
     `golem-disconnected` when the golem's socket leaves.
-  * `GET /daemon/v1/attach/{name}?token=<token>`: the daemon's console (stdin and stdout);
-    4401 without a valid token, 4404 for no such daemon.
+  * `GET /daemon/v1/attach/{name}?token=<token>` (or `Authorization: Bearer`): the daemon's
+    console, frames in to its stdin, its stdout and stderr out; 4401 without a valid token,
+    4404 for no such daemon, 4409 `not_running`, 4503 when the engine cannot attach.
 * **The daemon proxy**: `/daemon/v1/proxy/{Name}/{path}` (the daemon answer's `ProxyURL`,
   `Name` holding the token's id) forwards any method, body and WebSocket to the daemon's
   first port, streaming; on `HERDER_DAEMON_ORIGIN` each daemon also has an origin of its own
@@ -207,8 +208,9 @@ _WEBSOCKETS = [
                   "4400": "bad id"}},
     {"path": "/minion/v1/connect/{webstrate}", "query": {"type": "the minion's type, told to the golem"},
      "role": "an ad-hoc minion", "refusals": {"4404": "golem-not-found", "4413": "pairing buffer full"}},
-    {"path": "/daemon/v1/attach/{name}", "query": {"token": "a herder token"},
-     "role": "a daemon's console", "refusals": {"4401": "invalid_token", "4404": "no such daemon"}},
+    {"path": "/daemon/v1/attach/{name}", "query": {"token": "a herder token (or Authorization: Bearer)"},
+     "role": "a daemon's console", "refusals": {"4401": "invalid_token", "4404": "not_found",
+                                                "4409": "not_running", "4503": "runtime_unavailable"}},
 ]
 
 
