@@ -1,11 +1,13 @@
 """`herd --workers N`: one port served by N herder processes.
 
 Each worker is a whole `herd` process (its ASGI server, its own signal handling
-that ends its runs, its supervisor, which leads only while it holds the lease)
-listening on the same host:port with SO_REUSEPORT: the kernel spreads new
-connections over the workers' sockets evenly (a shared accept queue would wake
-every worker and let the fastest take most). What they share goes through the
-channel layer, the cache (Redis) and the database.
+that ends its runs, its supervisor, which leads only while it holds the lease).
+They accept from one listening socket, bound by the parent and inherited: a
+worker that dies (kill -9) or drains loses no connection still queued (the
+others accept it), and a replacement serves the same socket at once. (Separate
+SO_REUSEPORT sockets would balance more evenly but drop a dead worker's queue.)
+What workers share goes through the channel layer, the cache (Redis) and the
+database.
 
 The parent only supervises: it restarts a worker that dies (kill -9, a crash)
 while the others keep serving, forwards SIGTERM/SIGINT to every worker and
@@ -33,15 +35,12 @@ EARLY_DEATHS = 3
 DRAIN_SECONDS = 30.0
 
 
-def listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -58,8 +57,9 @@ def exit_with_parent(parent: int) -> None:
 
 
 class Workers:
-    def __init__(self, count: int, worker_args: list[str]) -> None:
+    def __init__(self, count: int, worker_args: list[str], sock: socket.socket) -> None:
         self.count = count
+        self.sock = sock
         self.worker_args = worker_args
         self.workers: dict[int, tuple[subprocess.Popen, float]] = {}  # slot -> (process, started)
         self.early_deaths = 0
@@ -73,10 +73,11 @@ class Workers:
 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "herder.settings"))
-        command = [sys.executable, "-m", "django", "herd", *self.worker_args, "--worker-of", str(os.getpid())]
+        command = [sys.executable, "-m", "django", "herd", *self.worker_args,
+                   "--worker-of", str(os.getpid()), "--fd", str(self.sock.fileno())]
         # A session of its own: a terminal's Ctrl-C reaches the parent only,
         # which then stops every worker once (a second SIGINT would force uvicorn out).
-        process = subprocess.Popen(command, env=env, start_new_session=True)
+        process = subprocess.Popen(command, env=env, start_new_session=True, pass_fds=[self.sock.fileno()])
         self.workers[slot] = (process, time.monotonic())
         logger.info("worker %d started (pid %d)", slot, process.pid)
 

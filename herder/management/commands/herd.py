@@ -1,4 +1,5 @@
 import logging
+import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -27,9 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", action="store_true", help="Log every request.")
         # Internal: this process is a worker of the `herd` process with this pid.
         parser.add_argument("--worker-of", type=int, default=0, help="(internal)")
+        # Internal: the listening socket it inherited.
+        parser.add_argument("--fd", type=int, default=-1, help="(internal)")
 
     def handle(self, *args, host: str, port: int, server: str, workers: int, no_supervisor: bool,
-               access_log: bool, worker_of: int, **options) -> None:
+               access_log: bool, worker_of: int, fd: int, **options) -> None:
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
         if workers > 1 and not worker_of:
@@ -42,21 +45,25 @@ class Command(BaseCommand):
             self.stdout.flush()
             worker_args = ["--host", host, "--port", str(port), "--server", server, "--workers", "1"]
             worker_args += ["--no-supervisor"] * no_supervisor + ["--access-log"] * access_log
-            code = Workers(workers, worker_args).run()
+            try:
+                sock = listen(host, port)
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
+            code = Workers(workers, worker_args, sock).run()
             if code:
                 raise CommandError("the workers could not start")
             return
         self.serve(host=host, port=port, server=server, no_supervisor=no_supervisor,
-                   access_log=access_log, worker_of=worker_of)
+                   access_log=access_log, worker_of=worker_of, fd=fd)
 
     def serve(self, *, host: str, port: int, server: str, no_supervisor: bool, access_log: bool,
-              worker_of: int) -> None:
+              worker_of: int, fd: int) -> None:
         from herder.asgi import application
 
         sock = None
         if worker_of:
             exit_with_parent(worker_of)
-            sock = listen(host, port, reuse_port=True)
+            sock = socket.socket(fileno=fd)
         supervisor = None if no_supervisor else Supervisor.from_settings()
         if supervisor is not None:
             supervisor.start()
