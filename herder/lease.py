@@ -47,9 +47,12 @@ class AdvisoryLease(Lease):
     """pg_try_advisory_lock on a dedicated connection (not Django's: those are
     closed between requests and per thread, and closing one would drop the lock)."""
 
-    def __init__(self, alias: str = "default") -> None:
+    def __init__(self, alias: str = "default", *, connect=None) -> None:
+        """`connect` opens the dedicated connection (default: to the database `alias`)."""
         self.alias = alias
         self._connection = None
+        if connect is not None:
+            self._connect = connect
 
     def _connect(self):
         wrapper = connections.create_connection(self.alias)
