@@ -53,11 +53,16 @@ def serve_daphne(application, *, host: str, port: int, access_log: bool,
         _in_thread(on_signal)
         reactor.callFromThread(reactor.stop)
 
+    if sock is not None and sock.family != socket.AF_INET:
+        # Its fd endpoint string cannot name another address family.
+        raise ValueError("Daphne workers listen on IPv4 addresses only: use --server uvicorn")
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     Server(
         application=application,
-        endpoints=([f"fd:fileno={sock.fileno()}:domain=INET{'6' if sock.family == socket.AF_INET6 else ''}"]
+        # Twisted adopts a copy of the descriptor and closes the one given: the
+        # socket object lets go of it first (or it would close a reused number later).
+        endpoints=([f"fd:fileno={sock.detach()}"]
                    if sock is not None else build_endpoint_description_strings(host=host, port=port)),
         action_logger=AccessLogGenerator(sys.stdout) if access_log else None,
         # Minion runs may take the whole time limit.
