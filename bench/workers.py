@@ -181,7 +181,8 @@ def main() -> None:
     print(f"  minion runs/s (4 clients)   {one['runs'][0]:8.1f}  {many['runs'][0]:8.1f}  "
           f"x{many['runs'][0] / one['runs'][0]:.2f}   errors {one['runs'][1]}/{many['runs'][1]}")
     print(f"  proxy req/s ({args.connections} conns, wrk) {one['proxy']['rps']:8.0f}  {many['proxy']['rps']:8.0f}  "
-          f"x{many['proxy']['rps'] / one['proxy']['rps']:.2f}   non-2xx {one['proxy']['errors']}/{many['proxy']['errors']}")
+          f"x{many['proxy']['rps'] / one['proxy']['rps']:.2f}   "
+          f"non-2xx {one['proxy']['errors']}/{many['proxy']['errors']}")
     print(f"  proxy p50 ms                {one['proxy']['p50']:8.2f}  {many['proxy']['p50']:8.2f}")
     print(f"  daemon direct req/s         {one['direct']['rps']:8.0f}  {many['direct']['rps']:8.0f}  (the ceiling)")
     print(f"  relay round trip p50 ms     {one['rtt']:8.3f}  {many['rtt']:8.3f}  "

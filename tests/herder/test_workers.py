@@ -391,3 +391,25 @@ def test_a_minion_connected_past_the_group_expiry_is_still_found(deployment):
         with connect(f"{a.ws}/golem/v1/connect/{webstrate}") as control:
             announced = event(control)
             assert announced["Event"] == "minion-connected" and announced["Type"] == "late"
+
+
+def test_on_sqlite_the_file_lease_moves_when_its_holder_is_killed(tmp_path):
+    """Two herd processes on one SQLite file: the flock in the data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDER_", "DATABASE_URL", "REDIS_URL"))}
+    env.update(DJANGO_SETTINGS_MODULE="herder.settings", PYTHONUNBUFFERED="1", HERDER_DATA_DIR=str(tmp_path / "data"),
+               HERDER_INSTANCE=f"herder-test-{uuid.uuid4().hex[:8]}", HERDER_LOG_LEVEL="INFO",
+               HERDER_SUPERVISOR_INTERVAL=str(INTERVAL), HERDER_MINION_POOL_SIZE="0")
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    herds = [Herd(env, tmp_path / f"herd-{name}.log", workers=1) for name in "ab"]
+    try:
+        assert wait_for(lambda: sum(map(lease_takers, herds), []), 30)  # started
+        time.sleep(2 * INTERVAL)
+        [leader] = sum(map(lease_takers, herds), [])
+        [survivor] = [herd for herd in herds if herd.pid != leader]
+        os.kill(leader, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert wait_for(lambda: survivor.pid in lease_takers(survivor), 4 * INTERVAL)
+        assert time.monotonic() - killed_at <= 2 * INTERVAL + 0.5
+    finally:
+        for herd in herds:
+            herd.stop()
