@@ -142,6 +142,7 @@ class Deployment:
         finally:
             with psycopg.connect(POSTGRES, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            redis.Redis.from_url(self.redis_url).flushdb()
         for herd in self.herds:
             print(f"--- herd {herd.pid} on port {herd.port}\n{herd.text()[-6000:]}")
 
