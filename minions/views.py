@@ -14,7 +14,7 @@ from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
-from minions.files import files_from_request
+from herder.files import files_from_request
 from minions.output import output_file_headers
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
