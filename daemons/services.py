@@ -18,7 +18,7 @@ from rest_framework.exceptions import NotFound
 from accounts.services import account_balance, credits_spend
 from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
 from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
-from minions.files import check_files
+from herder.files import check_files
 
 from daemons.models import Daemon
 from daemons.proxy import forget_target

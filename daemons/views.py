@@ -10,8 +10,8 @@ from accounts.authentication import TokenAuthentication
 from daemons.models import Daemon
 from daemons.proxy import origin_url
 from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
+from herder.files import files_from_request
 from herder.schema import DAEMON_NAME_PARAMETER, TOKEN_REQUIRED, daemon_form, errors
-from minions.files import files_from_request
 
 _PROTOCOL_FIELDS = ("name", "image", "ports", "token")
 

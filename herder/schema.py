@@ -21,7 +21,7 @@ from rest_framework import serializers
 # daemons.services.NAME): a value outside them is a 400 before anything happens.
 WEBSTRATE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 DAEMON_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-# A minion or daemon file's name, exactly as minions.files.check_name takes it:
+# A minion or daemon file's name, exactly as herder.files.check_name takes it:
 # parts of printable characters without '/' or '\\', none empty, '.' or '..', at
 # most 255 characters a part and 1024 in all (FILE_NAME_MAX_LENGTH). What no schema
 # can say: a name that is both a file and a folder ("a" and "a/b") is refused too.

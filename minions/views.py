@@ -15,8 +15,8 @@ from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
+from herder.files import files_from_request
 from herder.schema import errors, minion_form
-from minions.files import files_from_request
 from minions.output import output_file_headers
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
