@@ -168,6 +168,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # --- The schema's exactness (herder/schema.py) ---
+    # 3.1: full JSON Schema, so the spawn forms' file fields can say which names
+    # they take (propertyNames), which 3.0 cannot.
+    "OAS_VERSION": "3.1.0",
+    # Plain-Django routes, settings-driven enums, Retry-After on 429s and the
+    # description of what OpenAPI cannot describe (WebSockets, the daemon proxy).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "herder.schema.postprocess",
+    ],
 }
 
 # --- Admission: who a client is, and how much one may start --------------
