@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from herder.lease import ADVISORY_KEY
+
 pytestmark = [pytest.mark.docker]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +80,22 @@ class Stack:
 
     def containers(self, service: str) -> list[str]:
         return sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+
+    def address(self, container: str) -> str:
+        return sh("docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{self.name}").IPAddress}}}}',
+                  container)
+
+    def lease_holder(self) -> str:
+        """The overlay address of the herder process holding the supervisor's
+        lease (herder/lease.py: a PostgreSQL session advisory lock)."""
+        key = ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF
+        query = ("SELECT a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                 f"WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {key >> 32} "
+                 f"AND l.objid = {key & 0xFFFFFFFF} AND l.objsubid = 1")
+        postgres = self.containers("postgres")[0]
+        return sh("docker", "exec", postgres, "su", "postgres", "-s", "/bin/sh", "-c",
+                  f'/usr/lib/postgresql/15/bin/psql -h /run/postgresql -p 5432 -XAtq -d herder -c "{query}"',
+                  check=False)
 
     def services(self, kind: str) -> list[dict]:
         ids = sh("docker", "service", "ls", "-q", "--filter", f"label=herder.kind={kind}",
@@ -199,9 +217,17 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
         return rows[0]["credits_used"] if rows else 0
     assert wait_until(lambda: used() >= 2, 60, 1), used()
 
-    # Kill one replica hard: the other keeps proxying and metering; Swarm starts a new one.
-    victim = stack.containers("herder")[0]
+    # Kill the replica holding the supervisor's lease, hard: the lease moves to
+    # the other, which keeps proxying and metering; Swarm starts a new replica.
+    addresses = {stack.address(c): c for c in stack.containers("herder")}
+    holder = wait_until(stack.lease_holder, 30)
+    assert holder in addresses, (holder, addresses)
+    victim = addresses[holder]
     sh("docker", "kill", victim)
+    assert wait_until(lambda: stack.lease_holder() not in ("", holder), 60, 1)
+    # The survivor, or the replica Swarm started in the victim's place.
+    now = {stack.address(c) for c in stack.containers("herder") if c != victim}
+    assert stack.lease_holder() in now, (stack.lease_holder(), holder, now)
     survivor = None
     for port in (a, b):
         if wait_until(lambda: request(port, proxied, timeout=3) == (200, b"hello"), 10, 1):
