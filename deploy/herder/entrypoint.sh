@@ -13,7 +13,7 @@ if [ "${HERDER_MIGRATE:-1}" = "1" ]; then
   tries=0
   until python3 manage.py migrate --no-input -v 0; do
     tries=$((tries + 1))
-    [ "$tries" -ge 10 ] && exit 1
+    [ "$tries" -ge 30 ] && exit 1
     sleep 2
   done
 fi
