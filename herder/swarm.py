@@ -191,16 +191,14 @@ class SwarmRuntime(DockerRuntime):
     def stop(self, handle: Handle, *, now: bool = False, grace: float = 10) -> None:
         if not _is_service(handle):
             return super().stop(handle, now=now, grace=grace)
-        # A service has no stopped state: scaled to zero its task ends.
+        # A service has no stopped state: scaled to zero its task ends (and
+        # poll then answers its exit code).
         try:
             service = self._service(handle)
             with _engine_errors():
-                self.client.api.update_service(
-                    service["ID"], version=service["Version"]["Index"],
-                    task_template=service["Spec"]["TaskTemplate"], name=service["Spec"]["Name"],
-                    labels=service["Spec"].get("Labels"), mode=docker.types.ServiceMode("replicated", 0),
-                    networks=service["Spec"]["TaskTemplate"].get("Networks"),
-                    endpoint_spec=service["Spec"].get("EndpointSpec"))
+                self.client.api.update_service(service["ID"], version=service["Version"]["Index"],
+                                               mode=docker.types.ServiceMode("replicated", 0),
+                                               fetch_current_spec=True)
         except ContainerGone:
             pass
 

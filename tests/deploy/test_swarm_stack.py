@@ -294,3 +294,37 @@ def test_ad_hoc_minion_pairs_across_replicas(stack):
                 assert golem.recv(timeout=15) == "from the minion on B"
                 golem.send("from the golem on A")
                 assert minion.recv(timeout=15) == "from the golem on A"
+
+
+def test_swarm_runtime_service_lifecycle(stack, settings):
+    """SwarmRuntime from this process (the engine is the swarm's manager): a
+    daemon-kind service is started, listed by label, polled, stopped (its exit
+    code then known), and removed; minions stay containers."""
+    from herder.runtime import ContainerGone, ContainerSpec
+    from herder.swarm import SwarmRuntime
+
+    settings.HERDER_SWARM_NETWORK = stack.name
+    runtime = SwarmRuntime()
+    name = f"herder-daemon-{stack.name}-lifecycle"
+    spec = ContainerSpec(kind="daemon", owner="lifecycle@example.org", image="herder/daemon-echo:latest",
+                         name=name, ports={8080: None}, memory="64m", pids=32, network=name,
+                         tmpfs={"/tmp": "size=8m,mode=1777"}, restart="on-failure")
+    handle = runtime.start(spec)
+    try:
+        assert handle.name == name and len(handle.id) == 25
+        listed = runtime.list(kind="daemon", owner="lifecycle@example.org", ours=True)
+        assert [i.handle for i in listed] == [handle]
+        assert wait_until(lambda: runtime.list(kind="daemon", owner="lifecycle@example.org")[0].status == "running",
+                          30)
+        assert runtime.poll(handle) is None
+        assert runtime.published_ports(handle) == {8080: 8080}
+        assert runtime.address(handle, 8080, published=8080, host="127.0.0.1") == (name, 8080)
+        # The local engine's list holds no service task as a container of its kind.
+        assert all(i.handle.id != handle.id for i in runtime.list(kind="minion"))
+        runtime.stop(handle)
+        assert wait_until(lambda: runtime.poll(handle) is not None, 30)
+    finally:
+        runtime.remove(handle)
+    runtime.remove(handle)  # idempotent
+    with pytest.raises(ContainerGone):
+        runtime.poll(handle)
