@@ -70,8 +70,8 @@ def request(port: int, path: str, *, data: dict | None = None, method: str | Non
 
 
 class Stack:
-    def __init__(self, name: str, ports: dict[str, int], token_password: str) -> None:
-        self.name, self.ports, self.token_password = name, ports, token_password
+    def __init__(self, name: str, ports: dict[str, int], token_password: str, front: int) -> None:
+        self.name, self.ports, self.token_password, self.front = name, ports, token_password, front
 
     def both_answer(self) -> bool:
         """Both replicas serve (after one was killed, its successor takes a moment)."""
@@ -133,7 +133,7 @@ def stack(tmp_path_factory):
                  for key, port in (("a", 9001), ("b", 9002))}
         up = wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200 for p in ports.values()), 240, 2)
         assert up, diagnose(name)
-        yield Stack(name, ports, (secrets_dir / "token_password").read_text().strip())
+        yield Stack(name, ports, (secrets_dir / "token_password").read_text(), front_port)
     finally:
         _teardown(name, relay, had_gwbridge)
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -176,6 +176,8 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
     a, b = stack.ports["a"], stack.ports["b"]
     # Two replicas, two different tasks behind the relay's two ports.
     assert len(stack.containers("herder")) == 2
+    # The stack's own entry point (front, published in mode host) reaches them too.
+    assert wait_until(lambda: request(stack.front, "/golem/v1/ls", timeout=5)[0] == 200, 30)
 
     status, body = request(a, "/token/v1/generate", data={"password": stack.token_password,
                                                             "email": "swarm@example.org", "credits": "100000"})
