@@ -58,7 +58,7 @@ LABEL_PORTS = "herder.ports"
 # Task states of a task Swarm still wants running but that does not run yet:
 # reported as "restarting" so that supervisors do not take a restart for a death.
 _COMING = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
-_SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.I)
+_SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
 
 
 def _bytes(text: str | None) -> int | None:

@@ -52,7 +52,7 @@ def _serve(host: str, port: int, index: int | None):
             address = addresses[index if index is not None else next(_turn) % len(addresses)]
             upstream_reader, upstream_writer = await asyncio.wait_for(
                 asyncio.open_connection(address, port), timeout=5)
-        except (OSError, asyncio.TimeoutError, IndexError, ZeroDivisionError):
+        except (OSError, TimeoutError, IndexError, ZeroDivisionError):
             client_writer.close()
             return
         await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
