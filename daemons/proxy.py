@@ -196,12 +196,10 @@ def _lookup_target(route: Route) -> Target | None:
     daemon = (query.filter(host_label=route.key) if route.on_origin else query.filter(full_name=route.key)).first()
     if daemon is None or daemon.first_port is None:
         return None
-    host_port = daemon.host_ports.get(str(daemon.first_port))
-    if host_port is None:
-        return None
-    from daemons.services import proxy_host
+    from daemons.services import daemon_address
 
-    return Target(proxy_host(), int(host_port), daemon.pk)
+    found = daemon_address(daemon)
+    return Target(found[0], found[1], daemon.pk) if found else None
 
 
 # daemon pk -> when its port was last asked of the engine: a flood of requests

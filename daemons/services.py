@@ -292,8 +292,18 @@ def daemon_refresh_target(full_name: str = "", label: str = "") -> tuple[str, in
     host_ports = {str(port): host for port, host in published.items()}
     if host_ports and host_ports != daemon.host_ports:
         Daemon.objects.filter(pk=daemon.pk, container_id=daemon.container_id).update(host_ports=host_ports)
-    port = host_ports.get(str(daemon.first_port))
-    return (proxy_host(), int(port)) if port else None
+    return daemon_address(daemon, host_ports)
+
+
+def daemon_address(daemon: Daemon, host_ports: dict | None = None) -> tuple[str, int] | None:
+    """Where the proxy reaches the daemon's first port: the runtime says (a
+    published host port locally, the service's overlay address in Swarm)."""
+    published = (daemon.host_ports if host_ports is None else host_ports).get(str(daemon.first_port))
+    if published is None:
+        return None
+    cname = container_name(daemon)
+    return get_runtime().address(Handle(id=daemon.container_id, name=cname), daemon.first_port,
+                                 published=int(published), host=proxy_host())
 
 
 def proxy_host() -> str:

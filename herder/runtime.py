@@ -258,6 +258,12 @@ class Runtime:
         """Container port -> host port of a running container's published TCP ports."""
         raise NotImplementedError
 
+    def address(self, handle: Handle, port: int, *, published: int | None, host: str) -> tuple[str, int] | None:
+        """Where the herder reaches the container's `port`, given what
+        `published_ports` said of it (`published`) and the address ports are
+        published on (`host`); None when it cannot be reached."""
+        raise NotImplementedError
+
     def list(self, *, kind: str | None = None, owner: str | None = None,
              ours: bool = False) -> list[ContainerInfo]:
         """The herder's containers, running or not, filtered by label; with
@@ -462,6 +468,10 @@ class DockerRuntime(Runtime):
             if proto == "tcp" and bindings:
                 published[int(port)] = int(bindings[0]["HostPort"])
         return published
+
+    def address(self, handle: Handle, port: int, *, published: int | None, host: str) -> tuple[str, int] | None:
+        # A local container is reached on its published host port.
+        return (host, int(published)) if published else None
 
     def list(self, *, kind: str | None = None, owner: str | None = None,
              ours: bool = False) -> list[ContainerInfo]:

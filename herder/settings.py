@@ -237,6 +237,16 @@ HERDER_SERVER = env.str("HERDER_SERVER", default="uvicorn")
 
 # --- The container runtime -------------------------------------------------
 HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime")
+
+# --- Swarm (HERDER_RUNTIME=swarm) ---------------------------------------------
+# "docker" and "swarm" name the two runtimes; any other value is a class path.
+HERDER_RUNTIME = {"docker": "herder.runtime.DockerRuntime", "swarm": "herder.swarm.SwarmRuntime"}.get(
+    HERDER_RUNTIME, HERDER_RUNTIME)
+# The attachable overlay network golem and daemon services join; the herder's
+# replicas must be on it too (they reach services there by name).
+HERDER_SWARM_NETWORK = env.str("HERDER_SWARM_NETWORK", default="herder")
+# Placement constraints for golem and daemon services ("node.labels.golems==yes").
+HERDER_SWARM_CONSTRAINTS = [c for c in env.list("HERDER_SWARM_CONSTRAINTS", default=[]) if c.strip()]
 # Labels this deployment's containers (herder.instance); empty: a digest of the
 # database's identity. Deployments sharing one engine must differ.
 HERDER_INSTANCE = env.str("HERDER_INSTANCE", default="")
