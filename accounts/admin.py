@@ -4,16 +4,20 @@ Read-only except for two operator actions, both through the services so they
 leave ledger rows: revoking tokens, and adding grant or adjustment entries.
 """
 
+import csv
+
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet, Sum
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from accounts.models import Account, CreditEntry, Token
 from accounts.services import credits_grant, token_revoke
+from herder.admin_display import log_action, when
 
 RECENT_ENTRIES = 50
 
@@ -103,6 +107,7 @@ class TokenAdmin(_ReadOnly, admin.ModelAdmin):
         tokens = list(queryset)
         for token in tokens:
             token_revoke(token=token)
+            log_action(request, token, "Revoked")
         self.message_user(request, f"Revoked {len(tokens)} token(s).", messages.SUCCESS)
 
 
@@ -128,17 +133,67 @@ class CreditEntryForm(forms.ModelForm):
         return data
 
 
+def _cell(text: str) -> str:
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @admin.register(CreditEntry)
 class CreditEntryAdmin(admin.ModelAdmin):
     """Who spent what, when, on which daemon."""
 
     form = CreditEntryForm
-    list_display = ("created", "account", "kind", "amount", "subject", "token", "note")
+    list_display = ("created_at", "account", "kind", "amount", "subject", "token", "note")
     list_filter = ("kind", ("created", admin.DateFieldListFilter))
     search_fields = ("account__email", "subject", "note", "token__jti")
     date_hierarchy = "created"
     list_select_related = ("account", "token")
     autocomplete_fields = ("account",)
+    change_list_template = "admin/accounts/creditentry/change_list.html"
+
+    @admin.display(description="created", ordering="created")
+    def created_at(self, entry: CreditEntry) -> str:
+        return when(entry.created)
+
+    def get_urls(self) -> list:
+        export = path("export.csv", self.admin_site.admin_view(self.export_view), name="accounts_creditentry_export")
+        return [export, *super().get_urls()]
+
+    def _filtered(self, request: HttpRequest) -> QuerySet:
+        # The changelist's own filters, search and date drill-down: the same rows it shows.
+        return self.get_changelist_instance(request).get_queryset(request)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            context["ledger_sums"] = context["cl"].queryset.order_by().aggregate(
+                entries=Count("pk"), total=Sum("amount"),
+                granted=Sum("amount", filter=Q(amount__gt=0)), taken=Sum("amount", filter=Q(amount__lt=0)))
+        return response
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """The filtered ledger as CSV (the changelist's query string applies)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = self._filtered(request).select_related("account", "token").order_by("created", "pk")
+
+        class Echo:
+            def write(self, value: str) -> str:
+                return value
+
+        writer = csv.writer(Echo())
+        header = ["created", "account", "kind", "amount", "subject", "token", "note"]
+
+        def lines():
+            yield writer.writerow(header)
+            for e in rows.iterator():
+                # A leading = + - @ would be a formula in a spreadsheet: quote it as text.
+                yield writer.writerow([e.created.isoformat(), _cell(e.account.email), e.kind, e.amount,
+                                       _cell(e.subject), e.token.jti if e.token else "", _cell(e.note)])
+
+        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="ledger.csv"'
+        return response
 
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> tuple:
         if obj is None:

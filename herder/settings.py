@@ -88,7 +88,8 @@ ASGI_APPLICATION = "herder.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The admin's index, overridden by herder/templates/admin/index.html (operator-admin).
+        "DIRS": [BASE_DIR / "herder" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
