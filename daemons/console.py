@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_safe
 
 from daemons.models import Daemon
+from herder.errors import error_response
 
 # Only this origin's script and style; the socket to this origin; nothing may
 # frame the page, post a form, or learn where the user came from.
@@ -64,9 +64,12 @@ def admin_console(model_admin, request: HttpRequest, daemon: Daemon) -> HttpResp
     return TemplateResponse(request, "admin/daemons/daemon/console.html", context)
 
 
-@require_safe
 def token_console(request: HttpRequest, name: str) -> HttpResponse:
     """GET /daemon/v1/console/<name>: the page only; the socket checks the token."""
+    if request.method not in ("GET", "HEAD"):
+        response = error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        response["Allow"] = "GET, HEAD"
+        return response
     response = render(request, "daemons/console.html", {"name": name, "socket": f"/daemon/v1/attach/{name}"})
     response["Content-Security-Policy"] = CONSOLE_CSP
     response["Referrer-Policy"] = "no-referrer"
