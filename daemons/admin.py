@@ -5,7 +5,7 @@ console per running daemon (daemons/console.py)."""
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -34,12 +34,11 @@ class DaemonAdmin(admin.ModelAdmin):
     actions = ["stop_daemons"]
     change_form_template = "admin/daemons/daemon/change_form.html"
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_ordering(self, request: HttpRequest) -> list:
         # Running daemons first: the one running among many killed ones is on top.
         running = Case(When(state__in=[Daemon.State.RUNNING, Daemon.State.STARTING], then=Value(0)),
                        default=Value(1), output_field=IntegerField())
-        return super().get_queryset(request).annotate(running_first=running).order_by("running_first",
-                                                                                      "-created")
+        return [running.asc(), "-created"]
 
     @admin.display(description="created", ordering="created")
     def created_at(self, daemon: Daemon) -> str:

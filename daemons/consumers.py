@@ -89,7 +89,7 @@ class DaemonStaffAttachConsumer(DaemonAttachConsumer):
     async def _daemon(self) -> Daemon | None:
         from daemons.console import staff_may_attach
 
-        if not staff_may_attach(self.scope):
+        if not await database_sync_to_async(staff_may_attach)(self.scope):
             await self._refuse(403, "permission_denied", "Staff who may operate daemons, from the admin only.")
             return None
         pk = self.scope["url_route"]["kwargs"]["pk"]

@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -26,12 +26,11 @@ class GolemAdmin(admin.ModelAdmin):
     readonly_fields = fields
     change_form_template = "admin/golems/golem/change_form.html"
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_ordering(self, request: HttpRequest) -> list:
         # The running golems first: the one running among forty killed ones is on top.
         running = Case(When(state__in=[Golem.State.RUNNING, Golem.State.STARTING], then=Value(0)),
                        default=Value(1), output_field=IntegerField())
-        return super().get_queryset(request).annotate(running_first=running).order_by("running_first",
-                                                                                      "webstrate")
+        return [running.asc(), "webstrate"]
 
     @admin.display(description="created", ordering="created")
     def created_at(self, golem: Golem) -> str:
