@@ -4,6 +4,8 @@ list of x labels. Every value is escaped; sizes are in SVG user units."""
 
 from __future__ import annotations
 
+import math
+
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -38,6 +40,16 @@ def _frame(title: str, top: float, unit: str, labels: list[str], body: list[str]
     return mark_safe("".join(parts))
 
 
+def _nice(top: float) -> float:
+    """The axis' top: four steps of 1, 2, 2.5 or 5 times a power of ten."""
+    step = top / 4
+    magnitude = 10 ** math.floor(math.log10(step)) if step > 0 else 1
+    for factor in (1, 2, 2.5, 5, 10):
+        if factor * magnitude >= step:
+            return 4 * factor * magnitude
+    return top
+
+
 def _short(value: float) -> str:
     if value >= 1_000_000:
         return f"{value / 1_000_000:.1f}M"
@@ -50,7 +62,7 @@ def bars(title: str, labels: list[str], series: dict[str, list[float]], *, unit:
     """Stacked bars: one bar per label, one coloured part per series key."""
     keys = sorted(series)
     totals = [sum(series[k][i] for k in keys) for i in range(len(labels))]
-    top = max(totals, default=0) or 1
+    top = _nice(max(totals, default=0) or 1)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     width = plot_w / max(1, len(labels))
     body = []
@@ -72,7 +84,7 @@ def bars(title: str, labels: list[str], series: dict[str, list[float]], *, unit:
 def lines(title: str, labels: list[str], series: dict[str, list[float | None]], *, unit: str = "") -> SafeString:
     """One line per series key; None leaves a gap (no data for that label)."""
     keys = sorted(series)
-    top = max((v for k in keys for v in series[k] if v is not None), default=0) or 1
+    top = _nice(max((v for k in keys for v in series[k] if v is not None), default=0) or 1)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     body = []
     for k, key in enumerate(keys):
