@@ -491,9 +491,6 @@ HERDER_MINION_KEEP_STDERR = env.int("HERDER_MINION_KEEP_STDERR", default=4096)
 # Days a stopped daemon's volume is kept (its owner may spawn it again with its
 # files) before the supervisor removes it; 0 keeps volumes forever.
 HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_RETENTION", default=30.0))
-# How long a console token the admin mints for a staff member's daemon console
-# may open the attach socket: a page load, not a session.
-HERDER_CONSOLE_TOKEN_SECONDS = env.int("HERDER_CONSOLE_TOKEN_SECONDS", default=60)
 
 LOGGING = {
     "version": 1,
