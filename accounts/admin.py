@@ -40,35 +40,55 @@ class _ReadOnly:
         return False
 
 
+class _Times:
+    """Token and account times with seconds and zone (herder.admin_display.when)."""
+
+    @admin.display(description="issued", ordering="issued")
+    def issued_at(self, token: Token) -> str:
+        return when(token.issued)
+
+    @admin.display(description="expires", ordering="expires")
+    def expires_at(self, token: Token) -> str:
+        return when(token.expires)
+
+    @admin.display(description="revoked", ordering="revoked")
+    def revoked_at(self, token: Token) -> str:
+        return when(token.revoked)
+
+    @admin.display(description="created", ordering="created")
+    def created_at(self, row) -> str:
+        return when(row.created)
+
+
 class RecentEntriesFormSet(BaseInlineFormSet):
     def get_queryset(self) -> QuerySet:
         # Metering writes many rows; the full ledger is one link away.
         return super().get_queryset()[:RECENT_ENTRIES]
 
 
-class CreditEntryInline(_ReadOnly, admin.TabularInline):
+class CreditEntryInline(_Times, _ReadOnly, admin.TabularInline):
     model = CreditEntry
     formset = RecentEntriesFormSet
-    fields = ("created", "kind", "amount", "subject", "token", "note")
+    fields = ("created_at", "kind", "amount", "subject", "token", "note")
     readonly_fields = fields
     ordering = ("-created", "-pk")
     verbose_name_plural = f"ledger (latest {RECENT_ENTRIES} entries)"
     show_change_link = False
 
 
-class TokenInline(_ReadOnly, admin.TabularInline):
+class TokenInline(_Times, _ReadOnly, admin.TabularInline):
     model = Token
-    fields = ("jti", "credits", "issued", "expires", "revoked")
+    fields = ("jti", "credits", "issued_at", "expires_at", "revoked_at")
     readonly_fields = fields
 
 
 @admin.register(Account)
-class AccountAdmin(_ReadOnly, admin.ModelAdmin):
-    list_display = ("email", "balance", "token_count", "created")
+class AccountAdmin(_Times, _ReadOnly, admin.ModelAdmin):
+    list_display = ("email", "balance", "token_count", "created_at")
     search_fields = ("email",)
     list_filter = (("created", admin.DateFieldListFilter),)
     date_hierarchy = "created"
-    fields = ("email", "balance", "created", "ledger_links")
+    fields = ("email", "balance", "created_at", "ledger_links")
     readonly_fields = fields
     inlines = [TokenInline, CreditEntryInline]
 
@@ -89,14 +109,15 @@ class AccountAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(Token)
-class TokenAdmin(_ReadOnly, admin.ModelAdmin):
-    list_display = ("jti", "account", "credits", "issued", "expires", "revoked")
+class TokenAdmin(_Times, _ReadOnly, admin.ModelAdmin):
+    list_display = ("jti", "account", "credits", "issued_at", "expires_at", "revoked_at")
     search_fields = ("account__email", "jti")
     list_filter = (("revoked", admin.EmptyFieldListFilter), ("issued", admin.DateFieldListFilter),
                    ("expires", admin.DateFieldListFilter))
     date_hierarchy = "issued"
     list_select_related = ("account",)
-    readonly_fields = ("jti", "account", "credits", "issued", "expires", "revoked")
+    fields = ("jti", "account", "credits", "issued_at", "expires_at", "revoked_at")
+    readonly_fields = fields
     actions = ["revoke"]
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:

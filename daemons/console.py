@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.response import TemplateResponse
@@ -41,10 +42,14 @@ def _header(scope: dict, name: bytes) -> str:
 
 
 def same_origin(scope: dict) -> bool:
-    """The socket's Origin names the host it was opened on (a page of the
-    herder's own origin); a missing or "null" Origin is refused."""
+    """The socket's Origin names the host it was opened on, or the herder's
+    public URL (behind a proxy that rewrites Host): a page of the herder's own
+    origin. A missing or "null" Origin is refused."""
     origin, host = _header(scope, b"origin"), _header(scope, b"host")
-    return bool(origin and host) and urlsplit(origin).netloc.lower() == host.lower()
+    if not origin or origin == "null":
+        return False
+    netloc = urlsplit(origin).netloc.lower()
+    return netloc in (host.lower(), urlsplit(settings.HERDER_PUBLIC_URL).netloc.lower())
 
 
 def staff_may_attach(scope: dict) -> bool:

@@ -155,7 +155,8 @@ def session_cookie(user: User) -> bytes:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_staff_console_socket_wants_a_staff_session_from_the_herders_own_origin(operator, viewer):
+def test_the_staff_console_socket_wants_a_staff_session_from_the_herders_own_origin(operator, viewer, settings):
+    settings.HERDER_PUBLIC_URL = "https://herder.example"
     token_mint(email="alice@herder.test", credits=5)
     daemon = Daemon.objects.create(owner=Account.objects.get(), name="web", full_name="web-x", image="i",
                                    state="killed", volume="herder-test-none")
@@ -173,6 +174,11 @@ def test_the_staff_console_socket_wants_a_staff_session_from_the_herders_own_ori
     # The operator from the admin's own origin gets through to the daemon (not running here).
     message, code = attach(path, [*own, (b"cookie", cookie)])
     assert (message["code"], code) == ("not_running", 4409)
+    # Behind a proxy that rewrites Host, the public URL's origin is the herder's own.
+    proxied = [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://herder.example"), (b"cookie", cookie)]
+    assert attach(path, proxied)[1] == 4409
+    assert attach(path, [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://evil.example"),
+                         (b"cookie", cookie)])[1] == 4403
 
 
 @pytest.mark.django_db
