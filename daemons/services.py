@@ -259,8 +259,11 @@ def daemon_volumes(*, sizes: bool = True) -> list[dict]:
 
 def daemon_reap_volumes() -> int:
     """A supervisor duty: remove the volumes of daemons stopped longer than
-    HERDER_DAEMON_VOLUME_RETENTION ago, and of this deployment's daemons
-    deleted from the database. Returns how many went."""
+    HERDER_DAEMON_VOLUME_RETENTION ago. Returns how many went.
+
+    Volumes no row names are left alone: they carry no deployment label (the
+    engine makes them from the container's mounts), so they may be another
+    herder's on a shared engine; the admin's volume page shows them."""
     retention = settings.HERDER_DAEMON_VOLUME_RETENTION
     if retention.total_seconds() <= 0:
         return 0

@@ -87,15 +87,26 @@ def test_dashboard_console_and_buttons_in_chromium(live, browser, tmp_path):  # 
         assert "echo: hello from the admin" in type_and_read_back(page, "hello from the admin")
         page.screenshot(path=str(tmp_path / "console.png"))
 
+        (volume,), = query(live, "select volume from daemons_daemon")
+        page.goto(f"{live.base}/admin/daemons/daemon/volumes/")
+        row = page.locator("tr.volume", has_text=volume)
+        assert "alice@herder.test" in row.inner_text() and "running" in row.inner_text()
+
         page.goto(f"{live.base}/admin/daemons/daemon/{daemon_pk}/change/")
         page.click("#daemon-stop")
         page.wait_for_selector("#daemon-wipe")
         assert query(live, "select state from daemons_daemon") == [("killed",)]
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#daemon-wipe")
+        page.wait_for_selector("text=Wiped the volume")
+        page.goto(f"{live.base}/admin/daemons/daemon/volumes/")
+        assert page.locator("tr.volume", has_text=volume).count() == 0
         page.goto(f"{live.base}/admin/")
         assert "console-" in page.locator("#recent-actions-module").inner_text()
     finally:
         context.close()
-    assert query(live, "select change_message from django_admin_log") == [("Stopped (volume kept)",)]
+    assert sorted(query(live, "select change_message from django_admin_log")) == [
+        ("Stopped (volume kept)",), (f"Wiped volume {volume}",)]
 
 
 def test_the_token_holders_console_in_chromium(live, browser, tmp_path):  # noqa: F811
