@@ -172,7 +172,9 @@ def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tup
     full_name = f"{name}-{jti}"
     fields = {"full_name": full_name, "host_label": host_label(name, full_name), "image": image,
               "ports": ports, "host_ports": {}, "state": State.STARTING, "container_id": "",
-              "stopped": None, "claim": claim, "claimed": now}
+              "stopped": None, "claim": claim, "claimed": now,
+              # A wiped volume is made anew, empty, by the engine at the start.
+              "volume_removed": None}
     try:
         with transaction.atomic():
             daemon = Daemon.objects.create(

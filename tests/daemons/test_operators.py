@@ -44,6 +44,9 @@ def test_kill_with_wipe_after_a_kill_removes_the_volume(alice, bob):
     assert alice.client.get("/daemon/v1/kill/files?wipe=true").status_code == 404
     # Without wipe a killed daemon stays unknown, as before.
     assert alice.client.get("/daemon/v1/kill/files").status_code == 404
+    # Spawned again, it has a volume again (empty), and the reaper may count it.
+    spawn_ready(alice, name="files")
+    assert Daemon.objects.get().volume_removed is None and volume_exists(daemon.volume)
 
 
 def test_volumes_of_daemons_gone_past_the_retention_are_reaped(alice, settings):
