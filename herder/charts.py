@@ -55,7 +55,7 @@ def _short(value: float) -> str:
         return f"{value / 1_000_000:.1f}M"
     if value >= 1000:
         return f"{value / 1000:.1f}k"
-    return f"{value:.0f}" if value == int(value) or value >= 10 else f"{value:.1f}"
+    return f"{value:.0f}" if value == int(value) or value >= 10 else f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def bars(title: str, labels: list[str], series: dict[str, list[float]], *, unit: str = "") -> SafeString:
