@@ -1,7 +1,7 @@
 """POST /token/v1/generate and GET /token/v1/inspect/<token>."""
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from accounts.services import token_generate, token_inspect
 from herder.admission import client_of, rate_count, rate_spent, request_scope
 from herder.errors import BadInput, InvalidToken, WrongPassword
+from herder.schema import FormText, FormWholeNumber, errors
 
 
 class TokenGenerateView(APIView):
@@ -19,11 +20,12 @@ class TokenGenerateView(APIView):
     class InputSerializer(serializers.Serializer):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
-        password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
-                                      help_text="An email address or any identifier naming the account.")
-        credits = serializers.CharField(required=False, allow_blank=True, default="",
-                                        help_text="Whole number, at least 0; default 30000.")
+        password = FormText(required=False, allow_blank=True, trim_whitespace=False, default="")
+        email = FormText(required=False, allow_blank=True, default="", trim_whitespace=False,
+                         help_text="An email address or any identifier naming the account: 1-254 characters, "
+                         "no control, format or separator characters, no whitespace at either end.")
+        credits = FormWholeNumber(required=False, allow_blank=True, default="",
+                                  help_text="Whole number, at least 0; default 30000.")
 
         class Meta:
             ref_name = "TokenGenerateInput"
@@ -39,13 +41,14 @@ class TokenGenerateView(APIView):
     @extend_schema(
         operation_id="token_generate",
         parameters=[InputSerializer],
-        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer},
+        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer,
+                 "application/json": InputSerializer},
         responses={200: OutputSerializer,
-                   400: OpenApiResponse(description="Bad identifier or credits."),
-                   401: OpenApiResponse(description="Wrong password."),
-                   405: OpenApiResponse(description="No token password is configured."),
-                   429: OpenApiResponse(description="Too many wrong passwords from this client; "
-                                        "see Retry-After.")},
+                   **errors(400, 401, 405, 413, 415, 429,
+                            _400="Bad identifier or credits (`bad_input`), or a body that is not an object.",
+                            _401="Wrong password (`wrong_password`).",
+                            _405="No token password is configured (`token_generation_off`), or another method.",
+                            _429="Too many wrong passwords from this client; see Retry-After.")},
     )
     def post(self, request: Request) -> Response:
         # Guessing slowed: past HERDER_TOKEN_GENERATE_RATE wrong passwords a
@@ -88,7 +91,8 @@ class TokenInspectView(APIView):
 
     @extend_schema(
         operation_id="token_inspect",
-        responses={200: OutputSerializer, 404: OpenApiResponse(description="The token does not validate.")},
+        responses={200: OutputSerializer,
+                   **errors(404, 405, _404="The token does not validate (`not_found`).")},
     )
     def get(self, request: Request, token: str) -> Response:
         try:

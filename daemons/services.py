@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -15,9 +16,9 @@ from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from accounts.services import account_balance, credits_spend
-from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits
+from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
 from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
-from minions.files import check_files
+from herder.files import check_files
 
 from daemons.models import Daemon
 from daemons.proxy import forget_target
@@ -29,7 +30,8 @@ State = Daemon.State
 
 
 def check_daemon_name(name: str) -> str:
-    if not NAME.match(name or ""):
+    # fullmatch: match() lets "$" match before a final newline ("echo\n" passed).
+    if not NAME.fullmatch(name or ""):
         raise BadInput("A daemon name is 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit.")
     return name
 
@@ -49,7 +51,9 @@ def parse_ports(raw: str | list | None) -> list[int]:
     ports = []
     for value in values:
         text = str(value).removesuffix("/tcp")
-        if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
+        # ASCII digits only: str.isdigit() also takes "²" (int() then fails: a 500)
+        # and "８０" (which the schema's pattern does not).
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise BadInput(f"{value!r} is not a port number (1-65535).", code="bad_ports")
         if int(text) not in ports:
             ports.append(int(text))
@@ -139,7 +143,7 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
         # spawn whose herder died has the name but no row pointing at it).
         if old:
             runtime.remove(Handle(id=old, name=cname))
-        runtime.remove(Handle(id=cname, name=cname))
+        _free_name(runtime, cname)
         runtime.network_create(cname, kind="daemon", labels={LABEL_DAEMON_ID: str(daemon.pk)})
         handle = runtime.start(daemon_spec(daemon), files=files)
         published = runtime.published_ports(handle)
@@ -162,6 +166,26 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
         raise DaemonBusy("The daemon was stopped or taken over while it started.")
     forget_target(daemon)
     return Daemon.objects.select_related("owner").get(pk=daemon.pk)
+
+
+def _free_name(runtime, cname: str) -> None:
+    """Remove the container named `cname` and wait until the engine has let go of
+    the name. A removal already under way (the supervisor removing the daemon's
+    dead container at the same moment) makes remove() return at once, and
+    creating the new container then failed on the name: a 500, found by
+    Schemathesis (tests/herder/test_schemathesis.py). Raises RuntimeUnavailable
+    when the name is still taken after HERDER_DOCKER_TIMEOUT."""
+    handle = Handle(id=cname, name=cname)
+    deadline = time.monotonic() + settings.HERDER_DOCKER_TIMEOUT
+    while True:
+        runtime.remove(handle)
+        try:
+            runtime.poll(handle)
+        except ContainerGone:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeUnavailable(f"The engine did not remove container {cname} in time.")
+        time.sleep(0.05)
 
 
 def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tuple[Daemon, str, str]:

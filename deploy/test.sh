@@ -35,6 +35,8 @@ redis_url=$(sed -n 's/^REDIS_URL=//p' <<<"$services")
 database_url=$(sed -n 's/^DATABASE_URL=//p' <<<"$services")
 
 export HERDER_TEST_REDIS_URL=$redis_url
+# tests/herder/test_workers.py and test_lease.py make (and drop) databases of their own there.
+export HERDER_TEST_POSTGRES_URL=${database_url%/*}/postgres
 .venv/bin/python -m pytest "$@"
 if [ -d tests/accounts ]; then
   echo "--- the accounts tests again, on PostgreSQL"

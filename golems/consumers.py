@@ -110,7 +110,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             # Whatever ended the consumer, none of its timers or senders outlives it.
-            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer", "_keep_alive"):
+            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer", "_keep_alive", "_renew"):
                 task = getattr(self, name, None)
                 if task is not None:
                     task.cancel()
@@ -374,6 +374,7 @@ class MinionPairConsumer(_PairingConsumer):
     announced_to: str | None = None
     _give_up: asyncio.Task | None = None
     _keep_alive: asyncio.Task | None = None
+    _renew: asyncio.Task | None = None
     _gave_up = False
     _groups: tuple[str, ...] = ()
 
@@ -389,6 +390,7 @@ class MinionPairConsumer(_PairingConsumer):
         self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))
         for group in self._groups:
             await self.channel_layer.group_add(group, self.channel_name)
+        self._renew = asyncio.create_task(self._renew_groups())
         control = await _db(self._find_golem)()
         # A golem arriving meanwhile has been told already.
         if control and self.announced_to is None:
@@ -411,6 +413,19 @@ class MinionPairConsumer(_PairingConsumer):
                 await _db(golem_touch)(webstrate=self.webstrate)
             except Exception:
                 logger.exception("recording the minion's activity on golem %s failed", self.webstrate)
+
+    async def _renew_groups(self) -> None:
+        """channels-redis drops a group member after group_expiry (a day): a
+        minion connected for longer would no longer hear a golem arrive or a
+        pairing request. Joining again refreshes the membership."""
+        every = max(1.0, getattr(self.channel_layer, "group_expiry", 86400) / 4)
+        while not self._gave_up:
+            await asyncio.sleep(every)
+            for group in () if self._gave_up else self._groups:
+                try:
+                    await self.channel_layer.group_add(group, self.channel_name)
+                except Exception:
+                    logger.exception("renewing the membership of %s failed", group)
 
     async def _announce(self, control: str) -> None:
         self.announced_to = control
@@ -462,6 +477,8 @@ class MinionPairConsumer(_PairingConsumer):
     async def disconnect(self, code) -> None:
         if self._give_up is not None:
             self._give_up.cancel()
+        if self._renew is not None:
+            self._renew.cancel()
         await self._leave_peer()
         control = self.control or self.announced_to
         if control:

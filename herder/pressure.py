@@ -13,6 +13,7 @@ import logging
 import time
 
 from django.conf import settings
+from django.views.decorators.csrf import csrf_exempt
 from django.http import HttpRequest, JsonResponse
 from django.utils.module_loading import import_string
 
@@ -38,6 +39,8 @@ def pressure_snapshot() -> dict:
     return answer
 
 
+# Exempt: it takes no POST, and a POST is answered 405 rather than a CSRF 403.
+@csrf_exempt
 def pressure(request: HttpRequest) -> JsonResponse:
     """GET /pressure: running and queued work, limits, recent refusals by reason."""
     if request.method not in ("GET", "HEAD"):

@@ -169,6 +169,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # --- The schema's exactness (herder/schema.py) ---
+    # 3.1: full JSON Schema, so the spawn forms' file fields can say which names
+    # they take (propertyNames), which 3.0 cannot.
+    "OAS_VERSION": "3.1.0",
+    # Plain-Django routes, settings-driven enums, Retry-After on 429s and the
+    # description of what OpenAPI cannot describe (WebSockets, the daemon proxy).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "herder.schema.postprocess",
+    ],
 }
 
 # --- Admission: who a client is, and how much one may start --------------
@@ -474,8 +484,9 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
     "HERDER_SUPERVISOR_INTERVAL", env.float("HERDER_SUPERVISOR_INTERVAL", default=5.0)
 )
 # Each is called once per interval with no arguments; apps add theirs here.
+# These are the deployment's: only the process holding the supervisor lease
+# (herder/lease.py) runs them.
 HERDER_SUPERVISOR_DUTIES = [
-    "minions.services.minion_reap_orphans",
     "daemons.services.daemon_supervise",
     # Golems: adopt after a restart, restart crashed ones, forget stale presence; reap idle ones.
     "golems.services.golem_reconcile",
@@ -483,6 +494,22 @@ HERDER_SUPERVISOR_DUTIES = [
     # Operators: volumes of daemons gone for HERDER_DAEMON_VOLUME_RETENTION.
     "daemons.services.daemon_reap_volumes",
 ]
+# These every herder process runs for itself, lease or not: they know what the
+# process itself holds (its runs and warm containers).
+HERDER_SUPERVISOR_LOCAL_DUTIES = [
+    "minions.services.minion_reap_orphans",
+]
+
+# --- Workers (herd --workers) ------------------------------------------------
+# Processes `herd` serves its port from. They share the channel layer and the
+# cache through Redis, so more than one needs REDIS_URL (herd refuses it
+# otherwise). Default: one per core with Redis, else 1.
+HERDER_WORKERS = env.int("HERDER_WORKERS", default=(os.cpu_count() or 1) if REDIS_URL else 1)
+# channels-redis forgets a group member after this many seconds (its own
+# default, a day); sockets that stay connected renew theirs every quarter of it.
+HERDER_GROUP_EXPIRY = int(_positive("HERDER_GROUP_EXPIRY", env.int("HERDER_GROUP_EXPIRY", default=86400)))
+if REDIS_URL:
+    CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = HERDER_GROUP_EXPIRY
 
 # --- Operators: the admin (operator-admin) ------------------------------------
 # The last bytes of a failed minion run's stderr kept on its row, so the admin

@@ -19,7 +19,7 @@ from herder.admission import Slots, Ticket
 from herder.errors import RuntimeUnavailable, UnknownEnv
 from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
-from minions.files import check_files, check_name
+from herder.files import check_files, check_name
 from minions.models import MinionRun
 from minions.pool import Pool, start_warm
 

@@ -5,6 +5,7 @@ from channels.db import database_sync_to_async
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -14,7 +15,8 @@ from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
-from minions.files import files_from_request
+from herder.files import files_from_request
+from herder.schema import errors, minion_form
 from minions.output import output_file_headers
 from minions.runner import Cancelled
 from minions.services import minion_run_admitted, minion_slots
@@ -27,21 +29,15 @@ _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 TICKET = "herder.minion_ticket"
 
 
+_ANSWER = ("The run's result as JSON; or, when `output` names a file the run made, that file's bytes "
+           "(`Content-Security-Policy: sandbox`; types a browser only shows inline, every other as an "
+           "attachment: minions/output.py).")
+
+
 class MinionSpawnView(APIView):
     """Run code in a short-lived sandboxed container and answer its output."""
 
     parser_classes = [MultiPartParser, FormParser]
-
-    class InputSerializer(serializers.Serializer):
-        env = serializers.CharField(help_text="python, ruby, node, latex, or an env the operators added.")
-        output = serializers.CharField(
-            required=False, help_text="A file to answer instead of the JSON result."
-        )
-        files = serializers.DictField(
-            child=serializers.CharField(), required=False,
-            help_text="Every other field or upload is a file written into /minion, "
-            "named by the field (sub-folders allowed).",
-        )
 
     class OutputSerializer(serializers.Serializer):
         StdOut = serializers.CharField()
@@ -51,16 +47,24 @@ class MinionSpawnView(APIView):
         Truncated = serializers.BooleanField(help_text="Output past a cap was cut.")
         DurationMs = serializers.IntegerField()
 
+        class Meta:
+            ref_name = "MinionResult"
+
     @extend_schema(
         operation_id="minion_spawn",
-        request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
+        request={"multipart/form-data": minion_form(binary=True),
+                 "application/x-www-form-urlencoded": minion_form(binary=False)},
+        # A token is optional: with a valid one the client is its account.
+        auth=[{"token": []}, {"tokenQuery": []}, {}],
         responses={
-            200: OpenApiResponse(OutputSerializer, description="The run's result, or the output file's bytes."),
-            400: OpenApiResponse(description="Unknown env or a bad file name."),
-            413: OpenApiResponse(description="Too many files or too many bytes."),
-            429: OpenApiResponse(description="The client, or the herder, runs as many minions as it may "
-                                 "and the queue is full or the wait too long; see Retry-After."),
-            503: OpenApiResponse(description="The container engine is unavailable."),
+            (200, "application/json"): OpenApiResponse(OutputSerializer, description=_ANSWER),
+            (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description=_ANSWER),
+            **errors(400, 405, 413, 415, 429, 503,
+                     _400="Unknown env (`unknown_env`), a bad file name (`bad_file_name`) or an unreadable form.",
+                     _413="Too many files or bytes (`payload_too_large`), refused while the body streams.",
+                     _429="The client, its account or the herder runs as many minions as it may, and the "
+                     "queue is full or the wait was too long (`too_many_requests`); see Retry-After.",
+                     _503="The container engine is unavailable, or the env's image is missing."),
         },
     )
     def post(self, request):

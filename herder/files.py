@@ -1,4 +1,4 @@
-"""Checks on the files a client sends to a minion, before Docker is touched."""
+"""Checks on the files a client sends to a minion or a daemon, before Docker is touched."""
 
 from __future__ import annotations
 
