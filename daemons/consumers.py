@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework.exceptions import NotFound
 
+from daemons.models import Daemon
 from daemons.services import daemon_get
 from herder.errors import RuntimeUnavailable
 from herder.runtime import ContainerGone, Handle, get_runtime
@@ -19,16 +20,10 @@ class DaemonAttachConsumer(AsyncWebsocketConsumer):
     pump = None
 
     async def connect(self) -> None:
-        account = self.scope.get("account")
-        if account is None:
-            await self._refuse(401, "invalid_token", "A valid token is required.")
+        daemon = await self._daemon()
+        if daemon is None:
             return
-        name = self.scope["url_route"]["kwargs"]["name"]
-        try:
-            daemon = await database_sync_to_async(daemon_get)(account=account, name=name)
-        except NotFound:
-            await self._refuse(404, "not_found", f"No daemon {name!r}.")
-            return
+        name = daemon.name
         if not daemon.is_running or not daemon.container_id:
             await self._refuse(409, "not_running", f"Daemon {name!r} is {daemon.state}.")
             return
@@ -40,6 +35,19 @@ class DaemonAttachConsumer(AsyncWebsocketConsumer):
             return
         await self.accept()
         self.pump = asyncio.create_task(self._from_daemon())
+
+    async def _daemon(self) -> Daemon | None:
+        """The daemon this socket attaches to, or None once refused."""
+        account = self.scope.get("account")
+        if account is None:
+            await self._refuse(401, "invalid_token", "A valid token is required.")
+            return None
+        name = self.scope["url_route"]["kwargs"]["name"]
+        try:
+            return await database_sync_to_async(daemon_get)(account=account, name=name)
+        except NotFound:
+            await self._refuse(404, "not_found", f"No daemon {name!r}.")
+            return None
 
     async def _refuse(self, status: int, code: str, detail: str) -> None:
         # Accept first so the client can read why before the close.
@@ -68,3 +76,24 @@ class DaemonAttachConsumer(AsyncWebsocketConsumer):
             self.pump.cancel()
         if self.attachment is not None:
             self.attachment.close()
+
+
+class DaemonStaffAttachConsumer(DaemonAttachConsumer):
+    """ws /admin/daemons/daemon/<pk>/attach: the admin's console. Staff who may
+    operate daemons, by their admin session (channels' AuthMiddlewareStack in
+    herder/routing.py), from a page of the herder's own origin only: the
+    Origin must name the very host the socket was opened on, so no other site
+    (a daemon's origin, even one under the herder's domain, or a sandboxed
+    path-route page, whose Origin is "null") rides the operator's cookie."""
+
+    async def _daemon(self) -> Daemon | None:
+        from daemons.console import staff_may_attach
+
+        if not await database_sync_to_async(staff_may_attach)(self.scope):
+            await self._refuse(403, "permission_denied", "Staff who may operate daemons, from the admin only.")
+            return None
+        pk = self.scope["url_route"]["kwargs"]["pk"]
+        daemon = await database_sync_to_async(Daemon.objects.filter(pk=pk).first)()
+        if daemon is None:
+            await self._refuse(404, "not_found", f"No daemon {pk}.")
+        return daemon

@@ -28,6 +28,9 @@ class Daemon(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING, db_index=True)
     container_id = models.CharField(max_length=64, blank=True)
     volume = models.CharField(max_length=255)
+    # When its volume was wiped (by its owner, an operator or the retention
+    # reaper); empty while the volume is kept.
+    volume_removed = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     stopped = models.DateTimeField(null=True, blank=True)

@@ -196,7 +196,9 @@ def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tup
     full_name = f"{name}-{jti}"
     fields = {"full_name": full_name, "host_label": host_label(name, full_name), "image": image,
               "ports": ports, "host_ports": {}, "state": State.STARTING, "container_id": "",
-              "stopped": None, "claim": claim, "claimed": now}
+              "stopped": None, "claim": claim, "claimed": now,
+              # A wiped volume is made anew, empty, by the engine at the start.
+              "volume_removed": None}
     try:
         with transaction.atomic():
             daemon = Daemon.objects.create(
@@ -243,9 +245,65 @@ def daemon_list(*, account) -> list[Daemon]:
 
 def daemon_kill(*, account, name: str, wipe: bool = False) -> Daemon:
     """Stop and remove the daemon's container, charging it up to now; with
-    `wipe` its volume goes too. Raises NotFound."""
-    daemon = daemon_get(account=account, name=name)
+    `wipe` its volume goes too, also when the daemon was killed before (its
+    owner may still wipe what it left). Raises NotFound."""
+    try:
+        daemon = daemon_get(account=account, name=name)
+    except NotFound:
+        killed = _killed(account=account, name=name) if wipe else None
+        if killed is None:
+            raise
+        return daemon_wipe_volume(killed)
     return daemon_stop(daemon, state=State.KILLED, wipe=wipe)
+
+
+def _killed(*, account, name: str) -> Daemon | None:
+    query = Daemon.objects.filter(owner=account, state=State.KILLED, volume_removed__isnull=True)
+    return query.filter(name=name).first() or query.filter(full_name=name).first()
+
+
+def daemon_wipe_volume(daemon: Daemon) -> Daemon:
+    """Remove a stopped daemon's volume (its files). Raises DaemonBusy while
+    it runs: stop it first."""
+    if daemon.is_running:
+        raise DaemonBusy(f"Daemon {daemon.name!r} is {daemon.state}; stop it before wiping its volume.")
+    get_runtime().remove_volume(daemon.volume)
+    Daemon.objects.filter(pk=daemon.pk).update(volume_removed=timezone.now())
+    daemon.refresh_from_db()
+    return daemon
+
+
+def daemon_volumes(*, sizes: bool = True) -> list[dict]:
+    """The engine's daemon volumes with their daemon (None when no row names
+    it), owner, state and size in bytes: the admin's volume page."""
+    infos = get_runtime().volumes(prefix="herder-daemon-", sizes=sizes)
+    daemons = {d.volume: d for d in Daemon.objects.filter(volume__in=[i.name for i in infos])
+               .select_related("owner")}
+    return [{"name": info.name, "created": info.created, "size": info.size, "daemon": daemons.get(info.name)}
+            for info in infos]
+
+
+def daemon_reap_volumes() -> int:
+    """A supervisor duty: remove the volumes of daemons stopped longer than
+    HERDER_DAEMON_VOLUME_RETENTION ago. Returns how many went.
+
+    Volumes no row names are left alone: they carry no deployment label (the
+    engine makes them from the container's mounts), so they may be another
+    herder's on a shared engine; the admin's volume page shows them."""
+    retention = settings.HERDER_DAEMON_VOLUME_RETENTION
+    if retention.total_seconds() <= 0:
+        return 0
+    cutoff = timezone.now() - retention
+    reaped = 0
+    runtime = get_runtime()
+    for daemon in Daemon.objects.filter(volume_removed__isnull=True, stopped__lt=cutoff).exclude(
+            state__in=[State.RUNNING, State.STARTING]):
+        runtime.remove_volume(daemon.volume)
+        Daemon.objects.filter(pk=daemon.pk).update(volume_removed=timezone.now())
+        reaped += 1
+    if reaped:
+        logger.info("removed %d daemon volumes kept past their retention", reaped)
+    return reaped
 
 
 def daemon_stop(daemon: Daemon, *, state: str, wipe: bool = False) -> Daemon:
@@ -266,6 +324,8 @@ def daemon_stop(daemon: Daemon, *, state: str, wipe: bool = False) -> Daemon:
     runtime.network_remove(container_name(daemon))
     if wipe:
         runtime.remove_volume(daemon.volume)
+        Daemon.objects.filter(pk=daemon.pk).update(volume_removed=timezone.now())
+        daemon.volume_removed = timezone.now()
     return daemon
 
 

@@ -45,6 +45,21 @@ build_hash() {
     | sha256sum | cut -c1-16
 }
 
+progress() {
+  # While a build runs, say its step ("Step 3/9 : RUN apt-get ...") whenever a
+  # new one starts, and at least every 10 s how long it has been running, so a
+  # minute of apt is not a minute of silence.
+  local name=$1 log=$2 pid=$3 started=$4 last="" said=$SECONDS step
+  while kill -0 "$pid" 2>/dev/null; do
+    step=$(grep -E '^Step [0-9]+/[0-9]+ : ' "$log" 2>/dev/null | tail -n1 | cut -c1-90 || true)
+    if [ -n "$step" ] && { [ "$step" != "$last" ] || [ $((SECONDS - said)) -ge 10 ]; }; then
+      say "$name: $step ($((SECONDS - started)) s)"
+      last=$step said=$SECONDS
+    fi
+    sleep 1
+  done
+}
+
 image_name() {
   # minion-python -> herder/minion-python:latest
   printf 'herder/%s:latest' "$1"
@@ -60,9 +75,13 @@ build_one() {
     return 0
   fi
   say "building $tag ($hash), log: $log_dir/$name.log"
-  local started=$SECONDS
-  if DOCKER_BUILDKIT=0 docker build --network host --label "herder.build-hash=$hash" \
-      -t "$tag" -f "$images_dir/$name/Dockerfile" "$images_dir" >"$log_dir/$name.log" 2>&1; then
+  local started=$SECONDS status=0
+  DOCKER_BUILDKIT=0 docker build --network host --label "herder.build-hash=$hash" \
+    -t "$tag" -f "$images_dir/$name/Dockerfile" "$images_dir" >"$log_dir/$name.log" 2>&1 &
+  local build=$!
+  progress "$name" "$log_dir/$name.log" "$build" "$started"
+  wait "$build" || status=$?
+  if [ "$status" -eq 0 ]; then
     say "built $tag in $((SECONDS - started)) s"
   else
     say "FAILED $tag; last lines of its log:"

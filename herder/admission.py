@@ -157,6 +157,14 @@ def recent_refusals(seconds: float = 60) -> dict[str, int]:
         return dict(Counter(reason for at, reason in _refusals if at >= since))
 
 
+def refusals_since(seconds: float) -> list[tuple[float, str]]:
+    """(time, reason) of this process's refusals of the last `seconds` (the
+    admin's dashboard draws them over time)."""
+    since = time.time() - seconds
+    with _refusals_lock:
+        return [(at, reason) for at, reason in _refusals if at >= since]
+
+
 # --- Rates --------------------------------------------------------------------
 
 def _rate_key(bucket: str, client: str, rate: Rate) -> tuple[str, float]:

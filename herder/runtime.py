@@ -126,6 +126,14 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    created: datetime | None
+    # Bytes in use, when asked for (the engine walks the volume: slow), else None.
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class NetworkInfo:
     name: str
     labels: dict[str, str]
@@ -288,6 +296,11 @@ class Runtime:
 
     def remove_volume(self, name: str) -> None:
         """Delete a volume; one already gone counts as deleted."""
+        raise NotImplementedError
+
+    def volumes(self, *, prefix: str, sizes: bool = False) -> list[VolumeInfo]:
+        """The engine's volumes whose name starts with `prefix`; with `sizes`,
+        each one's bytes in use (the engine measures them all: seconds)."""
         raise NotImplementedError
 
     def exec(self, handle: Handle, command: list[str], *, user: str | None = None) -> tuple[int, bytes]:
@@ -535,6 +548,22 @@ class DockerRuntime(Runtime):
         except ContainerGone:
             pass
 
+    def volumes(self, *, prefix: str, sizes: bool = False) -> list[VolumeInfo]:
+        with _engine_errors():
+            if sizes:
+                listed = self.client.api.df().get("Volumes") or []
+            else:
+                listed = self.client.api.volumes().get("Volumes") or []
+        found = []
+        for volume in listed:
+            if not volume["Name"].startswith(prefix):
+                continue
+            created = volume.get("CreatedAt")
+            size = (volume.get("UsageData") or {}).get("Size") if sizes else None
+            found.append(VolumeInfo(name=volume["Name"], created=_parse_time(created) if created else None,
+                                    size=size if size is None or size >= 0 else None))
+        return sorted(found, key=lambda v: v.name)
+
     def exec(self, handle: Handle, command: list[str], *, user: str | None = None) -> tuple[int, bytes]:
         with _engine_errors():
             created = self.client.api.exec_create(handle.id, command, stdout=True, stderr=True,
@@ -585,6 +614,14 @@ class DockerRuntime(Runtime):
         with _engine_errors():
             rows = self.client.api.networks(filters={"label": filters})
         return [NetworkInfo(name=row["Name"], labels=row.get("Labels") or {}) for row in rows]
+
+
+def _parse_time(text: str) -> datetime | None:
+    """The engine's RFC 3339 times ("2026-12-01T02:27:50Z" or with an offset)."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def tar_of(files: dict[str, bytes], *, mode: int = 0o644) -> bytes:

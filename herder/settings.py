@@ -88,7 +88,8 @@ ASGI_APPLICATION = "herder.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The admin's index, overridden by herder/templates/admin/index.html (operator-admin).
+        "DIRS": [BASE_DIR / "herder" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -500,6 +501,8 @@ HERDER_SUPERVISOR_DUTIES = [
     # Golems: adopt after a restart, restart crashed ones, forget stale presence; reap idle ones.
     "golems.services.golem_reconcile",
     "golems.services.golem_reap_idle",
+    # Operators: volumes of daemons gone for HERDER_DAEMON_VOLUME_RETENTION.
+    "daemons.services.daemon_reap_volumes",
 ]
 # These every herder process runs for itself, lease or not: they know what the
 # process itself holds (its runs and warm containers).
@@ -517,6 +520,14 @@ HERDER_WORKERS = env.int("HERDER_WORKERS", default=(os.cpu_count() or 1) if REDI
 HERDER_GROUP_EXPIRY = int(_positive("HERDER_GROUP_EXPIRY", env.int("HERDER_GROUP_EXPIRY", default=86400)))
 if REDIS_URL:
     CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = HERDER_GROUP_EXPIRY
+
+# --- Operators: the admin (operator-admin) ------------------------------------
+# The last bytes of a failed minion run's stderr kept on its row, so the admin
+# shows why it failed (the traceback's end); 0 keeps none.
+HERDER_MINION_KEEP_STDERR = env.int("HERDER_MINION_KEEP_STDERR", default=4096)
+# Days a stopped daemon's volume is kept (its owner may spawn it again with its
+# files) before the supervisor removes it; 0 keeps volumes forever.
+HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_RETENTION", default=30.0))
 
 LOGGING = {
     "version": 1,

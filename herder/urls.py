@@ -4,6 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.views import TokenGenerateView, TokenInspectView
 from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
+from daemons.console import token_console
+from herder.dashboard import dashboard
 from herder.errors import JSONErrorsMixin
 from herder.pressure import pressure
 from herder.throttle import admin_login
@@ -31,7 +33,9 @@ urlpatterns = [
     path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
     # Before admin.site.urls: failed logins throttled (herder/throttle.py).
     path("admin/login/", admin_login, name="admin-login-throttled"),
+    path("admin/dashboard/", admin.site.admin_view(dashboard), name="admin-dashboard"),
     path("admin/", admin.site.urls),
+    path("daemon/v1/console/<str:name>", token_console, name="daemon-console"),
     path("pressure", pressure, name="pressure"),
     # The bootstrap script at "/", golem/v1/... (golems/urls.py).
     path("", include("golems.urls")),

@@ -2,9 +2,20 @@ from django.db import models
 
 
 class MinionRun(models.Model):
-    """One controlled-minion run, kept for the admin's audit."""
+    """One controlled-minion run, kept for the admin's audit. Recorded when it
+    starts (state running), completed when it ends."""
 
+    class State(models.TextChoices):
+        RUNNING = "running"
+        # The program ran to its end or its time limit (whatever its exit code).
+        FINISHED = "finished"
+        # The run did not complete: engine down, client gone, herder stopped.
+        FAILED = "failed"
+
+    # When the run started.
     created = models.DateTimeField(auto_now_add=True, db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING, db_index=True)
+    finished = models.DateTimeField(null=True, blank=True)
     env = models.CharField(max_length=64, db_index=True)
     image = models.CharField(max_length=255)
     client_addr = models.CharField(max_length=64, blank=True, db_index=True)
@@ -20,6 +31,8 @@ class MinionRun(models.Model):
     output_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     stdout_bytes = models.PositiveBigIntegerField(default=0)
     stderr_bytes = models.PositiveBigIntegerField(default=0)
+    # The end of a failed run's stderr (HERDER_MINION_KEEP_STDERR bytes): why it failed.
+    stderr_tail = models.TextField(blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     timed_out = models.BooleanField(default=False)
     truncated = models.BooleanField(default=False)

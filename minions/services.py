@@ -137,6 +137,8 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
         webstrate=webstrate, files_count=len(files),
         files_bytes=sum(len(data) for data in files.values()), output_name=output or "",
     )
+    # Recorded from its start: the admin shows runs in progress.
+    run.save()
     nonce = runner.new_nonce()
     request = runner.encode_request(
         nonce=nonce, output=output, timeout=settings.HERDER_MINION_TIMEOUT,
@@ -197,8 +199,21 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
             run.stdout_bytes = len(outcome.stdout)
             run.stderr_bytes = len(outcome.stderr)
             run.output_bytes = len(outcome.output) if outcome.output is not None else None
+            run.stderr_tail = stderr_tail(outcome)
+        run.state = MinionRun.State.FINISHED if outcome is not None and not run.error else MinionRun.State.FAILED
+        run.finished = timezone.now()
         run.save()
     return MinionResult(run=run, outcome=outcome)
+
+
+def stderr_tail(outcome: runner.Outcome) -> str:
+    """What the admin keeps of a run's stderr: the end (where a traceback says
+    why) of a failed or timed-out run's, HERDER_MINION_KEEP_STDERR bytes."""
+    keep = settings.HERDER_MINION_KEEP_STDERR
+    if keep <= 0 or not outcome.stderr or (outcome.exit_code == 0 and not outcome.timed_out):
+        return ""
+    # NUL bytes cannot be stored in every database's text column.
+    return outcome.stderr[-keep:].decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 pool = Pool(lambda env: minion_spec(env=env, image=minion_image(env), owner="pool"))
@@ -291,4 +306,7 @@ def minion_reap_orphans() -> int:
             reaped += 1
     if reaped:
         logger.info("removed %d orphaned minion containers", reaped)
+    # Rows of runs whose herder process died before recording their end.
+    MinionRun.objects.filter(state=MinionRun.State.RUNNING, created__lt=timezone.now() - limit).update(
+        state=MinionRun.State.FAILED, error="The herder process stopped during the run.")
     return reaped
