@@ -13,10 +13,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.rawinput import RawInputGuard  # noqa: E402
+from herder.requestlog import RequestLog  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 from herder.wslimits import WebSocketLimits  # noqa: E402
 
-application = ProtocolTypeRouter(
+# Outermost, for both protocols: the request id (answered as X-Request-Id), one
+# log line and the metrics of every request and socket (herder/requestlog.py).
+application = RequestLog(ProtocolTypeRouter(
     {
         # The daemon proxy streams bodies, so it bypasses Django's request handling.
         # Malformed framing (Content-Length, raw query bytes) is a JSON 400 before anything else.
@@ -26,4 +29,4 @@ application = ProtocolTypeRouter(
         # ?token= or a Bearer header.
         "websocket": WebSocketLimits(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
-)
+))

@@ -5,6 +5,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts.views import TokenGenerateView, TokenInspectView
 from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from herder.errors import JSONErrorsMixin
+from herder.health import healthz, readyz
+from herder.scrape import metrics_view
 from minions.views import minion_spawn
 
 
@@ -28,6 +30,10 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
+    # Observability (herder/health.py, herder/scrape.py).
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     # The bootstrap script at "/", golem/v1/... (golems/urls.py).
     path("", include("golems.urls")),
 ]
