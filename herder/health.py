@@ -27,6 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from herder.errors import RuntimeUnavailable, error_response
 from herder.runtime import get_runtime
@@ -46,6 +47,7 @@ def _method_not_allowed(request):
     return error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
 
 
+@csrf_exempt  # changes nothing; any other method is a JSON 405, not a CSRF 403
 async def healthz(request):
     """Liveness: answers while the process and its event loop do."""
     if request.method not in ("GET", "HEAD"):
@@ -130,6 +132,7 @@ CHECKS = {
 }
 
 
+@csrf_exempt
 async def readyz(request):
     """Readiness: every check passes (200), else 503 naming those that failed."""
     if request.method not in ("GET", "HEAD"):

@@ -43,6 +43,22 @@ def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, 
     logger.log(level, "%s", event, extra={"event": event, "fields": fields})
 
 
+_make_record = logging.getLogRecordFactory()
+
+
+def _record_with_request_id(*args, **kwargs) -> logging.LogRecord:
+    # Stamped when the line is logged, in the request's context, whichever
+    # handler formats it later (and in whatever thread).
+    record = _make_record(*args, **kwargs)
+    record.request_id = request_id.get()
+    return record
+
+
+if not getattr(_make_record, "herder", False):
+    _record_with_request_id.herder = True
+    logging.setLogRecordFactory(_record_with_request_id)
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request id on every record (handlers' filter)."""
 

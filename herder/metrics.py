@@ -235,9 +235,10 @@ def multiprocess_reset(path: str | None = None) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def process_dead(pid: int) -> None:
-    """A worker ended: its live gauges stop counting (counters keep its samples)."""
-    if _MULTIPROC:
+def process_dead(pid: int, path: str | None = None) -> None:
+    """A worker ended: its live gauges stop counting (its counters still count)."""
+    folder = path or os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if folder:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid, folder)

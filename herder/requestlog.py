@@ -134,8 +134,7 @@ class RequestLog:
             level = (logging.WARNING if code >= 500 else
                      logging.DEBUG if route in _QUIET_ROUTES and code < 400 else logging.INFO)
             log_event(logger, "http.request", level=level, method=scope.get("method"), route=route,
-                      status=code, duration_ms=round(duration * 1000, 2), client=client_address(scope),
-                      request_id=rid)
+                      status=code, duration_ms=round(duration * 1000, 2), client=client_address(scope))
 
     async def _websocket(self, scope, receive, send, rid: str) -> None:
         started = time.perf_counter()
@@ -170,7 +169,7 @@ class RequestLog:
                 gauge.dec()
             duration = time.perf_counter() - started
             log_event(logger, "websocket", kind=kind, status=status or 499, close_code=close_code,
-                      duration_ms=round(duration * 1000, 2), client=client_address(scope), request_id=rid)
+                      duration_ms=round(duration * 1000, 2), client=client_address(scope))
 
 
 class LoopLagProbe:

@@ -16,7 +16,8 @@ import ipaddress
 
 from django.conf import settings
 from django.http import HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from django.views.decorators.csrf import csrf_exempt
+from prometheus_client.exposition import choose_encoder
 
 from herder import metrics
 from herder.admission import _trusted, client_address
@@ -59,6 +60,7 @@ def _address_ok(request) -> bool:
     return any(address in ipaddress.ip_network(network, strict=False) for network in allowed)
 
 
+@csrf_exempt  # changes nothing; any other method is a JSON 405, not a CSRF 403
 def metrics_view(request):
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
@@ -66,4 +68,6 @@ def metrics_view(request):
         return error_response(403, "forbidden", "Scraping the metrics needs HERDER_METRICS_TOKEN "
                                                 "or an address in HERDER_METRICS_ALLOWED.")
     metrics.refresh_local()
-    return HttpResponse(generate_latest(metrics.registry()), content_type=CONTENT_TYPE_LATEST)
+    # Prometheus' text format, or OpenMetrics when the scraper asks for it.
+    encode, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
+    return HttpResponse(encode(metrics.registry()), content_type=content_type)
