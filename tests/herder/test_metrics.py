@@ -89,6 +89,9 @@ def test_warm_containers_are_a_gauge_by_env(docker_engine, settings):
     assert value(scrape(), "herder_minion_pool_idle", env="python") == pool.idle("python") >= 1
     pool.close()
     assert value(scrape(), "herder_minion_pool_idle", env="python") == 0
+    # A closed pool reopens only once its filler thread has ended: let the next test find it so.
+    if pool._thread is not None:
+        pool._thread.join(timeout=15)
 
 
 # --- Golem pairing: sockets by kind and relayed frames ------------------------------------
