@@ -141,9 +141,26 @@ def count_engine_error(reason: str) -> None:
     engine_errors.labels(reason).inc()
 
 
+# Frames relayed but not yet added to relay_messages: a Counter's inc() costs
+# about a microsecond (a lock), 5% of a relayed frame's CPU on uvicorn; an int
+# costs nothing. Both functions run only on the event loop's thread (the
+# consumers', and flush_relayed is called by the ASGI layer at every request
+# and by the lag probe's callback every second), so no lock is needed.
+_relayed = 0
+
+
 def count_relayed() -> None:
     """A pairing socket delivered a frame of its peer to its client."""
-    relay_messages.inc()
+    global _relayed
+    _relayed += 1
+
+
+def flush_relayed() -> None:
+    """Add the frames counted since the last flush (on the event loop's thread)."""
+    global _relayed
+    count, _relayed = _relayed, 0
+    if count:
+        relay_messages.inc(count)
 
 
 def run_outcome(*, error: str, timed_out: bool, exit_code: int | None) -> str:

@@ -25,6 +25,7 @@ import time
 
 from django.conf import settings
 from django.urls import Resolver404, resolve
+from django.utils.deprecation import MiddlewareMixin
 
 from herder import metrics
 from herder.admission import _trusted, client_address
@@ -44,21 +45,38 @@ _WEBSOCKET_KINDS = (
 )
 
 
-def route_of(path: str) -> str:
-    """The URL pattern's name for `path` (bounded: one value per route)."""
+def _route_name(match) -> str:
+    name = match.view_name or match.route or "unnamed"
+    # The admin has a route per model and action: one value for all of them.
+    return "admin" if name.startswith("admin:") or name.startswith("admin/") else name
+
+
+def route_of(path: str, found: list | None = None) -> str:
+    """The URL pattern's name for `path` (bounded: one value per route):
+    what Django resolved for the request (`found`, filled by RouteName),
+    else resolved here (answers made before Django: refusals, 400s)."""
     if path.startswith(_PROXY_PREFIX):
         return "daemon-proxy"
+    if found:
+        return found[0]
     if path.startswith("/" + settings.STATIC_URL.lstrip("/")):
         return "static"
     try:
-        match = resolve(path)
+        return _route_name(resolve(path))
     except Resolver404:
         return "unmatched"
     except Exception:  # a path the resolver cannot even read
         return "unmatched"
-    name = match.view_name or match.route or "unnamed"
-    # The admin has a route per model and action: one value for all of them.
-    return "admin" if name.startswith("admin:") or name.startswith("admin/") else name
+
+
+class RouteName(MiddlewareMixin):
+    """Django middleware: hands the route Django resolved to the ASGI layer
+    (through a list the layer left in the scope), so it is not resolved twice."""
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        found = getattr(request, "scope", {}).get("herder.route")
+        if found is not None and request.resolver_match is not None and not found:
+            found.append(_route_name(request.resolver_match))
 
 
 def websocket_kind(path: str) -> str:
@@ -69,6 +87,8 @@ def websocket_kind(path: str) -> str:
 
 
 def _incoming_id(scope: dict) -> str | None:
+    if not settings.HERDER_TRUSTED_PROXIES:
+        return None
     peer = (scope.get("client") or ("", 0))[0] or ""
     if not _trusted(peer):
         return None
@@ -90,11 +110,13 @@ class RequestLog:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         probe.watch(asyncio.get_running_loop())
+        if metrics._relayed:
+            metrics.flush_relayed()  # a scrape sees every frame relayed so far
         rid = _incoming_id(scope) or new_request_id()
         token = request_id.set(rid)
         try:
             if scope["type"] == "http":
-                await self._http({**scope, "request_id": rid}, receive, send, rid)
+                await self._http({**scope, "request_id": rid, "herder.route": []}, receive, send, rid)
             else:
                 await self._websocket({**scope, "request_id": rid}, receive, send, rid)
         finally:
@@ -115,7 +137,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, answer)
         except Exception:
-            logger.exception("unhandled error in %s %s", scope.get("method"), route_of(scope["path"]))
+            logger.exception("unhandled error in %s %s", scope.get("method"),
+                             route_of(scope["path"], scope["herder.route"]))
             if status == 0:
                 status = 500
                 body = json.dumps({"code": "server_error", "detail": "A server error occurred."}).encode()
@@ -125,7 +148,7 @@ class RequestLog:
                 await send({"type": "http.response.body", "body": body})
         finally:
             duration = time.perf_counter() - started
-            route = route_of(scope["path"])
+            route = route_of(scope["path"], scope["herder.route"])
             # 499: the client left before any answer (nginx's convention).
             code = status or 499
             metrics.http_requests.labels(route, str(code)).inc()
@@ -133,8 +156,9 @@ class RequestLog:
                 metrics.proxy_request_duration.observe(duration)
             level = (logging.WARNING if code >= 500 else
                      logging.DEBUG if route in _QUIET_ROUTES and code < 400 else logging.INFO)
-            log_event(logger, "http.request", level=level, method=scope.get("method"), route=route,
-                      status=code, duration_ms=round(duration * 1000, 2), client=client_address(scope))
+            if logger.isEnabledFor(level):
+                log_event(logger, "http.request", level=level, method=scope.get("method"), route=route,
+                          status=code, duration_ms=round(duration * 1000, 2), client=client_address(scope))
 
     async def _websocket(self, scope, receive, send, rid: str) -> None:
         started = time.perf_counter()
@@ -168,8 +192,9 @@ class RequestLog:
             if accepted:
                 gauge.dec()
             duration = time.perf_counter() - started
-            log_event(logger, "websocket", kind=kind, status=status or 499, close_code=close_code,
-                      duration_ms=round(duration * 1000, 2), client=client_address(scope))
+            if logger.isEnabledFor(logging.INFO):
+                log_event(logger, "websocket", kind=kind, status=status or 499, close_code=close_code,
+                          duration_ms=round(duration * 1000, 2), client=client_address(scope))
 
 
 class LoopLagProbe:
@@ -220,6 +245,7 @@ class LoopLagProbe:
             def ran(sent=sent) -> None:
                 metrics.event_loop_lag.set(time.monotonic() - sent)
                 pending.clear()
+                metrics.flush_relayed()  # on the loop's thread, as counting is
 
             try:
                 loop.call_soon_threadsafe(ran)

@@ -80,6 +80,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The route's name for the request's log line and metrics (herder/requestlog.py).
+    "herder.requestlog.RouteName",
 ]
 
 ROOT_URLCONF = "herder.urls"

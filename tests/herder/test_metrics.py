@@ -255,6 +255,21 @@ def test_requests_are_counted_by_route_name_not_path():
         value(before, "herder_http_requests_total", route="unmatched", code="404") == 1
 
 
+@pytest.mark.django_db
+def test_the_route_django_resolved_is_used_not_resolved_again(monkeypatch):
+    from herder import requestlog
+
+    def unused(path):
+        raise AssertionError(f"resolved twice: {path}")
+
+    monkeypatch.setattr(requestlog, "resolve", unused)
+    before = scrape()
+    assert http("GET", "/golem/v1/ls")["status"] == 200
+    after = scrape()
+    assert value(after, "herder_http_requests_total", route="golem-list", code="200") - \
+        value(before, "herder_http_requests_total", route="golem-list", code="200") == 1
+
+
 # --- Who may scrape ---------------------------------------------------------------------------
 
 
