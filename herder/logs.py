@@ -90,7 +90,7 @@ class TextFormatter(logging.Formatter):
             # Appended after the message (and before any traceback's first line
             # would be confusing, so tracebacks stay last).
             head, sep, tail = line.partition("\n")
-            pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+            pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items() if value is not None)
             line = f"{head} {pairs}{sep}{tail}"
         return line
 

@@ -13,6 +13,7 @@ from daemons.models import Daemon
 from golems.models import Golem
 from golems.services import golem_kill, golem_reap_idle
 from tests.accounts.conftest import *  # noqa: F401,F403
+from tests.golems.conftest import webstrate_id
 from tests.herder.asgi_client import http, scrape, value
 
 
@@ -36,6 +37,25 @@ def test_golem_stops_are_one_line_each(docker_engine, settings, caplog):
     stops = events(caplog, "golem.stop")
     assert {(line["webstrate"], line["state"]) for line in stops} == {("obs-kill", "killed"), ("obs-idle", "reaped")}
     assert [line["error"] for line in stops if line["state"] == "reaped"] == ["idle for 3600 s"]
+
+
+@pytest.mark.docker
+@pytest.mark.django_db(transaction=True)
+def test_a_golem_start_is_one_line(docker_engine, settings, caplog):
+    from golems.services import golem_spawn
+
+    settings.HERDER_GOLEM_CHECK_EXISTS = False
+    caplog.set_level(logging.INFO, logger="herder.events")
+    webstrate = webstrate_id("obs-start")
+    try:
+        golem = golem_spawn(webstrate=webstrate)
+        golem_spawn(webstrate=webstrate)  # running already: nothing starts, nothing is told
+    finally:
+        golem_kill(webstrate=webstrate)
+
+    assert events(caplog, "golem.start") == [{"webstrate": webstrate, "container": golem.container_name,
+                                              "restarts": 0, "level": "INFO"}]
+    assert [line["state"] for line in events(caplog, "golem.stop")] == ["killed"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -158,7 +158,7 @@ def test_text_lines_name_the_request_and_quote_what_needs_it():
     logger.setLevel(logging.INFO)
     token = request_id.set("abc123")
     try:
-        log_event(logger, "golem.stop", webstrate="w1", error="its container exited")
+        log_event(logger, "golem.stop", webstrate="w1", error="its container exited", state=None)
     finally:
         request_id.reset(token)
     line = TextFormatter().format(records[0])
