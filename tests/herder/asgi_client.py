@@ -30,8 +30,8 @@ async def ahttp(method: str, path: str, *, headers: dict[str, str] | None = None
         if not message.get("more_body"):
             break
     await communicator.wait(timeout)
-    return {"status": start["status"], "headers": {k.decode().lower(): v.decode("latin-1") for k, v in start["headers"]},
-            "body": b"".join(chunks)}
+    headers = {name.decode().lower(): value.decode("latin-1") for name, value in start["headers"]}
+    return {"status": start["status"], "headers": headers, "body": b"".join(chunks)}
 
 
 def http(method: str, path: str, **kwargs) -> dict:

@@ -12,7 +12,7 @@ from django.utils import timezone
 from daemons.models import Daemon
 from golems.models import Golem
 from golems.services import golem_kill, golem_reap_idle
-from tests.accounts.conftest import *  # noqa: F401,F403
+from tests.accounts.conftest import alice, alice_token  # noqa: F401 (fixtures)
 from tests.golems.conftest import webstrate_id
 from tests.herder.asgi_client import http, scrape, value
 
