@@ -71,9 +71,11 @@ def route_of(path: str, found: list | None = None) -> str:
 
 class RouteName(MiddlewareMixin):
     """Django middleware: hands the route Django resolved to the ASGI layer
-    (through a list the layer left in the scope), so it is not resolved twice."""
+    (through a list the layer left in the scope), so it is not resolved twice.
+    A coroutine: under ASGI Django awaits it on the loop (a plain method would
+    cost a thread hop per request); under WSGI Django runs it with async_to_sync."""
 
-    def process_view(self, request, view_func, view_args, view_kwargs):
+    async def process_view(self, request, view_func, view_args, view_kwargs):
         found = getattr(request, "scope", {}).get("herder.route")
         if found is not None and request.resolver_match is not None and not found:
             found.append(_route_name(request.resolver_match))

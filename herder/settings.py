@@ -5,6 +5,7 @@ channel layer, the local Docker engine). Secrets may also be given as files:
 `NAME_FILE=/run/secrets/name` (django-environ's FileAwareEnv).
 """
 
+import ipaddress
 import os
 import re
 import secrets
@@ -400,6 +401,11 @@ if HERDER_LOG_FORMAT not in ("text", "json"):
 # HERDER_TRUSTED_PROXIES is never allowed by address.
 HERDER_METRICS_TOKEN = env.str("HERDER_METRICS_TOKEN", default="")
 HERDER_METRICS_ALLOWED = env.list("HERDER_METRICS_ALLOWED", default=["127.0.0.0/8", "::1"])
+for _network in HERDER_METRICS_ALLOWED:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"HERDER_METRICS_ALLOWED holds addresses or networks, not {_network!r}") from None
 # prometheus_client's own variable (it reads it itself at import): with it set,
 # every herder process writes its samples there and /metrics sums them. Used
 # by `herd --workers N`; the folder must be emptied before the workers start.

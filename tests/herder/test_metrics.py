@@ -360,3 +360,11 @@ def test_with_a_multiprocess_folder_a_scrape_sums_every_process(tmp_path):
     # And a fresh start empties the folder.
     metrics.multiprocess_reset(str(folder))
     assert not list(folder.glob("*.db"))
+
+
+def test_a_bad_allowed_network_stops_the_start(tmp_path):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "herder.settings", "HERDER_DATA_DIR": str(tmp_path),
+           "HERDER_METRICS_ALLOWED": "127.0.0.1,not-a-network"}
+    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "HERDER_METRICS_ALLOWED" in done.stderr
