@@ -1,6 +1,7 @@
 """POST /token/v1/generate and GET /token/v1/inspect/<token>."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -8,7 +9,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
-from herder.errors import BadInput, InvalidToken
+from herder.admission import client_of, rate_count, rate_spent, request_scope
+from herder.errors import BadInput, InvalidToken, WrongPassword
+from herder.schema import FormText, FormWholeNumber, errors
 
 
 class TokenGenerateView(APIView):
@@ -17,11 +20,12 @@ class TokenGenerateView(APIView):
     class InputSerializer(serializers.Serializer):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
-        password = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
-                                      help_text="An email address or any identifier naming the account.")
-        credits = serializers.CharField(required=False, allow_blank=True, default="",
-                                        help_text="Whole number, at least 0; default 30000.")
+        password = FormText(required=False, allow_blank=True, trim_whitespace=False, default="")
+        email = FormText(required=False, allow_blank=True, default="", trim_whitespace=False,
+                         help_text="An email address or any identifier naming the account: 1-254 characters, "
+                         "no control, format or separator characters, no whitespace at either end.")
+        credits = FormWholeNumber(required=False, allow_blank=True, default="",
+                                  help_text="Whole number, at least 0; default 30000.")
 
         class Meta:
             ref_name = "TokenGenerateInput"
@@ -37,13 +41,20 @@ class TokenGenerateView(APIView):
     @extend_schema(
         operation_id="token_generate",
         parameters=[InputSerializer],
-        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer},
+        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer,
+                 "application/json": InputSerializer},
         responses={200: OutputSerializer,
-                   400: OpenApiResponse(description="Bad identifier or credits."),
-                   401: OpenApiResponse(description="Wrong password."),
-                   405: OpenApiResponse(description="No token password is configured.")},
+                   **errors(400, 401, 405, 413, 415, 429,
+                            _400="Bad identifier or credits (`bad_input`), or a body that is not an object.",
+                            _401="Wrong password (`wrong_password`).",
+                            _405="No token password is configured (`token_generation_off`), or another method.",
+                            _429="Too many wrong passwords from this client; see Retry-After.")},
     )
     def post(self, request: Request) -> Response:
+        # Guessing slowed: past HERDER_TOKEN_GENERATE_RATE wrong passwords a
+        # client is refused before its password is even judged.
+        client = client_of(request_scope(request))
+        rate_spent("token_generate", client, settings.HERDER_TOKEN_GENERATE_RATE)
         # Form fields or query parameters (the original took both); fields win.
         body = request.data
         if not isinstance(body, dict):  # QueryDict is a dict too
@@ -53,8 +64,18 @@ class TokenGenerateView(APIView):
         data = {k: str(v) for k, v in data.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
         serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
-        token, email, credits = token_generate(**serializer.validated_data)
+        try:
+            token, email, credits = token_generate(**serializer.validated_data)
+        except WrongPassword:
+            rate_count("token_generate", client, settings.HERDER_TOKEN_GENERATE_RATE)
+            raise
         return Response(self.OutputSerializer({"token": token, "email": email, "credits": credits}).data)
+
+
+async def token_generate_admit(scope: dict) -> None:
+    """For herder/gate.py: the 429 TokenGenerateView would answer at once,
+    raised before Django is spent on it."""
+    rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
 
 
 class TokenInspectView(APIView):
@@ -70,7 +91,8 @@ class TokenInspectView(APIView):
 
     @extend_schema(
         operation_id="token_inspect",
-        responses={200: OutputSerializer, 404: OpenApiResponse(description="The token does not validate.")},
+        responses={200: OutputSerializer,
+                   **errors(404, 405, _404="The token does not validate (`not_found`).")},
     )
     def get(self, request: Request, token: str) -> Response:
         try:

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from daemons.models import Daemon
-from daemons.services import daemon_stop
+from daemons.services import daemon_delete, daemon_stop
 
 
 @admin.register(Daemon)
@@ -16,7 +16,15 @@ class DaemonAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    # Stopping changes what runs and what is charged: not for view-only staff.
+    # Deleting goes through the services: the container, its network and its
+    # volume go with the row (charged to this moment), never left running unowned.
+    def delete_model(self, request, obj) -> None:
+        daemon_delete(obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for daemon in queryset:
+            daemon_delete(daemon)
+
     @admin.action(description="Stop the selected daemons (volumes kept)", permissions=["change"])
     def stop_daemons(self, request, queryset) -> None:
         stopped = 0

@@ -18,6 +18,9 @@ class Daemon(models.Model):
     name = models.CharField(max_length=63)
     # "<name>-<jti of the spawning token>": what the API answers, and the proxy's key.
     full_name = models.CharField(max_length=128, unique=True)
+    # The daemon's own origin's host label (HERDER_DAEMON_ORIGIN's "{name}"): a
+    # DNS label made from the name and a digest of full_name, as unguessable as it.
+    host_label = models.CharField(max_length=63, blank=True, db_index=True)
     image = models.CharField(max_length=255)
     ports = models.JSONField(default=list)
     # container port (as text, JSON keys are strings) -> host port
@@ -31,6 +34,11 @@ class Daemon(models.Model):
     # Metered up to this moment; the supervisor charges from here on.
     metered_until = models.DateTimeField(null=True, blank=True)
     credits_used = models.PositiveBigIntegerField(default=0)
+    # The spawn in progress: a random token, set when a spawn claims the row
+    # (state STARTING) and checked when it records the container, so exactly
+    # one spawn owns the row at a time; empty when none is.
+    claim = models.CharField(max_length=32, blank=True)
+    claimed = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]

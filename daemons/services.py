@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from accounts.services import account_balance, credits_spend
-from herder.errors import BadInput, ImageNotAllowed, InsufficientCredits
-from herder.runtime import ContainerSpec, Handle, get_runtime
-from minions.files import check_files
+from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
+from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
+from herder.files import check_files
 
 from daemons.models import Daemon
 from daemons.proxy import forget_target
@@ -28,7 +30,8 @@ State = Daemon.State
 
 
 def check_daemon_name(name: str) -> str:
-    if not NAME.match(name or ""):
+    # fullmatch: match() lets "$" match before a final newline ("echo\n" passed).
+    if not NAME.fullmatch(name or ""):
         raise BadInput("A daemon name is 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit.")
     return name
 
@@ -48,7 +51,9 @@ def parse_ports(raw: str | list | None) -> list[int]:
     ports = []
     for value in values:
         text = str(value).removesuffix("/tcp")
-        if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
+        # ASCII digits only: str.isdigit() also takes "²" (int() then fails: a 500)
+        # and "８０" (which the schema's pattern does not).
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise BadInput(f"{value!r} is not a port number (1-65535).", code="bad_ports")
         if int(text) not in ports:
             ports.append(int(text))
@@ -67,17 +72,42 @@ def check_image(image: str) -> str:
     return image
 
 
+# A spawn that claimed a daemon this long ago without finishing belongs to a
+# herder process that died: another spawn may take the daemon over, and the
+# supervisor adopts or removes what it left. Longer than any healthy spawn
+# (a few Docker calls of at most 30 s each on a loaded engine).
+SPAWN_STALE = timedelta(seconds=120)
+LABEL_DAEMON = "herder.daemon"
+LABEL_DAEMON_ID = "herder.daemon.id"
+
+
+def container_name(daemon: Daemon) -> str:
+    """One name per (deployment, account, daemon name): the engine itself refuses
+    a second container of one daemon, whatever races above it."""
+    account = hashlib.sha256(f"{deployment_instance()}:{daemon.owner_id}".encode()).hexdigest()[:12]
+    return f"herder-daemon-{account}-{daemon.name}"
+
+
+def host_label(name: str, full_name: str) -> str:
+    """The daemon's origin's DNS label: its name made DNS-safe, then a digest of
+    its full name (which holds the token's jti), so it is as hard to guess as
+    the path route's Name and changes with it."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name).strip("-")[:40].strip("-") or "d"
+    return f"{slug}-{hashlib.sha256(full_name.encode()).hexdigest()[:16]}"
+
+
 def daemon_spec(daemon: Daemon) -> ContainerSpec:
     return ContainerSpec(
         kind="daemon",
         owner=daemon.owner.email,
         image=daemon.image,
-        name=f"herder-daemon-{daemon.full_name}",
-        labels={"herder.daemon": daemon.full_name},
+        name=container_name(daemon),
+        labels={LABEL_DAEMON: daemon.full_name, LABEL_DAEMON_ID: str(daemon.pk)},
         memory=settings.HERDER_DAEMON_MEMORY,
         cpus=settings.HERDER_DAEMON_CPUS,
         pids=settings.HERDER_DAEMON_PIDS,
-        network=None,
+        # Its own bridge, inter-container traffic off: no other tenant on it.
+        network=container_name(daemon),
         volumes={daemon.volume: "/minion"},
         ports={port: None for port in daemon.ports},
         port_host=settings.HERDER_DAEMON_PORT_HOST,
@@ -93,43 +123,108 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
     """Start the account's daemon `name`, or restart it when it exists.
 
     Files are written into its volume at /minion, which outlives restarts.
+    One spawn at a time owns a daemon: a concurrent one answers DaemonBusy
+    (409), never a second container.
     Raises BadInput, ImageNotAllowed, PayloadTooLarge, InsufficientCredits,
-    RuntimeUnavailable.
+    DaemonBusy, RuntimeUnavailable.
     """
     check_daemon_name(name)
     check_files(files)
     check_image(image)
     if account_balance(account) <= 0:
         raise InsufficientCredits("The account has no credits left.")
-    with transaction.atomic():
-        daemon, _ = Daemon.objects.select_for_update().get_or_create(
-            owner=account, name=name,
-            # The volume outlives restarts and kills without wipe: named once.
-            defaults={"full_name": f"{name}-{jti}", "volume": f"herder-daemon-{secrets.token_hex(6)}-{name}"},
-        )
-        old = daemon.container_id
-        if old and daemon.is_running:
-            _charge(daemon, until=timezone.now())
-        daemon.full_name = f"{name}-{jti}"
-        daemon.image, daemon.ports, daemon.host_ports = image, ports, {}
-        daemon.state, daemon.container_id, daemon.stopped = State.STARTING, "", None
-        daemon.save()
-    forget_target(daemon.full_name)
+    daemon, claim, old = _claim(account=account, jti=jti, name=name, image=image, ports=ports)
+    forget_target(daemon)
     runtime = get_runtime()
-    if old:
-        runtime.remove(Handle(id=old, name=old))
+    cname = container_name(daemon)
+    handle = None
     try:
+        # The previous container goes, by id and by name (a leftover of a
+        # spawn whose herder died has the name but no row pointing at it).
+        if old:
+            runtime.remove(Handle(id=old, name=cname))
+        _free_name(runtime, cname)
+        runtime.network_create(cname, kind="daemon", labels={LABEL_DAEMON_ID: str(daemon.pk)})
         handle = runtime.start(daemon_spec(daemon), files=files)
         published = runtime.published_ports(handle)
     except Exception:
-        Daemon.objects.filter(pk=daemon.pk).update(state=State.FAILED, stopped=timezone.now())
+        if handle is not None:
+            runtime.remove(handle)
+        failed = Daemon.objects.filter(pk=daemon.pk, claim=claim).update(
+            state=State.FAILED, stopped=timezone.now(), claim="")
+        if not failed:
+            raise DaemonBusy("The daemon was stopped or taken over while it started.") from None
         raise
     now = timezone.now()
-    daemon.container_id = handle.id
-    daemon.host_ports = {str(port): host for port, host in published.items()}
-    daemon.state, daemon.started, daemon.metered_until = State.RUNNING, now, now
-    daemon.save()
-    return daemon
+    # Conditional on the claim: a kill (or the supervisor at zero credits)
+    # while it started wins, and this container must not outlive it.
+    recorded = Daemon.objects.filter(pk=daemon.pk, claim=claim, state=State.STARTING).update(
+        container_id=handle.id, host_ports={str(port): host for port, host in published.items()},
+        state=State.RUNNING, started=now, metered_until=now, claim="")
+    if not recorded:
+        runtime.remove(handle)
+        raise DaemonBusy("The daemon was stopped or taken over while it started.")
+    forget_target(daemon)
+    return Daemon.objects.select_related("owner").get(pk=daemon.pk)
+
+
+def _free_name(runtime, cname: str) -> None:
+    """Remove the container named `cname` and wait until the engine has let go of
+    the name. A removal already under way (the supervisor removing the daemon's
+    dead container at the same moment) makes remove() return at once, and
+    creating the new container then failed on the name: a 500, found by
+    Schemathesis (tests/herder/test_schemathesis.py). Raises RuntimeUnavailable
+    when the name is still taken after HERDER_DOCKER_TIMEOUT."""
+    handle = Handle(id=cname, name=cname)
+    deadline = time.monotonic() + settings.HERDER_DOCKER_TIMEOUT
+    while True:
+        runtime.remove(handle)
+        try:
+            runtime.poll(handle)
+        except ContainerGone:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeUnavailable(f"The engine did not remove container {cname} in time.")
+        time.sleep(0.05)
+
+
+def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tuple[Daemon, str, str]:
+    """Make the daemon's row STARTING under a fresh claim; return the row, the
+    claim and the container it had. Raises DaemonBusy while another spawn
+    holds a fresh claim."""
+    claim, now = secrets.token_hex(16), timezone.now()
+    full_name = f"{name}-{jti}"
+    fields = {"full_name": full_name, "host_label": host_label(name, full_name), "image": image,
+              "ports": ports, "host_ports": {}, "state": State.STARTING, "container_id": "",
+              "stopped": None, "claim": claim, "claimed": now}
+    try:
+        with transaction.atomic():
+            daemon = Daemon.objects.create(
+                owner=account, name=name,
+                # The volume outlives restarts and kills without wipe: named once.
+                volume=f"herder-daemon-{secrets.token_hex(6)}-{name}", **fields)
+        return daemon, claim, ""
+    except IntegrityError:
+        pass  # it exists (or a concurrent spawn just made it): take it over below
+    with transaction.atomic():
+        daemon = Daemon.objects.select_for_update().select_related("owner").filter(
+            owner=account, name=name).first()
+        if daemon is None:
+            raise DaemonBusy("The daemon is being spawned or killed; try again.")
+        if daemon.state == State.STARTING and daemon.claimed and now - daemon.claimed < SPAWN_STALE:
+            raise DaemonBusy(f"Daemon {name!r} is starting; try again in a moment.")
+        old = daemon.container_id
+        forget_target(daemon)  # its current Name and origin stop answering
+        if old and daemon.is_running:
+            _charge(daemon, until=now)
+        # Conditional: of spawns that read the same row, one wins (SQLite has
+        # no SELECT FOR UPDATE; this holds on every database).
+        won = Daemon.objects.filter(pk=daemon.pk, state=daemon.state, claim=daemon.claim,
+                                    container_id=old).update(**fields)
+        if not won:
+            raise DaemonBusy(f"Daemon {name!r} is starting; try again in a moment.")
+    daemon.refresh_from_db()
+    return daemon, claim, old
 
 
 def daemon_get(*, account, name: str) -> Daemon:
@@ -154,21 +249,56 @@ def daemon_kill(*, account, name: str, wipe: bool = False) -> Daemon:
 
 
 def daemon_stop(daemon: Daemon, *, state: str, wipe: bool = False) -> Daemon:
-    """Charge up to now, then stop and remove the container; the row takes `state`."""
+    """Charge up to now, then stop and remove the container and its network;
+    the row takes `state`. A spawn in progress loses its claim and removes
+    what it started."""
     with transaction.atomic():
         daemon = Daemon.objects.select_for_update().select_related("owner").get(pk=daemon.pk)
         if daemon.is_running:
             _charge(daemon, until=timezone.now())
         container, daemon.container_id = daemon.container_id, ""
-        daemon.state, daemon.stopped = state, timezone.now()
+        daemon.state, daemon.stopped, daemon.claim = state, timezone.now(), ""
         daemon.save()
-    forget_target(daemon.full_name)
+    forget_target(daemon)
     runtime = get_runtime()
     if container:
         runtime.remove(Handle(id=container, name=container))
+    runtime.network_remove(container_name(daemon))
     if wipe:
         runtime.remove_volume(daemon.volume)
     return daemon
+
+
+def daemon_delete(daemon: Daemon) -> None:
+    """Remove a daemon for good (the admin's delete): stop it through
+    daemon_stop (charged to this moment), delete its volume, which nothing
+    could reach without the row, then the row."""
+    daemon_stop(daemon, state=State.KILLED, wipe=True)
+    Daemon.objects.filter(pk=daemon.pk).delete()
+
+
+def daemon_refresh_target(full_name: str = "", label: str = "") -> tuple[str, int] | None:
+    """Ask the engine where the running daemon's first port is published now
+    (Docker publishes new host ports when it restarts a crashed daemon) and
+    record it. Returns (host, port) or None."""
+    query = Daemon.objects.filter(state=State.RUNNING).exclude(container_id="")
+    daemon = (query.filter(full_name=full_name) if full_name else query.filter(host_label=label)).first()
+    if daemon is None or daemon.first_port is None:
+        return None
+    try:
+        published = get_runtime().published_ports(Handle(id=daemon.container_id, name=daemon.full_name))
+    except ContainerGone:
+        return None
+    host_ports = {str(port): host for port, host in published.items()}
+    if host_ports and host_ports != daemon.host_ports:
+        Daemon.objects.filter(pk=daemon.pk, container_id=daemon.container_id).update(host_ports=host_ports)
+    port = host_ports.get(str(daemon.first_port))
+    return (proxy_host(), int(port)) if port else None
+
+
+def proxy_host() -> str:
+    host = settings.HERDER_DAEMON_PORT_HOST
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def _charge(daemon: Daemon, *, until: datetime) -> int:
@@ -190,13 +320,15 @@ def _charge(daemon: Daemon, *, until: datetime) -> int:
 
 
 def daemon_supervise() -> None:
-    """One supervisor pass over the running daemons: notice dead containers,
-    adopt running ones, charge, and stop the daemons of accounts at zero.
+    """One supervisor pass over this deployment's daemons: notice dead
+    containers, adopt or remove containers no row owns, follow ports Docker
+    published anew, charge, stop the daemons of accounts at zero, and remove
+    networks no daemon uses.
 
-    Costs one container listing plus a few queries per running daemon.
+    Costs two engine listings plus a few queries per running daemon.
     """
     runtime = get_runtime()
-    containers = {info.handle.id: info for info in runtime.list(kind="daemon")}
+    containers = {info.handle.id: info for info in runtime.list(kind="daemon", ours=True)}
     live = {cid for cid, info in containers.items() if info.status in ("running", "restarting")}
 
     # Adopt: a daemon whose container runs although its row says otherwise
@@ -204,7 +336,9 @@ def daemon_supervise() -> None:
     for daemon in Daemon.objects.filter(container_id__in=live).exclude(state=State.RUNNING):
         if daemon.state in (State.STARTING, State.DEAD):
             logger.info("adopting daemon %s", daemon.full_name)
-            Daemon.objects.filter(pk=daemon.pk).update(state=State.RUNNING, metered_until=timezone.now())
+            Daemon.objects.filter(pk=daemon.pk).update(state=State.RUNNING, metered_until=timezone.now(),
+                                                       claim="")
+    _orphans(runtime, containers, live)
 
     now = timezone.now()
     exhausted = set()
@@ -218,6 +352,8 @@ def daemon_supervise() -> None:
                 logger.info("daemon %s died", daemon.full_name)
                 daemon.state, daemon.stopped = State.DEAD, now
                 daemon.save(update_fields=["state", "stopped"])
+            else:
+                _follow_ports(daemon, containers[daemon.container_id])
         if account_balance(daemon.owner) <= 0:
             exhausted.add(daemon.owner_id)
 
@@ -229,4 +365,47 @@ def daemon_supervise() -> None:
     for daemon in Daemon.objects.filter(state=State.DEAD).exclude(container_id=""):
         if daemon.container_id not in live:
             runtime.remove(Handle(id=daemon.container_id, name=daemon.full_name))
+            runtime.network_remove(container_name(daemon))
             Daemon.objects.filter(pk=daemon.pk).update(container_id="")
+
+    # Networks of daemons that no longer run (a removal that failed, a herder
+    # that died mid-spawn); one still in use is kept by the engine.
+    active = {str(pk) for pk in Daemon.objects.filter(
+        state__in=[State.RUNNING, State.STARTING]).values_list("pk", flat=True)}
+    for network in runtime.networks(kind="daemon", ours=True):
+        if network.labels.get(LABEL_DAEMON_ID) not in active:
+            runtime.network_remove(network.name)
+
+
+def _orphans(runtime, containers: dict, live: set) -> None:
+    """Containers no row points at: adopted when their daemon's spawn died
+    before recording them, else removed, within this pass. A spawn still in
+    progress (a fresh claim) is left alone."""
+    owned = set(Daemon.objects.exclude(container_id="").values_list("container_id", flat=True))
+    for cid, info in containers.items():
+        if cid in owned:
+            continue
+        pk = info.labels.get(LABEL_DAEMON_ID, "")
+        daemon = Daemon.objects.filter(pk=int(pk)).first() if pk.isdigit() else None
+        if daemon is not None and daemon.state == State.STARTING and not daemon.container_id:
+            if daemon.claimed and timezone.now() - daemon.claimed < SPAWN_STALE:
+                continue
+            if cid in live:
+                now = timezone.now()
+                adopted = Daemon.objects.filter(pk=daemon.pk, state=State.STARTING, claim=daemon.claim).update(
+                    container_id=cid, state=State.RUNNING, started=now, metered_until=now, claim="",
+                    host_ports={str(p): h for p, h in info.ports.items()})
+                if adopted:
+                    logger.info("adopting daemon %s left starting", daemon.full_name)
+                    continue
+        logger.info("removing daemon container %s that no daemon owns", info.handle.name)
+        runtime.remove(info.handle)
+
+
+def _follow_ports(daemon: Daemon, info) -> None:
+    """Docker publishes new host ports when it restarts a crashed daemon."""
+    host_ports = {str(port): host for port, host in info.ports.items()}
+    if host_ports and host_ports != daemon.host_ports:
+        daemon.host_ports = host_ports
+        daemon.save(update_fields=["host_ports"])
+        forget_target(daemon)

@@ -1,5 +1,6 @@
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -7,8 +8,10 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication
 from daemons.models import Daemon
+from daemons.proxy import origin_url
 from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
-from minions.files import files_from_request
+from herder.files import files_from_request
+from herder.schema import DAEMON_NAME_PARAMETER, TOKEN_REQUIRED, daemon_form, errors
 
 _PROTOCOL_FIELDS = ("name", "image", "ports", "token")
 
@@ -18,7 +21,12 @@ class DaemonOutputSerializer(serializers.Serializer):
     Address = serializers.SerializerMethodField()
     Ports = serializers.DictField(source="host_ports", child=serializers.IntegerField())
     ProxyURL = serializers.SerializerMethodField()
-    name = serializers.CharField()
+    # The daemon's own origin (HERDER_DAEMON_ORIGIN), null when off: where its
+    # pages keep cookies and run as an origin of their own.
+    URL = serializers.SerializerMethodField()
+    # Not `name`: clients that match keys regardless of case (Go's encoding/json) would
+    # read `Name` or `name` depending on their order. One spelling per meaning.
+    ShortName = serializers.CharField(source="name")
     image = serializers.CharField()
     state = serializers.CharField()
     started = serializers.DateTimeField(allow_null=True)
@@ -30,6 +38,9 @@ class DaemonOutputSerializer(serializers.Serializer):
     def get_ProxyURL(self, daemon: Daemon) -> str:
         return f"/daemon/v1/proxy/{daemon.full_name}/"
 
+    def get_URL(self, daemon: Daemon) -> str | None:
+        return origin_url(daemon.host_label)
+
 
 class _TokenView(APIView):
     authentication_classes = [TokenAuthentication]
@@ -40,17 +51,16 @@ class DaemonSpawnView(_TokenView):
 
     parser_classes = [MultiPartParser, FormParser]
 
-    class InputSerializer(serializers.Serializer):
-        name = serializers.CharField()
-        image = serializers.CharField()
-        ports = serializers.CharField(required=False, help_text='A JSON list: [8080] or ["80", "443"].')
-
     @extend_schema(
-        operation_id="daemon_spawn",
-        request={"multipart/form-data": InputSerializer, "application/x-www-form-urlencoded": InputSerializer},
-        responses={200: DaemonOutputSerializer, 400: OpenApiResponse(description="Bad name, image or ports."),
-                   401: OpenApiResponse(description="No valid token."),
-                   402: OpenApiResponse(description="No credits left.")},
+        operation_id="daemon_spawn", auth=TOKEN_REQUIRED,
+        request={"multipart/form-data": daemon_form(binary=True),
+                 "application/x-www-form-urlencoded": daemon_form(binary=False)},
+        responses={200: DaemonOutputSerializer,
+                   **errors(400, 401, 402, 405, 409, 413, 415, 429, 503,
+                            _400="A bad name, image (`image_not_allowed`), ports (`bad_ports`) or file "
+                            "name (`bad_file_name`).",
+                            _409="Another spawn or kill of that daemon is in progress (`daemon_busy`).",
+                            _429="Too many large bodies in progress from this client or in all; see Retry-After.")},
     )
     def post(self, request):
         files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
@@ -64,18 +74,33 @@ class DaemonSpawnView(_TokenView):
 
 
 class DaemonListView(_TokenView):
-    @extend_schema(operation_id="daemon_list", responses={200: DaemonOutputSerializer(many=True)})
+    @extend_schema(operation_id="daemon_list", auth=TOKEN_REQUIRED,
+                   responses={200: DaemonOutputSerializer(many=True), **errors(401, 405)})
     def get(self, request):
         return Response(DaemonOutputSerializer(daemon_list(account=request.user), many=True).data)
 
 
+_KILL = dict(
+    auth=TOKEN_REQUIRED,
+    parameters=[DAEMON_NAME_PARAMETER,
+                OpenApiParameter("wipe", OpenApiTypes.STR, description="1, true or yes: remove its volume too "
+                                 "(its files); anything else keeps it.")],
+    request=None,
+    responses={200: DaemonOutputSerializer,
+               **errors(400, 401, 404, 405, 409, 503,
+                        _404="The account has no daemon of that name (`not_found`).",
+                        _409="A spawn of that daemon is in progress (`daemon_busy`).")},
+)
+
+
 class DaemonKillView(_TokenView):
-    @extend_schema(operation_id="daemon_kill", responses={200: DaemonOutputSerializer,
-                                                           404: OpenApiResponse(description="No such daemon.")})
+    """Stop and remove the daemon's container, charging it up to now."""
+
+    @extend_schema(operation_id="daemon_kill", **_KILL)
     def get(self, request, name: str):
         wipe = (request.query_params.get("wipe") or request.POST.get("wipe") or "").lower() in ("1", "true", "yes")
         return Response(DaemonOutputSerializer(daemon_kill(account=request.user, name=name, wipe=wipe)).data)
 
-    @extend_schema(operation_id="daemon_kill_post", responses={200: DaemonOutputSerializer})
+    @extend_schema(operation_id="daemon_kill_post", **_KILL)
     def post(self, request, name: str):
         return self.get(request, name)

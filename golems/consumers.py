@@ -38,6 +38,7 @@ from golems.services import (
     webstrate_validate,
 )
 from herder.errors import BadInput, BadWebstrateId, GolemConnected, GolemProofRequired, PayloadTooLarge
+from herder.handshake import can_refuse_before_upgrade, refuse_before_upgrade
 from herder.metrics import count_relayed
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             # Whatever ended the consumer, none of its timers or senders outlives it.
-            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer", "_keep_alive"):
+            for name in ("_watchdog", "_heartbeat", "_give_up", "_timer", "_keep_alive", "_renew"):
                 task = getattr(self, name, None)
                 if task is not None:
                     task.cancel()
@@ -139,13 +140,26 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             self._accepted = True
             await super().accept(subprotocol, headers)
 
-    async def refuse(self, exc: APIException) -> None:
-        """Tell the client why, `{"type": "error", "code", "detail"}`, then close with 4000 + status."""
-        await self.accept()
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        # A peer may speak to this socket before connect() has accepted it (a golem's
+        # claim is visible at once; a minion's frames may overtake its pairing reply).
+        if not self._accepted:
+            await self.accept()
+        await super().send(text_data, bytes_data, close)
+
+    async def refuse(self, exc: APIException, *, before_upgrade: bool = False) -> None:
+        """Tell the client why, `{"type": "error", "code", "detail"}`, then close with 4000 + status.
+        With `before_upgrade`, a socket not accepted yet gets the HTTP status instead where
+        the server can, as the original herder did (herder/handshake.py)."""
         codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+        if before_upgrade and not self._accepted:
+            await refuse_before_upgrade(self, exc.status_code, code, str(exc.detail))
+            return
+        await self.accept()
         await self.send(text_data=json.dumps({
             "type": "error",
-            "code": codes if isinstance(codes, str) else exc.default_code,
+            "code": code,
             "detail": str(exc.detail),
         }))
         await self.close(code=4000 + exc.status_code)
@@ -262,7 +276,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
 class GolemControlConsumer(_PairingConsumer):
     """ws /golem/v1/connect/<webstrate>: receives minion-connected and
     minion-disconnected events. One per webstrate across every herder process;
-    a second is refused with 4409.
+    a second is refused: HTTP 409 before the upgrade where the server can, else 4409.
 
     The golem's own browser proves it is the golem (the cookie its container
     sets, golem_control_admit): such a socket replaces any other, which is
@@ -290,14 +304,16 @@ class GolemControlConsumer(_PairingConsumer):
         except GolemProofRequired as exc:
             await self.refuse(exc)
             return
-        # Accepted first: minions may find the presence as soon as it is claimed.
-        await self.accept()
         self.proven = proven
+        # Claimed before accepting, so that a second socket can be refused before
+        # its upgrade; minions that find the claim first are told once send() accepts.
         self.claimed, replaced = await _db(presence_claim)(
             webstrate=self.webstrate, channel=self.channel_name, proven=proven)
         if not self.claimed:
-            await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."))
+            await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."),
+                              before_upgrade=True)
             return
+        await self.accept()
         if replaced:
             await send_patiently(self.channel_layer, replaced, {"type": "golem.replaced"}, timeout=2)
         self._heartbeat = asyncio.create_task(self._beat())
@@ -360,6 +376,7 @@ class MinionPairConsumer(_PairingConsumer):
     announced_to: str | None = None
     _give_up: asyncio.Task | None = None
     _keep_alive: asyncio.Task | None = None
+    _renew: asyncio.Task | None = None
     _gave_up = False
     _groups: tuple[str, ...] = ()
 
@@ -375,6 +392,7 @@ class MinionPairConsumer(_PairingConsumer):
         self._groups = (minion_group(self.webstrate, self.minion_id), waiting_group(self.webstrate))
         for group in self._groups:
             await self.channel_layer.group_add(group, self.channel_name)
+        self._renew = asyncio.create_task(self._renew_groups())
         control = await _db(self._find_golem)()
         # A golem arriving meanwhile has been told already.
         if control and self.announced_to is None:
@@ -397,6 +415,19 @@ class MinionPairConsumer(_PairingConsumer):
                 await _db(golem_touch)(webstrate=self.webstrate)
             except Exception:
                 logger.exception("recording the minion's activity on golem %s failed", self.webstrate)
+
+    async def _renew_groups(self) -> None:
+        """channels-redis drops a group member after group_expiry (a day): a
+        minion connected for longer would no longer hear a golem arrive or a
+        pairing request. Joining again refreshes the membership."""
+        every = max(1.0, getattr(self.channel_layer, "group_expiry", 86400) / 4)
+        while not self._gave_up:
+            await asyncio.sleep(every)
+            for group in () if self._gave_up else self._groups:
+                try:
+                    await self.channel_layer.group_add(group, self.channel_name)
+                except Exception:
+                    logger.exception("renewing the membership of %s failed", group)
 
     async def _announce(self, control: str) -> None:
         self.announced_to = control
@@ -448,6 +479,8 @@ class MinionPairConsumer(_PairingConsumer):
     async def disconnect(self, code) -> None:
         if self._give_up is not None:
             self._give_up.cancel()
+        if self._renew is not None:
+            self._renew.cancel()
         await self._leave_peer()
         control = self.control or self.announced_to
         if control:
@@ -459,7 +492,8 @@ class MinionPairConsumer(_PairingConsumer):
 
 class GolemMinionConsumer(_PairingConsumer):
     """ws /golem/v1/connect-to/<webstrate>/<minion id>: the golem's socket to one
-    minion. Unknown minion: 4404; a minion already paired: 4409. When the minion
+    minion. Unknown minion: 404; a minion already paired: 409; both before the
+    upgrade where the server can, else close codes 4404 and 4409. When the minion
     leaves, this socket gets minion-disconnected and closes."""
 
     _timer: asyncio.Task | None = None
@@ -482,7 +516,9 @@ class GolemMinionConsumer(_PairingConsumer):
             await self.refuse(exc)
             return
         self._new_outbox()
-        await self.accept()
+        if not can_refuse_before_upgrade(self.scope):
+            # The refusal can only be a close code: accept at once, as before.
+            await self.accept()
         self._timer = asyncio.create_task(self._no_answer())
         await self.channel_layer.group_send(
             minion_group(self.webstrate, self.minion_id), {"type": "pair.request", "golem": self.channel_name})
@@ -490,17 +526,19 @@ class GolemMinionConsumer(_PairingConsumer):
     async def _no_answer(self) -> None:
         await asyncio.sleep(settings.HERDER_PAIRING_REPLY_TIMEOUT)
         if self.peer is None:
-            await self.refuse(MinionNotFound(f"No minion {self.minion_id} is connected to {self.webstrate}."))
+            await self.refuse(MinionNotFound(f"No minion {self.minion_id} is connected to {self.webstrate}."),
+                              before_upgrade=True)
 
     async def pair_accepted(self, message: dict) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        await self.accept()
         self._paired(message["minion"])
 
     async def pair_refused(self, message: dict) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        await self.refuse(MinionPaired())
+        await self.refuse(MinionPaired(), before_upgrade=True)
 
     async def peer_left(self) -> None:
         crashed = self.peer is not None and self._last_heard_too_long()

@@ -325,7 +325,7 @@ def _start_container(webstrate: str, generation: str):
     spec = golem_container_spec(webstrate, generation)
     runtime = get_runtime()
     if spec.network and spec.network not in _ENGINE_NETWORKS:
-        runtime.ensure_network(spec.network, isolated=True, labels={"herder.network": "golems"})
+        runtime.network_create(spec.network, kind="golem")
     for attempt in range(3):
         _remove_all(webstrate)
         try:

@@ -2,7 +2,9 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.views.decorators.csrf import csrf_exempt
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -12,6 +14,8 @@ from rest_framework.views import APIView
 from golems.models import Golem
 from golems.services import golem_kill, golem_list, golem_reset, golem_spawn
 from herder.admission import client_of_request
+from herder.errors import error_response
+from herder.schema import WEBSTRATE_PARAMETER, errors
 
 _BOOTSTRAP = (Path(__file__).parent / "bootstrap.js").read_text()
 
@@ -24,8 +28,15 @@ def bootstrap_script() -> str:
     return _BOOTSTRAP.replace("__CONFIG__", config).replace("__URL__", url)
 
 
+# Exempt: it takes no POST, and a POST is answered 405 rather than a CSRF 403.
+@csrf_exempt
 def golem_bootstrap(request: HttpRequest) -> HttpResponse:
     """GET / and /golem/v1/: the script a webstrate includes."""
+    if request.method not in ("GET", "HEAD"):
+        # As the schema says: a script to fetch, nothing to post to.
+        response = error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        response["Allow"] = "GET, HEAD"
+        return response
     response = HttpResponse(bootstrap_script(), content_type="application/javascript; charset=utf-8")
     response["Cache-Control"] = "public, max-age=300"
     return response
@@ -73,29 +84,44 @@ class _GolemActionView(APIView):
     def get(self, request, webstrate: str):
         return Response(GolemSerializer(self.act(webstrate)).data)
 
-    @extend_schema(request=None)
     def post(self, request, webstrate: str):
         return Response(GolemSerializer(self.act(webstrate)).data)
 
 
-_ACTION_RESPONSES = {
-    200: OpenApiResponse(GolemSerializer, description="The golem; as text, its container id."),
-    400: OpenApiResponse(description="Not a valid webstrate id."),
-    503: OpenApiResponse(description="The container engine (or, spawning, the webstrates server) is unavailable."),
-}
+def _action(operation_id: str, text: str, **statuses: str) -> dict:
+    """extend_schema's arguments for a golem action, answered alike to GET and POST."""
+    answer = (f"As plain text (the original's answer): {text} As JSON, the golem, when the client "
+              "accepts JSON (`Accept: application/json` or `?format=json`).")
+    return dict(
+        operation_id=operation_id, parameters=[WEBSTRATE_PARAMETER], request=None,
+        responses={
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description=answer),
+            (200, "application/json"): OpenApiResponse(GolemSerializer, description=answer),
+            **errors(400, 405, 503, *(int(status[1:]) for status in statuses),
+                     _400="Not a valid webstrate id (`bad_webstrate_id`).", **statuses),
+        },
+    )
+
+
+_NO_GOLEM = "That webstrate has no golem (`golem_not_found`)."
 
 
 class GolemSpawnView(_GolemActionView):
     """Start the webstrate's golem; a repeat changes nothing and answers the same."""
 
-    @extend_schema(operation_id="golem_spawn", responses={
-        **_ACTION_RESPONSES,
-        404: OpenApiResponse(description="The webstrates server has no such webstrate."),
-        429: OpenApiResponse(description="Too many golems, in total or new ones from this client; "
-                                         "Retry-After says when to try again."),
-    })
+    _schema = _action(
+        "golem_spawn", "the golem's container id.",
+        _404="The webstrates server has no such webstrate (`webstrate_not_found`).",
+        _429="Too many golems, in total or new ones from this client; see Retry-After.",
+        _503="The container engine or the webstrates server (`webstrates_unavailable`) does not answer.")
+
+    @extend_schema(**_schema)
     def get(self, request, webstrate: str):
         return super().get(request, webstrate)
+
+    @extend_schema(**{**_schema, "operation_id": "golem_spawn_post"})
+    def post(self, request, webstrate: str):
+        return super().post(request, webstrate)
 
     def act(self, webstrate: str) -> Golem:
         # GET stays (the original's bootstrap script spawns from any page); the
@@ -106,9 +132,15 @@ class GolemSpawnView(_GolemActionView):
 class GolemResetView(_GolemActionView):
     """Restart the webstrate's golem in a fresh browser."""
 
-    @extend_schema(operation_id="golem_reset", responses={**_ACTION_RESPONSES, 404: OpenApiResponse(description="No golem.")})
+    _schema = _action("golem_reset", "the new container's id.", _404=_NO_GOLEM)
+
+    @extend_schema(**_schema)
     def get(self, request, webstrate: str):
         return super().get(request, webstrate)
+
+    @extend_schema(**{**_schema, "operation_id": "golem_reset_post"})
+    def post(self, request, webstrate: str):
+        return super().post(request, webstrate)
 
     def act(self, webstrate: str) -> Golem:
         return golem_reset(webstrate=webstrate)
@@ -117,9 +149,15 @@ class GolemResetView(_GolemActionView):
 class GolemKillView(_GolemActionView):
     """Stop and remove the webstrate's golem."""
 
-    @extend_schema(operation_id="golem_kill", responses={**_ACTION_RESPONSES, 404: OpenApiResponse(description="No golem.")})
+    _schema = _action("golem_kill", "`ok`.", _404=_NO_GOLEM)
+
+    @extend_schema(**_schema)
     def get(self, request, webstrate: str):
         return super().get(request, webstrate)
+
+    @extend_schema(**{**_schema, "operation_id": "golem_kill_post"})
+    def post(self, request, webstrate: str):
+        return super().post(request, webstrate)
 
     def as_text(self, data) -> str:
         return "ok"
@@ -133,6 +171,6 @@ class GolemListView(APIView):
 
     renderer_classes = [JSONRenderer]
 
-    @extend_schema(operation_id="golem_list", responses={200: GolemSerializer(many=True)})
+    @extend_schema(operation_id="golem_list", responses={200: GolemSerializer(many=True), **errors(405)})
     def get(self, request):
         return Response(GolemSerializer(golem_list(), many=True).data)

@@ -11,22 +11,38 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
+from accounts.views import token_generate_admit  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
+from herder.bodycap import BodyCap  # noqa: E402
+from herder.gate import Gate  # noqa: E402
 from herder.rawinput import RawInputGuard  # noqa: E402
 from herder.requestlog import RequestLog  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 from herder.wslimits import WebSocketLimits  # noqa: E402
+from minions.views import minion_spawn_admit  # noqa: E402
 
-# Outermost, for both protocols: the request id (answered as X-Request-Id), one
-# log line and the metrics of every request and socket (herder/requestlog.py).
-application = RequestLog(ProtocolTypeRouter(
-    {
-        # The daemon proxy streams bodies, so it bypasses Django's request handling.
-        # Malformed framing (Content-Length, raw query bytes) is a JSON 400 before anything else.
-        "http": RawInputGuard(PrefixRouter(django_application)),
-        # Sockets per client and in total, and the frame cap, before anything else
-        # (herder/wslimits.py); then scope["account"] and scope["token"] from
-        # ?token= or a Bearer header.
-        "websocket": WebSocketLimits(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))),
-    }
-))
+# Read top to bottom, the layers a request meets.
+# Both protocols first: the request id (answered as X-Request-Id), one log line
+# and the metrics of every request and socket (herder/requestlog.py).
+# HTTP: malformed framing (Content-Length, raw query bytes) is a 400; a daemon's
+# origin (any path) and the path route go to the proxy, which streams bodies
+# both ways; the herder's own routes meet admission (429 at once, or a wait for
+# a slot with no thread held), then the body cap (413 while the body streams),
+# then Django.
+http = RawInputGuard(
+    PrefixRouter(
+        Gate(
+            BodyCap(django_application),
+            routes={
+                "/minion/v1/spawn": minion_spawn_admit,
+                "/token/v1/generate": token_generate_admit,
+            },
+        ),
+    ),
+)
+# WebSocket: sockets per client and in total and the frame cap (the proxy's
+# sockets too); scope["account"] and scope["token"] from ?token= or a Bearer
+# header; the daemon proxy; the herder's own consumers.
+websocket = WebSocketLimits(TokenAuthMiddleware(PrefixRouter(URLRouter(websocket_urlpatterns))))
+
+application = RequestLog(ProtocolTypeRouter({"http": http, "websocket": websocket}))

@@ -76,6 +76,12 @@ class GolemProofRequired(exceptions.PermissionDenied):
     default_code = "golem_proof_required"
 
 
+class DaemonBusy(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Another spawn or kill of that daemon is in progress; try again."
+    default_code = "daemon_busy"
+
+
 class InsufficientCredits(exceptions.APIException):
     status_code = status.HTTP_402_PAYMENT_REQUIRED
     default_detail = "Not enough credits."
@@ -110,7 +116,7 @@ class AlreadyGranted(exceptions.APIException):
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request is too large."
-    default_code = "too_large"
+    default_code = "payload_too_large"
 
 
 class TooManyRequests(exceptions.APIException):
@@ -193,6 +199,18 @@ def exception_handler(exc: Exception, context: dict) -> Response:
         status=exc.status_code,
         headers=headers,
     )
+
+
+def api_error_response(exc: Exception) -> JsonResponse:
+    """What the handler answers for `exc`, from a plain Django view (an async
+    one: DRF's views are sync), headers (Retry-After...) included."""
+    response = exception_handler(exc, {"view": None})
+    answer = JsonResponse(response.data, status=response.status_code,
+                          json_dumps_params={"separators": (",", ":"), "ensure_ascii": False})
+    for name, value in response.headers.items():
+        if name.lower() != "content-type":
+            answer[name] = value
+    return answer
 
 
 def error_response(status_code: int, code: str, detail: str) -> JsonResponse:

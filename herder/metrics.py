@@ -102,10 +102,12 @@ engine_errors = Counter(
 # their first refusal (reasons are names in the code, never client input).
 REFUSAL_REASONS = (
     "golem_total", "golem-spawn", "websocket_total", "websocket_per_client",
-    "minion_total", "minion_per_client", "minion_per_account", "minion_queue_timeout",
-    "upload_total", "upload_per_client", "token-generate",
+    "minion_total", "minion_per_client", "minion_queue_full", "minion_queue_timeout",
+    "upload_total", "upload_per_client", "payload_too_large",
+    "token_generate", "admin_login", "admin_login_user",
 )
-refused = Counter("herder_refused", "Requests refused for load (429), by reason.", ["reason"])
+refused = Counter("herder_refused", "Requests refused for load (429) or over a body cap (413), by reason.",
+                  ["reason"])
 
 
 def _create_series() -> None:
@@ -130,7 +132,7 @@ _create_series()
 # --- Hooks: what other code calls ---------------------------------------------------
 
 def count_refusal(reason: str) -> None:
-    """herder.admission.refuse() calls this for every refusal."""
+    """herder.admission.note_refusal() (refuse() and the body caps) calls this for every refusal."""
     refused.labels(reason).inc()
     if reason.startswith("minion"):
         minion_runs.labels(REFUSED_ENV, "refused").inc()

@@ -51,14 +51,22 @@ def _route_name(match) -> str:
     return "admin" if name.startswith("admin:") or name.startswith("admin/") else name
 
 
-def route_of(path: str, found: list | None = None) -> str:
-    """The URL pattern's name for `path` (bounded: one value per route):
-    what Django resolved for the request (`found`, filled by RouteName),
-    else resolved here (answers made before Django: refusals, 400s)."""
-    if path.startswith(_PROXY_PREFIX):
-        return "daemon-proxy"
+def _is_proxied(scope: dict) -> bool:
+    """The daemon proxy's: its path route, or any path on a daemon's origin."""
+    from daemons.proxy import route_of as daemon_route  # the proxy knows its own routes
+
+    return scope["path"].startswith(_PROXY_PREFIX) or daemon_route(scope) is not None
+
+
+def route_of(scope: dict, found: list | None = None) -> str:
+    """The URL pattern's name for the request (bounded: one value per route):
+    what Django resolved for it (`found`, filled by RouteName), else the daemon
+    proxy's, else resolved here (answers made before Django: refusals, 400s)."""
     if found:
         return found[0]
+    path = scope["path"]
+    if _is_proxied(scope):
+        return "daemon-proxy"
     if path.startswith("/" + settings.STATIC_URL.lstrip("/")):
         return "static"
     try:
@@ -81,11 +89,12 @@ class RouteName(MiddlewareMixin):
             found.append(_route_name(request.resolver_match))
 
 
-def websocket_kind(path: str) -> str:
+def websocket_kind(scope: dict) -> str:
+    path = scope["path"]
     for prefix, kind in _WEBSOCKET_KINDS:
         if path.startswith(prefix):
             return kind
-    return "other"
+    return "daemon_proxy" if _is_proxied(scope) else "other"
 
 
 def _incoming_id(scope: dict) -> str | None:
@@ -140,7 +149,7 @@ class RequestLog:
             await self.app(scope, receive, answer)
         except Exception:
             logger.exception("unhandled error in %s %s", scope.get("method"),
-                             route_of(scope["path"], scope["herder.route"]))
+                             route_of(scope, scope["herder.route"]))
             if status == 0:
                 status = 500
                 body = json.dumps({"code": "server_error", "detail": "A server error occurred."}).encode()
@@ -150,7 +159,7 @@ class RequestLog:
                 await send({"type": "http.response.body", "body": body})
         finally:
             duration = time.perf_counter() - started
-            route = route_of(scope["path"], scope["herder.route"])
+            route = route_of(scope, scope["herder.route"])
             # 499: the client left before any answer (nginx's convention).
             code = status or 499
             metrics.http_requests.labels(route, str(code)).inc()
@@ -164,7 +173,7 @@ class RequestLog:
 
     async def _websocket(self, scope, receive, send, rid: str) -> None:
         started = time.perf_counter()
-        kind = websocket_kind(scope["path"])
+        kind = websocket_kind(scope)
         status = 0
         close_code = None
         accepted = False

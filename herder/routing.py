@@ -1,13 +1,11 @@
 """WebSocket routes; the apps add their consumers here."""
 
-from django.urls import path, re_path
+from django.urls import path
 
 from daemons.consumers import DaemonAttachConsumer
-from daemons.proxy import DaemonProxyConsumer
 from golems.routing import websocket_urlpatterns as golem_websocket_urlpatterns
 
 websocket_urlpatterns: list = [
     path("daemon/v1/attach/<str:name>", DaemonAttachConsumer.as_asgi()),
-    re_path(r"^daemon/v1/proxy/(?P<name>[^/]+)(?P<path>/.*)?$", DaemonProxyConsumer.as_asgi()),
     *golem_websocket_urlpatterns,
 ]

@@ -5,7 +5,10 @@ never see the SDK. Every container carries the labels `herder.kind` (minion,
 golem, daemon) and `herder.owner`, so the herder can find, account for and
 clean up its containers after a restart.
 
-The SDK blocks: from async code call these methods through `sync_to_async`.
+The SDK blocks: from async code call these methods through
+`await in_engine_pool(fn, ...)`, a bounded pool (HERDER_DOCKER_THREADS): a
+request waiting for the engine is a future, not a thread. Every call to the
+engine gives up after HERDER_DOCKER_TIMEOUT seconds (503).
 Choose the implementation with `HERDER_RUNTIME`; `get_runtime()` returns it.
 """
 
@@ -20,7 +23,8 @@ import struct
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -117,6 +121,14 @@ class ContainerInfo:
     owner: str
     status: str
     created: datetime
+    labels: dict[str, str]
+    # Container port -> host port of the published TCP ports (empty while stopped).
+    ports: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
     labels: dict[str, str]
 
 
@@ -273,14 +285,25 @@ class Runtime:
         """Delete a volume; one already gone counts as deleted."""
         raise NotImplementedError
 
-    def ensure_network(self, name: str, *, isolated: bool = True, labels: dict[str, str] | None = None) -> None:
-        """Create the bridge network `name` unless it exists. `isolated`: its
-        containers cannot reach each other (they still reach the host and beyond).
-        An existing network is left as it is."""
+    def exec(self, handle: Handle, command: list[str], *, user: str | None = None) -> tuple[int, bytes]:
+        """Run `command` in a running container; return its exit code and its
+        stdout and stderr together. Bound its time inside the command
+        (`timeout 5 ...`): the call waits for it. Raises ContainerGone."""
         raise NotImplementedError
 
-    def remove_network(self, name: str) -> None:
-        """Delete a network; one already gone counts as deleted."""
+    def network_create(self, name: str, *, kind: str, labels: dict[str, str] | None = None) -> str:
+        """Create (or find) the bridge network `name` with inter-container traffic
+        off, labelled like containers (`herder.kind`, `herder.instance`); its
+        containers still reach outside through the engine's NAT. Returns its name."""
+        raise NotImplementedError
+
+    def network_remove(self, name: str) -> bool:
+        """Delete a network. One already gone counts as deleted (True); one that
+        still has containers attached is kept (False)."""
+        raise NotImplementedError
+
+    def networks(self, *, kind: str | None = None, ours: bool = False) -> list[NetworkInfo]:
+        """The herder's networks, filtered by label as `list` filters containers."""
         raise NotImplementedError
 
 
@@ -316,10 +339,11 @@ class DockerRuntime(Runtime):
         with self._lock:
             if self._client is None:
                 with _engine_errors():
+                    timeout = settings.HERDER_DOCKER_TIMEOUT
                     if settings.DOCKER_HOST:
-                        self._client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=30)
+                        self._client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=timeout)
                     else:
-                        self._client = docker.from_env(timeout=30)
+                        self._client = docker.from_env(timeout=timeout)
             return self._client
 
     def _create(self, spec: ContainerSpec) -> Handle:
@@ -459,6 +483,8 @@ class DockerRuntime(Runtime):
                 status=row.get("State", ""),
                 created=datetime.fromtimestamp(row["Created"]).astimezone(),
                 labels=row["Labels"],
+                ports={int(p["PrivatePort"]): int(p["PublicPort"]) for p in row.get("Ports") or ()
+                       if p.get("Type") == "tcp" and p.get("PublicPort")},
             )
             for row in rows
         ]
@@ -502,26 +528,56 @@ class DockerRuntime(Runtime):
         except ContainerGone:
             pass
 
-    def ensure_network(self, name: str, *, isolated: bool = True, labels: dict[str, str] | None = None) -> None:
+    def exec(self, handle: Handle, command: list[str], *, user: str | None = None) -> tuple[int, bytes]:
         with _engine_errors():
-            # The engine's name filter matches parts of names too.
-            if any(n.get("Name") == name for n in self.client.api.networks(names=[name])):
-                return
-            options = {"com.docker.network.bridge.enable_icc": "false"} if isolated else None
-            try:
-                self.client.api.create_network(name, driver="bridge", options=options,
-                                               labels=labels or None, check_duplicate=True)
-            except docker.errors.APIError as exc:
-                # 409: another process created it meanwhile.
-                if exc.response is None or exc.response.status_code != 409:
-                    raise
+            created = self.client.api.exec_create(handle.id, command, stdout=True, stderr=True,
+                                                  user=user or "")
+            output = self.client.api.exec_start(created["Id"])
+            code = self.client.api.exec_inspect(created["Id"])["ExitCode"]
+        return int(code if code is not None else -1), output
 
-    def remove_network(self, name: str) -> None:
+    def network_create(self, name: str, *, kind: str, labels: dict[str, str] | None = None) -> str:
+        all_labels = {LABEL_INSTANCE: deployment_instance(), **(labels or {}), LABEL_KIND: kind}
+        try:
+            with _engine_errors():
+                self.client.api.create_network(
+                    name, driver="bridge", check_duplicate=True, labels=all_labels,
+                    # Containers on it cannot reach each other (iptables DROP
+                    # between its ports), only the outside through NAT.
+                    options={"com.docker.network.bridge.enable_icc": "false"},
+                )
+        except docker.errors.APIError as exc:
+            # 409: it exists (a spawn before this one made it): use it. Others
+            # (the address pools are exhausted) are the engine's to fix: 503.
+            if exc.response is None or exc.response.status_code != 409:
+                raise RuntimeUnavailable(f"The engine could not create network {name}: {exc.explanation}") from exc
+        return name
+
+    def network_remove(self, name: str) -> bool:
         try:
             with _engine_errors():
                 self.client.api.remove_network(name)
         except ContainerGone:
-            pass
+            return True
+        except docker.errors.APIError as exc:
+            # 403/409: containers are still attached.
+            if exc.response is not None and exc.response.status_code in (403, 409):
+                return False
+            raise
+        except RuntimeUnavailable as exc:
+            # 20.10 answers 500 "has active endpoints" for a network in use.
+            if "active endpoints" in str(exc):
+                return False
+            raise
+        return True
+
+    def networks(self, *, kind: str | None = None, ours: bool = False) -> list[NetworkInfo]:
+        filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
+        if ours:
+            filters.append(f"{LABEL_INSTANCE}={deployment_instance()}")
+        with _engine_errors():
+            rows = self.client.api.networks(filters={"label": filters})
+        return [NetworkInfo(name=row["Name"], labels=row.get("Labels") or {}) for row in rows]
 
 
 def tar_of(files: dict[str, bytes], *, mode: int = 0o644) -> bytes:
@@ -539,6 +595,20 @@ def tar_of(files: dict[str, bytes], *, mode: int = 0o644) -> bytes:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+_engine_pool: ThreadPoolExecutor | None = None
+
+
+async def in_engine_pool(fn: Callable, /, *args, **kwargs):
+    """`fn(*args, **kwargs)` (a blocking runtime call) on the engine's bounded
+    thread pool; callers beyond its HERDER_DOCKER_THREADS threads wait in
+    its queue as futures. No database work here: the pool's threads are
+    not Django's."""
+    global _engine_pool
+    with _runtime_lock:
+        if _engine_pool is None:
+            _engine_pool = ThreadPoolExecutor(settings.HERDER_DOCKER_THREADS, thread_name_prefix="herder-engine")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_engine_pool, lambda: fn(*args, **kwargs))
 
 
 def get_runtime() -> Runtime:
@@ -552,7 +622,7 @@ def get_runtime() -> Runtime:
 
 def _forget_runtime(*, setting: str, **kwargs) -> None:
     global _runtime
-    if setting in ("HERDER_RUNTIME", "DOCKER_HOST"):
+    if setting in ("HERDER_RUNTIME", "DOCKER_HOST", "HERDER_DOCKER_TIMEOUT"):
         with _runtime_lock:
             _runtime = None
 

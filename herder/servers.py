@@ -4,11 +4,15 @@ on both.
 
 `on_signal` runs in a thread of its own at SIGINT/SIGTERM, before the server
 winds down: requests still running would otherwise hold the process up.
+
+`sock`, when given, is a listening socket made by `herd` (one worker's
+SO_REUSEPORT socket, herder/workers.py); otherwise the server binds host:port.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +23,7 @@ def _in_thread(on_signal: Callable[[], object]) -> None:
 
 
 def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
-                  on_signal: Callable[[], object]) -> None:
+                  on_signal: Callable[[], object], sock: socket.socket | None = None) -> None:
     import uvicorn
     from django.conf import settings
 
@@ -34,11 +38,11 @@ def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
         # A larger WebSocket message closes its socket (1009) before it is buffered whole.
         ws_max_size=settings.HERDER_WS_MAX_FRAME, timeout_graceful_shutdown=5,
     )
-    Server(config).run()
+    Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 def serve_daphne(application, *, host: str, port: int, access_log: bool,
-                 on_signal: Callable[[], object]) -> None:
+                 on_signal: Callable[[], object], sock: socket.socket | None = None) -> None:
     from daphne.access import AccessLogGenerator
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
@@ -49,11 +53,17 @@ def serve_daphne(application, *, host: str, port: int, access_log: bool,
         _in_thread(on_signal)
         reactor.callFromThread(reactor.stop)
 
+    if sock is not None and sock.family != socket.AF_INET:
+        # Its fd endpoint string cannot name another address family.
+        raise ValueError("Daphne workers listen on IPv4 addresses only: use --server uvicorn")
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     Server(
         application=application,
-        endpoints=build_endpoint_description_strings(host=host, port=port),
+        # Twisted adopts a copy of the descriptor and closes the one given: the
+        # socket object lets go of it first (or it would close a reused number later).
+        endpoints=([f"fd:fileno={sock.detach()}"]
+                   if sock is not None else build_endpoint_description_strings(host=host, port=port)),
         action_logger=AccessLogGenerator(sys.stdout) if access_log else None,
         # Minion runs may take the whole time limit.
         http_timeout=None,

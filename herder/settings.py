@@ -171,6 +171,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # --- The schema's exactness (herder/schema.py) ---
+    # 3.1: full JSON Schema, so the spawn forms' file fields can say which names
+    # they take (propertyNames), which 3.0 cannot.
+    "OAS_VERSION": "3.1.0",
+    # Plain-Django routes, settings-driven enums, Retry-After on 429s and the
+    # description of what OpenAPI cannot describe (WebSockets, the daemon proxy).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "herder.schema.postprocess",
+    ],
 }
 
 # --- Admission: who a client is, and how much one may start --------------
@@ -235,6 +245,11 @@ HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime
 HERDER_INSTANCE = env.str("HERDER_INSTANCE", default="")
 # The docker SDK's own variable; unset means the local engine.
 DOCKER_HOST = env.str("DOCKER_HOST", default="")
+# Seconds any one call to the engine may take before it counts as down (503).
+HERDER_DOCKER_TIMEOUT = _positive("HERDER_DOCKER_TIMEOUT", env.float("HERDER_DOCKER_TIMEOUT", default=30.0))
+# Threads for engine calls made from async code (herder.runtime.in_engine_pool):
+# callers beyond them wait as futures, not as threads.
+HERDER_DOCKER_THREADS = int(_positive("HERDER_DOCKER_THREADS", env.int("HERDER_DOCKER_THREADS", default=8)))
 
 # --- Controlled minions ----------------------------------------------------
 # env name -> image. HERDER_MINION_ENVS adds or replaces: "julia=me/julia:1,r=me/r".
@@ -269,6 +284,66 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = HERDER_MINION_MAX_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = HERDER_MINION_MAX_FILES + 16
 DATA_UPLOAD_MAX_NUMBER_FILES = HERDER_MINION_MAX_FILES + 16
 
+# --- Admission: body caps, minion slots, throttles ---------------------------
+# (herder/bodycap.py, herder/admission.py; the README's "Limits" table.)
+
+
+def _size(name: str, text: str) -> int:
+    """Bytes of a Docker-style size: "512m", "1g", "65536"."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*", text.lower())
+    if not match:
+        raise ImproperlyConfigured(f"{name} must be a size such as 512m, not {text!r}")
+    return int(float(match[1]) * 1024 ** " kmg".index(match[2] or " "))
+
+
+def _rate(name: str, default: str) -> str:
+    """A rate, N/s|m|h|d (herder.admission.Rate); empty or 0 turns it off."""
+    text = env.str(name, default=default)
+    if text.strip() not in ("", "0", "off", "none") and not re.fullmatch(
+            r"\s*\d+\s*/\s*\d*\s*[smhd]\w*\s*", text):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 10/m, not {text!r}")
+    return text
+
+
+def _default_minion_slots() -> int:
+    """Runs at once this machine can hold: 4 per core (a run mostly waits on
+    its container), and no more than fit in memory at the minion memory limit."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores * 4, memory // _size("HERDER_MINION_MEMORY", HERDER_MINION_MEMORY)))
+
+
+# Request bodies, refused with 413 while they stream (before Django reads
+# them). Minion and daemon spawn take HERDER_MINION_MAX_BYTES plus form
+# framing; the admin's forms this; every other route HERDER_MAX_BODY. The
+# daemon proxy is not capped here: it streams bodies to the daemon.
+HERDER_MAX_BODY = env.int("HERDER_MAX_BODY", default=16 * 1024)
+HERDER_ADMIN_MAX_BODY = env.int("HERDER_ADMIN_MAX_BODY", default=1024 * 1024)
+# Requests with bodies over HERDER_MAX_BODY (or chunked) in progress at once,
+# per client and in all: what bodies may hold of memory and disk, in total.
+HERDER_UPLOADS_PER_CLIENT = env.int("HERDER_UPLOADS_PER_CLIENT", default=8)
+# Minion runs at once per client (address, or account with a token), in total,
+# and how many may wait for a slot (FIFO, fair across clients) and how long.
+HERDER_MINION_MAX_PER_CLIENT = env.int("HERDER_MINION_MAX_PER_CLIENT", default=4)
+HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default=8)
+HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
+HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
+HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
+# Every run may hold its body, and daemon spawns and the like some more (waiters
+# hold none: they wait before their body is read, herder/gate.py).
+HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
+# Wrong token passwords per client, and failed admin logins per client and per
+# username, before 429 (fixed windows, counted in the cache).
+HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")
+HERDER_ADMIN_LOGIN_RATE = _rate("HERDER_ADMIN_LOGIN_RATE", "10/m")
+# Each section of GET /pressure: name -> a callable returning a JSON-able dict,
+# cheap enough to poll every second (no Docker call).
+HERDER_PRESSURE_SOURCES = {
+    "minions": "minions.services.minion_pressure",
+    "golems": "golems.services.golem_snapshot",
+    "sockets": "herder.wslimits.snapshot",
+}
+
 # --- Daemons -----------------------------------------------------------------
 HERDER_DAEMON_MEMORY = env.str("HERDER_DAEMON_MEMORY", default="512m")
 HERDER_DAEMON_CPUS = _positive("HERDER_DAEMON_CPUS", env.float("HERDER_DAEMON_CPUS", default=1.0))
@@ -283,6 +358,36 @@ HERDER_DAEMON_RESTART = env.str("HERDER_DAEMON_RESTART", default="on-failure")
 HERDER_DAEMON_CONFINED = env.bool("HERDER_DAEMON_CONFINED", default=True)
 HERDER_DAEMON_COST_PER_SECOND = env.int("HERDER_DAEMON_COST_PER_SECOND", default=1)
 HERDER_DAEMON_MAX_PORTS = env.int("HERDER_DAEMON_MAX_PORTS", default=16)
+
+# --- Daemon origins and the proxy's bounds ------------------------------------
+# Each daemon's own origin, as JupyterHub's subdomain_host: "{name}.daemons.example.org"
+# or "http://{name}.daemons.localhost:8000" ({name}: the daemon's host label). A
+# request whose Host matches goes to that daemon, at its path as is. Empty: only
+# the path route /daemon/v1/proxy/<Name>/, sandboxed on the herder's origin.
+HERDER_DAEMON_ORIGIN = env.str("HERDER_DAEMON_ORIGIN", default="").strip().rstrip("/")
+if HERDER_DAEMON_ORIGIN:
+    _origin_host = HERDER_DAEMON_ORIGIN.split("://", 1)[-1]
+    if (HERDER_DAEMON_ORIGIN.split("://", 1)[0] not in ("http", "https", _origin_host)
+            or not _origin_host.startswith("{name}.") or _origin_host.count("{name}") != 1
+            or "/" in _origin_host):
+        raise ImproperlyConfigured(
+            "HERDER_DAEMON_ORIGIN is a host pattern starting with '{name}.', optionally with "
+            f"scheme and port, e.g. https://{{name}}.daemons.example.org, not {HERDER_DAEMON_ORIGIN!r}")
+# Requests and WebSockets relayed at once to one daemon, per herder process
+# (more: 429): one daemon with slow clients cannot take every connection.
+HERDER_PROXY_MAX_PER_DAEMON = int(_positive(
+    "HERDER_PROXY_MAX_PER_DAEMON", env.int("HERDER_PROXY_MAX_PER_DAEMON", default=100)))
+# Seconds to open a connection to a daemon (then 502).
+HERDER_PROXY_CONNECT_TIMEOUT = _positive(
+    "HERDER_PROXY_CONNECT_TIMEOUT", env.float("HERDER_PROXY_CONNECT_TIMEOUT", default=5.0))
+# Seconds a daemon may take to start its answer, and between two reads of it
+# (before the answer starts: 504).
+HERDER_PROXY_READ_TIMEOUT = _positive(
+    "HERDER_PROXY_READ_TIMEOUT", env.float("HERDER_PROXY_READ_TIMEOUT", default=60.0))
+# Seconds without a byte either way before a relayed request or WebSocket is
+# closed: a client that stops sending or reading frees its slot.
+HERDER_PROXY_IDLE_TIMEOUT = _positive(
+    "HERDER_PROXY_IDLE_TIMEOUT", env.float("HERDER_PROXY_IDLE_TIMEOUT", default=300.0))
 
 # --- Golems ------------------------------------------------------------------
 # One headless Chromium per webstrate (golems/). The golem opens
@@ -381,13 +486,30 @@ HERDER_SUPERVISOR_INTERVAL = _positive(
     "HERDER_SUPERVISOR_INTERVAL", env.float("HERDER_SUPERVISOR_INTERVAL", default=5.0)
 )
 # Each is called once per interval with no arguments; apps add theirs here.
+# These are the deployment's: only the process holding the supervisor lease
+# (herder/lease.py) runs them.
 HERDER_SUPERVISOR_DUTIES = [
-    "minions.services.minion_reap_orphans",
     "daemons.services.daemon_supervise",
     # Golems: adopt after a restart, restart crashed ones, forget stale presence; reap idle ones.
     "golems.services.golem_reconcile",
     "golems.services.golem_reap_idle",
 ]
+# These every herder process runs for itself, lease or not: they know what the
+# process itself holds (its runs and warm containers).
+HERDER_SUPERVISOR_LOCAL_DUTIES = [
+    "minions.services.minion_reap_orphans",
+]
+
+# --- Workers (herd --workers) ------------------------------------------------
+# Processes `herd` serves its port from. They share the channel layer and the
+# cache through Redis, so more than one needs REDIS_URL (herd refuses it
+# otherwise). Default: one per core with Redis, else 1.
+HERDER_WORKERS = env.int("HERDER_WORKERS", default=(os.cpu_count() or 1) if REDIS_URL else 1)
+# channels-redis forgets a group member after this many seconds (its own
+# default, a day); sockets that stay connected renew theirs every quarter of it.
+HERDER_GROUP_EXPIRY = int(_positive("HERDER_GROUP_EXPIRY", env.int("HERDER_GROUP_EXPIRY", default=86400)))
+if REDIS_URL:
+    CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = HERDER_GROUP_EXPIRY
 
 # --- Observability (herder/metrics.py, herder/health.py, herder/logs.py) ------
 # Log lines: "text" (time level logger [request id]: event key=value ...) or

@@ -1,12 +1,19 @@
 """The supervisor: the herder's periodic duties (reaping, metering, adopting).
 
-Each duty named in HERDER_SUPERVISOR_DUTIES is called once per interval with no
-arguments. One failing duty is logged and does not stop the others.
+Each duty is called once per interval with no arguments. One failing duty is
+logged and does not stop the others. Two kinds:
+
+- HERDER_SUPERVISOR_DUTIES are the deployment's (metering, adopting, reaping
+  golems): only the process holding the lease (herder/lease.py) runs them, so
+  several herder processes never meter or restart the same thing twice.
+- HERDER_SUPERVISOR_LOCAL_DUTIES concern what each process holds itself (its
+  runs and warm containers): every process runs them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -15,14 +22,19 @@ from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
 from herder.errors import RuntimeUnavailable
+from herder.lease import Lease, lease_from_settings
 
 logger = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(self, *, interval: float, duties: list[Callable[[], object]]) -> None:
+    def __init__(self, *, interval: float, duties: list[Callable[[], object]],
+                 local_duties: list[Callable[[], object]] = (), lease: Lease | None = None) -> None:
+        """Without a lease, this supervisor runs every duty (one process, or a test)."""
         self.interval = interval
         self.duties = duties
+        self.local_duties = list(local_duties)
+        self.lease = lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -31,10 +43,27 @@ class Supervisor:
         return cls(
             interval=settings.HERDER_SUPERVISOR_INTERVAL,
             duties=[import_string(path) for path in settings.HERDER_SUPERVISOR_DUTIES],
+            local_duties=[import_string(path) for path in settings.HERDER_SUPERVISOR_LOCAL_DUTIES],
+            lease=lease_from_settings(),
         )
 
+    def leading(self) -> bool:
+        """Hold (or take) the lease; log when it changes hands here."""
+        if self.lease is None:
+            return True
+        was = self.lease.held
+        try:
+            held = self.lease.hold()
+        except Exception:
+            logger.exception("the supervisor lease could not be tried")
+            held = False
+        if held != was:
+            logger.info("supervisor lease %s by process %d", "taken" if held else "lost", os.getpid())
+        return held
+
     def run_once(self) -> None:
-        for duty in self.duties:
+        duties = self.local_duties + (self.duties if self.leading() else [])
+        for duty in duties:
             try:
                 duty()
             except RuntimeUnavailable:
@@ -59,3 +88,6 @@ class Supervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.lease is not None:
+            # Handed on at once, not when this process is gone.
+            self.lease.release()

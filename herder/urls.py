@@ -6,7 +6,9 @@ from accounts.views import TokenGenerateView, TokenInspectView
 from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from herder.errors import JSONErrorsMixin
 from herder.health import healthz, readyz
+from herder.pressure import pressure
 from herder.scrape import metrics_view
+from herder.throttle import admin_login
 from minions.views import minion_spawn
 
 
@@ -29,7 +31,10 @@ urlpatterns = [
     path("daemon/v1/kill/<str:name>", DaemonKillView.as_view(), name="daemon-kill"),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
+    # Before admin.site.urls: failed logins throttled (herder/throttle.py).
+    path("admin/login/", admin_login, name="admin-login-throttled"),
     path("admin/", admin.site.urls),
+    path("pressure", pressure, name="pressure"),
     # Observability (herder/health.py, herder/scrape.py).
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -10,13 +11,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from herder.admission import Slots, Ticket
 from herder.errors import RuntimeUnavailable, UnknownEnv
 from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
-from minions.files import check_files, check_name
+from herder.files import check_files, check_name
 from minions.models import MinionRun
 from minions.pool import Pool, start_warm
 
@@ -105,6 +108,16 @@ def webstrate_of(url: str) -> str:
     return path.split("/", 1)[0][:128] if path else ""
 
 
+def minion_check(*, env: str, files: dict[str, bytes], output: str | None = None) -> str:
+    """Judge a run's input before anything else happens; its env's image.
+    Raises UnknownEnv, BadFileName, PayloadTooLarge."""
+    image = minion_image(env)
+    check_files(files)
+    if output:
+        check_name(output)
+    return image
+
+
 def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
                client_addr: str = "", origin: str = "",
                cancelled: Callable[[], bool] = lambda: False) -> MinionResult:
@@ -117,10 +130,7 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     RuntimeUnavailable and ImageMissing. The container is gone when this returns
     or raises.
     """
-    image = minion_image(env)
-    check_files(files)
-    if output:
-        check_name(output)
+    image = minion_check(env=env, files=files, output=output)
     webstrate = webstrate_of(origin)
     run = MinionRun(
         env=env, image=image, client_addr=client_addr[:64], origin=origin[:512],
@@ -192,6 +202,57 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
 
 
 pool = Pool(lambda env: minion_spec(env=env, image=minion_image(env), owner="pool"))
+
+# Runs in progress in this process: per client, in total, and a bounded queue.
+minion_slots = Slots(
+    "minion", per_client="HERDER_MINION_MAX_PER_CLIENT", per_account="HERDER_MINION_MAX_PER_ACCOUNT",
+    total="HERDER_MINION_MAX_RUNNING", queue="HERDER_MINION_QUEUE", queue_wait="HERDER_MINION_QUEUE_WAIT",
+)
+
+
+async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
+                              output: str | None = None, client_addr: str = "",
+                              origin: str = "", ticket: Ticket | None = None) -> MinionResult:
+    """minion_run for one client (herder.admission.client_of), once a slot is
+    free: bad input is refused first, then the run waits in the queue (no
+    thread while it waits), then runs in a thread of its own. With a
+    `ticket` (a slot already waited for, by herder/gate.py) it does not wait.
+
+    Cancelled (the client went away), a waiting run leaves the queue and a
+    running one is abandoned at once (its container removed); its slot is
+    given back only when its thread has ended, so the slots always count
+    the containers really in use.
+    Raises what minion_check and minion_run raise, and TooManyRequests.
+    """
+    minion_check(env=env, files=files, output=output)
+    ticket = ticket.take() if ticket is not None else await minion_slots.ticket(client)
+    gone = threading.Event()
+    started = time.monotonic()
+    run = asyncio.ensure_future(sync_to_async(minion_run)(
+        env=env, files=files, output=output, client_addr=client_addr, origin=origin,
+        cancelled=gone.is_set,
+    ))
+
+    def ended(task: asyncio.Future) -> None:
+        ticket.release(held=time.monotonic() - started)
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody may be left to await it
+
+    run.add_done_callback(ended)
+    try:
+        return await asyncio.shield(run)
+    except asyncio.CancelledError:
+        gone.set()
+        raise
+
+
+def minion_pressure() -> dict:
+    """For GET /pressure: runs in progress and waiting in this process, and their limits."""
+    slots = minion_slots.snapshot()
+    return {"running": slots["in_use"], "queued": slots["waiting"], "max_running": slots["limit"],
+            "max_per_client": slots["per_client"], "max_per_account": slots["per_account"],
+            "queue": slots["queue"], "queue_wait": slots["queue_wait"], "clients": slots["clients"],
+            "warm": {env: pool.idle(env) for env in settings.HERDER_MINION_IMAGES if pool.idle(env)}}
 
 
 def minion_abort_all() -> int:

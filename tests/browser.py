@@ -1,7 +1,7 @@
 """Real headless Chromium for browser-facing tests (Debian's chromium, driven
 by Playwright: no browser download, `executable_path` is the system's).
 
-    from tests.browser import browser  # noqa: F401  (a session-scoped fixture)
+    from tests.browser import browser  # noqa: F401  (a module-scoped fixture)
 
     def test_page(browser):
         page = browser.new_page()
@@ -22,7 +22,9 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, its event loop
+# counts as running in this thread, and any later asyncio.run() here would fail.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 

@@ -58,6 +58,14 @@ def docker_engine():
 
 
 @pytest.fixture(autouse=True)
+def _rates_start_afresh():
+    """Rates are counted in the cache, which outlives a test: each starts at zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _cold_minions_unless_asked(settings):
     """Runs go cold unless a test turns the warm pool on; it is emptied after."""
     from minions.services import pool

@@ -20,22 +20,41 @@ class Holder:
         return self.client.post("/daemon/v1/spawn", {"name": name, "image": image, "ports": ports, **files})
 
 
+@pytest.fixture(scope="session")
+def echo_image_current():
+    """The daemon-echo image as this tree's deploy/images/daemon-echo describes
+    it: build-images.sh rebuilds it when its folder changed (a no-op otherwise).
+    Trees on one engine share the tag: an older tree's build lacks the pages,
+    cookies and sleeps these tests use."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 @pytest.fixture(autouse=True)
-def daemon_images(settings):
+def daemon_images(settings, request):
+    if request.node.get_closest_marker("docker") is not None:
+        request.getfixturevalue("echo_image_current")
     settings.HERDER_DAEMON_IMAGES = [ECHO]
 
 
 @pytest.fixture
 def daemon_cleanup(docker_engine):
-    """Remove every daemon container and volume a test made."""
+    """Remove every daemon container, network and volume this run's test made
+    (other runs may share the engine: only this run's instance label)."""
     from daemons.models import Daemon
 
     yield
-    for info in docker_engine.list(kind="daemon"):
+    for info in docker_engine.list(kind="daemon", ours=True):
         docker_engine.remove(info.handle)
+    for network in docker_engine.networks(kind="daemon", ours=True):
+        docker_engine.network_remove(network.name)
     for daemon in Daemon.objects.all():
         docker_engine.remove_volume(daemon.volume)
-    assert get_runtime().list(kind="daemon") == []
+    assert get_runtime().list(kind="daemon", ours=True) == []
 
 
 @pytest.fixture

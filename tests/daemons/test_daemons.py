@@ -136,7 +136,7 @@ def test_spawn_ls_proxy_attach_kill(alice):
 
     killed = alice.client.get("/daemon/v1/kill/web")
     assert killed.status_code == 200 and killed.json()["state"] == "killed"
-    assert get_runtime().list(kind="daemon") == []
+    assert get_runtime().list(kind="daemon", ours=True) == []
     assert alice.client.get("/daemon/v1/ls").json() == []
     status, _, body, _ = http_via_proxy("GET", f"{answer['ProxyURL']}hello")
     assert status == 404 and json.loads(body)["code"] == "not_found"
@@ -164,7 +164,7 @@ def test_respawning_a_name_restarts_it(alice):
 
     assert second["Name"] == first["Name"]
     assert Daemon.objects.get(name="again").container_id != first_container
-    assert [c.handle.id for c in get_runtime().list(kind="daemon")] == [Daemon.objects.get().container_id]
+    assert [c.handle.id for c in get_runtime().list(kind="daemon", ours=True)] == [Daemon.objects.get().container_id]
 
 
 def test_a_daemon_is_stopped_when_its_credits_run_out(alice, settings):
@@ -179,7 +179,7 @@ def test_a_daemon_is_stopped_when_its_credits_run_out(alice, settings):
     assert account_balance(alice.account) == 0
     spends = CreditEntry.objects.filter(account=alice.account, subject=daemon.full_name)
     assert sum(-entry.amount for entry in spends) == daemon.credits_used == 3
-    assert get_runtime().list(kind="daemon") == []
+    assert get_runtime().list(kind="daemon", ours=True) == []
     assert alice.spawn(name="poor").status_code == 402
 
 

@@ -269,7 +269,7 @@ def test_a_minion_may_not_pile_up_frames_before_pairing(settings):
         for i in range(6):
             await minion.send_to(text_data=str(i))
         error = await event(minion)
-        assert (error["type"], error["code"]) == ("error", "too_large")
+        assert (error["type"], error["code"]) == ("error", "payload_too_large")
         assert await close_code(minion) == 4413
         await control.disconnect()
 

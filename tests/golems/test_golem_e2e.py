@@ -287,7 +287,7 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
         if squatter is not None:
             squatter.join(5)
         if network == "bridge":
-            get_runtime().remove_network(golem_network)
+            get_runtime().network_remove(golem_network)
         for server_ in (webstrates, other, same_host):
             server_.close()
         udp.close()

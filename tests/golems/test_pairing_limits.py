@@ -47,7 +47,7 @@ def test_an_unpaired_minion_sending_1_mib_frames_hits_the_byte_cap(settings):
         for _ in range(16):
             await minion.send_to(bytes_data=frame)
         error = json.loads(await minion.receive_from(5))
-        assert (error["type"], error["code"]) == ("error", "too_large")
+        assert (error["type"], error["code"]) == ("error", "payload_too_large")
         close = await minion.receive_output(5)
         assert (close["type"], close["code"]) == ("websocket.close", 4413)
         # Four frames were kept, the fifth refused; the refused socket's are freed at once.

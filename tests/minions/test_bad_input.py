@@ -56,17 +56,17 @@ def test_unknown_env_names_the_known_envs():
 
 def test_too_many_files(settings):
     fields = {"env": "python", **{f"f{i}.txt": "x" for i in range(settings.HERDER_MINION_MAX_FILES + 1)}}
-    assert_error(spawn(fields), 413, "too_large")
+    assert_error(spawn(fields), 413, "payload_too_large")
 
 
 def test_too_many_bytes_in_uploads(settings):
     big = SimpleUploadedFile("big.bin", b"\0" * (settings.HERDER_MINION_MAX_BYTES + 1))
-    assert_error(spawn({"env": "python", "big.bin": big}), 413, "too_large")
+    assert_error(spawn({"env": "python", "big.bin": big}), 413, "payload_too_large")
 
 
 def test_a_body_far_past_the_limit_is_refused_before_it_is_read(settings):
     big = SimpleUploadedFile("big.bin", b"\0" * (settings.HERDER_MINION_MAX_BYTES + 2 * 1024 * 1024))
-    assert_error(spawn({"env": "python", "big.bin": big}), 413, "too_large")
+    assert_error(spawn({"env": "python", "big.bin": big}), 413, "payload_too_large")
 
 
 def test_get_is_refused_as_json():

@@ -1,4 +1,4 @@
-"""Checks on the files a client sends to a minion, before Docker is touched."""
+"""Checks on the files a client sends to a minion or a daemon, before Docker is touched."""
 
 from __future__ import annotations
 
@@ -6,20 +6,18 @@ import re
 
 from django.conf import settings
 
+from herder.bodycap import minion_body_cap
 from herder.errors import BadFileName, PayloadTooLarge
-
-# Multipart framing around the files themselves.
-_BODY_OVERHEAD = 1024 * 1024
 
 
 def files_from_request(request, *, protocol_fields: tuple[str, ...]) -> dict[str, bytes]:
     """Every form field but `protocol_fields`, and every upload, as name -> bytes.
 
     A body far larger than the files may total is refused from its
-    Content-Length, before it is read: a huge upload costs nothing.
+    Content-Length (herder.bodycap refuses it sooner, while it streams).
     """
     length = int(request.META.get("CONTENT_LENGTH") or 0)
-    if length > settings.HERDER_MINION_MAX_BYTES + _BODY_OVERHEAD:
+    if length > minion_body_cap():
         raise PayloadTooLarge(
             f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}."
         )

@@ -1,0 +1,383 @@
+"""Abuse: is a well-behaved client still served while another floods the herder?
+
+Starts `manage.py herd` (uvicorn) on a free loopback port with its own data
+folder and temporary folder, measures a well-behaved client's python hello
+world quiet, then again while one client floods:
+
+- minion runs from many concurrent loops (each burns CPU for a while),
+  retrying at once when refused (it ignores Retry-After);
+- WebSockets held open (ad-hoc minions waiting for golems);
+- 1 GiB chunked uploads to minion spawn, in a loop;
+- golem spawns for new webstrate ids;
+- token password guessing.
+
+The flood comes from 127.0.0.1, the good client from 127.0.0.2: two clients
+by address. Prints the good client's p50/p95 beside 2 x its quiet p95, its
+errors, the herder's RSS growth, disk growth of its data and temporary
+folders, and the flood's answers by status. All traffic goes to 127.0.0.1
+and every part of the flood is bounded in count and time. Golem containers
+the herd started are removed at the end (by its own herder.instance label).
+
+    .venv/bin/python bench/abuse.py [--seconds 30] [--runs 64] [--sockets 500]
+                                    [--uploads 4] [--golems 50] [--guessers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import websockets
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD_ADDRESS = "127.0.0.2"
+HELLO = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
+# The flood's runs hold their slots for two seconds: sleeping (admission:
+# slots, threads, containers) or burning CPU (also the engine's CPU sharing).
+FLOOD_PROGRAMS = {
+    "sleep": "import time\ntime.sleep(2)\nprint('slept')",
+    "burn": "import time\nend = time.time() + 2\nwhile time.time() < end: pass\nprint('burnt')",
+}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dir_mib(path: Path) -> float:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total / 2**20
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+# --- The well-behaved client (its own address, sequential, in a thread) -------
+
+# The herder's own figure for each good run (DurationMs: taking a container
+# and running), to tell time in the container from time in front of it.
+run_ms: list[float] = []
+front_ms: list[float] = []
+
+
+def good_run(port: int) -> tuple[float, int]:
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90, source_address=(GOOD_ADDRESS, 0))
+    try:
+        conn.request("POST", "/minion/v1/spawn", body=HELLO, headers=FORM)
+        answer = conn.getresponse()
+        body = answer.read()
+        status = answer.status
+        if status == 200:
+            run_ms.append(json.loads(body)["DurationMs"])
+            front_ms.append((time.perf_counter() - started) * 1000 - run_ms[-1])
+    except OSError:
+        status = 0
+    finally:
+        conn.close()
+    return (time.perf_counter() - started) * 1000, status
+
+
+def good_loop(port: int, stop: threading.Event, samples: list[float], errors: Counter) -> None:
+    while not stop.is_set():
+        ms, status = good_run(port)
+        if status == 200:
+            samples.append(ms)
+        else:
+            errors[status] += 1
+        time.sleep(0.05)
+
+
+# --- The flood (asyncio, from 127.0.0.1) --------------------------------------
+
+async def http_once(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+                    timeout: float = 90) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        for name, value in {**(headers or {}), "Content-Length": str(len(body))}.items():
+            head += f"{name}: {value}\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    parts = status_line.split()
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    names = {line.split(b":", 1)[0].strip().lower().decode() for line in rest.split(b"\r\n\r\n")[0].split(b"\r\n")}
+    return status, {"retry-after": "retry-after" in names}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.codes: Counter[tuple[str, int]] = Counter()
+        self.without_retry_after = 0
+
+    def add(self, kind: str, status: int, retry_after: bool | None = False) -> None:
+        """`retry_after` None: the answer was cut off after its status line."""
+        self.codes[(kind, status)] += 1
+        if status == 429 and retry_after is False:
+            self.without_retry_after += 1
+
+
+async def minion_flood(port: int, deadline: float, tally: Tally, pause: float, program: str) -> None:
+    body = urllib.parse.urlencode({"env": "python", "main.py": FLOOD_PROGRAMS[program]}).encode()
+    while time.monotonic() < deadline:
+        try:
+            status, info = await http_once(port, "POST", "/minion/v1/spawn", body, FORM)
+        except (OSError, asyncio.TimeoutError):
+            status, info = 0, {}
+        tally.add("minion", status, info.get("retry-after", False))
+        await asyncio.sleep(pause)
+
+
+async def upload_flood(port: int, deadline: float, tally: Tally, path: str, gib: float = 1.0) -> None:
+    """1 GiB chunked uploads to `path`, one after another; the answer is read
+    while sending, since a herder that refuses stops reading and closes."""
+    frame_body = b"x" * 65536
+    frame = f"{len(frame_body):x}\r\n".encode() + frame_body + b"\r\n"
+    frames = int(gib * 2**30 / len(frame_body))
+    while time.monotonic() < deadline:
+        status = -1  # cut off before an answer could be read
+        retry_after = None  # unknown until its headers are read
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answer = asyncio.ensure_future(reader.readline())
+            writer.write(f"POST {path} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+            try:
+                for _ in range(frames):
+                    if answer.done() or time.monotonic() > deadline:
+                        break
+                    writer.write(frame)
+                    await asyncio.wait_for(writer.drain(), 2)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            line = await asyncio.wait_for(answer, 5)
+            if line:
+                status = int(line.split()[1])
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                retry_after = b"\nretry-after:" in head.lower()
+        except (OSError, asyncio.TimeoutError, IndexError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if writer is not None:
+                writer.close()
+        tally.add(f"upload {path.split('/')[1]}", status, retry_after)
+
+
+async def socket_flood(port: int, count: int, deadline: float, tally: Tally) -> None:
+    async def one(i: int) -> None:
+        while time.monotonic() < deadline:
+            try:
+                async with websockets.connect(f"ws://127.0.0.1:{port}/minion/v1/connect/flood-{i % 97}?type=flood",
+                                              open_timeout=10, close_timeout=1) as ws:
+                    tally.add("websocket", 101)
+                    try:
+                        await asyncio.wait_for(ws.wait_closed(), max(0.1, deadline - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        return
+            except websockets.exceptions.InvalidStatus as exc:
+                tally.add("websocket", exc.response.status_code)
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException):
+                tally.add("websocket", 0)
+            await asyncio.sleep(0.5)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def golem_flood(port: int, count: int, tag: str, tally: Tally) -> None:
+    async def one(i: int) -> None:
+        try:
+            status, info = await http_once(port, "GET", f"/golem/v1/spawn/{tag}-{i}", timeout=60)
+        except (OSError, asyncio.TimeoutError):
+            status, info = 0, {}
+        tally.add("golem", status, info.get("retry-after", False))
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def guess_flood(port: int, deadline: float, tally: Tally) -> None:
+    while time.monotonic() < deadline:
+        body = urllib.parse.urlencode({"password": secrets.token_hex(8), "email": "eve@bench.test"}).encode()
+        try:
+            status, info = await http_once(port, "POST", "/token/v1/generate", body, FORM, timeout=10)
+        except (OSError, asyncio.TimeoutError):
+            status, info = 0, {}
+        tally.add("token", status, info.get("retry-after", False))
+        await asyncio.sleep(0.01)
+
+
+async def flood(port: int, args, tag: str, tally: Tally) -> None:
+    deadline = time.monotonic() + args.seconds
+    await asyncio.gather(
+        *(minion_flood(port, deadline, tally, args.pause, args.program) for _ in range(args.runs)),
+        # Half to minion spawn (its client at its limit there: refused at the
+        # door), half to daemon spawn (the same body cap, no admission first).
+        *(upload_flood(port, deadline, tally, ("/minion/v1/spawn", "/daemon/v1/spawn")[i % 2])
+          for i in range(args.uploads)),
+        socket_flood(port, args.sockets, deadline, tally),
+        golem_flood(port, args.golems, tag, tally),
+        *(guess_flood(port, deadline, tally) for _ in range(args.guessers)),
+    )
+
+
+# --- The run ------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
+    parser.add_argument("--quiet-runs", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=64, help="concurrent minion loops of the flood")
+    parser.add_argument("--program", choices=sorted(FLOOD_PROGRAMS), default="burn",
+                        help="what the flood's runs do for two seconds")
+    parser.add_argument("--pause", type=float, default=0.01, help="seconds a flood loop rests between runs")
+    parser.add_argument("--sockets", type=int, default=500)
+    parser.add_argument("--uploads", type=int, default=4, help="concurrent 1 GiB chunked upload loops")
+    parser.add_argument("--golems", type=int, default=50)
+    parser.add_argument("--guessers", type=int, default=4)
+    args = parser.parse_args()
+
+    instance = f"bench-abuse-{secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory(prefix="herder-bench-abuse-") as folder:
+        data, tmp = Path(folder) / "data", Path(folder) / "tmp"
+        data.mkdir()
+        tmp.mkdir()
+        env = {**os.environ, "HERDER_DATA_DIR": str(data), "TMPDIR": str(tmp), "HERDER_INSTANCE": instance,
+               "HERDER_TOKEN_PASSWORD": secrets.token_hex(16), "HERDER_MINION_POOL_SIZE": "4",
+               "DJANGO_SETTINGS_MODULE": "herder.settings"}
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+        port = free_port()
+        herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=open(Path(folder) / "herd.log", "wb"))
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            for _ in range(10):  # warm up: the pool fills, code paths load
+                good_run(port)
+            run_ms.clear()
+            front_ms.clear()
+            quiet = [good_run(port) for _ in range(args.quiet_runs)]
+            quiet_ms = [ms for ms, status in quiet if status == 200]
+            quiet_p95 = pct(quiet_ms, 0.95)
+            quiet_run_p95 = pct(run_ms, 0.95)
+            quiet_front_p95 = pct(front_ms, 0.95)
+            run_ms.clear()
+            front_ms.clear()
+            rss_before = rss_mib(herd.pid)
+            disk_before = dir_mib(data) + dir_mib(tmp)
+            print(f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
+                  f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
+                  f"in front of it {quiet_front_p95:.0f} ms); "
+                  f"herder RSS {rss_before:.0f} MiB")
+
+            stop = threading.Event()
+            samples: list[float] = []
+            errors: Counter = Counter()
+            good = threading.Thread(target=good_loop, args=(port, stop, samples, errors), daemon=True)
+            peaks = {"rss": rss_before, "disk": disk_before}
+
+            def sample() -> None:
+                while not stop.is_set():
+                    peaks["rss"] = max(peaks["rss"], rss_mib(herd.pid))
+                    peaks["disk"] = max(peaks["disk"], dir_mib(data) + dir_mib(tmp))
+                    time.sleep(0.25)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            tally = Tally()
+            cpu_before = cpu_seconds(herd.pid)
+            sampler.start()
+            good.start()
+            started = time.monotonic()
+            asyncio.run(flood(port, args, instance, tally))
+            stop.set()
+            good.join(120)
+            sampler.join(5)
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(herd.pid) - cpu_before
+            time.sleep(2)
+            rss_after = rss_mib(herd.pid)
+            disk_after = dir_mib(data) + dir_mib(tmp)
+            fives = sum(n for (kind, status), n in tally.codes.items() if status >= 500)
+
+            print(f"flood:  {elapsed:.0f} s: {args.runs} minion loops ({args.program}), {args.sockets} WebSockets, "
+                  f"{args.uploads} x 1 GiB chunked upload loops, {args.golems} golem spawns, "
+                  f"{args.guessers} password guessers")
+            print(f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
+                  f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
+                  f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
+                  f"in front of it {pct(front_ms, 0.95):.0f} ms")
+            print(f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
+                  f"(growth {peaks['rss'] - rss_before:+.0f} MiB peak, target <= 150)")
+            requests = sum(tally.codes.values())
+            print(f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
+                  f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)")
+            print(f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB")
+            for kind in ("minion", "upload minion", "upload daemon", "websocket", "golem", "token"):
+                codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
+                print(f"flood {kind:13s} {codes}")
+            if os.environ.get("ABUSE_VERBOSE"):
+                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms)])
+            print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")
+        finally:
+            herd.send_signal(signal.SIGTERM)
+            try:
+                herd.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                herd.kill()
+            # Golems outlive their herder on purpose: remove this run's.
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=herder.instance={instance}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+                print(f"removed {len(ids)} containers of this run")
+
+
+if __name__ == "__main__":
+    main()
