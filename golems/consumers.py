@@ -39,6 +39,7 @@ from golems.services import (
 )
 from herder.errors import BadInput, BadWebstrateId, GolemConnected, GolemProofRequired, PayloadTooLarge
 from herder.handshake import can_refuse_before_upgrade, refuse_before_upgrade
+from herder.metrics import count_relayed
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ class _PairingConsumer(AsyncWebsocketConsumer):
 
     async def relay_frame(self, message: dict) -> None:
         self._last_heard = asyncio.get_running_loop().time()
+        count_relayed()  # herder_relay_messages_total
         data = message.get("bytes")
         if data is not None:
             await self.send(bytes_data=data)

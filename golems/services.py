@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from golems import pairing
 from golems.models import Golem, GolemPresence
+from herder import events
 from herder.admission import rate_check, refuse
 from herder.errors import (
     BadWebstrateId,
@@ -359,8 +360,9 @@ def _launch(golem: Golem, *, undo, error: str = "") -> Golem:
             get_runtime().remove(handle)
             logger.info("golem %s: a start lost its claim; its container is removed", golem.webstrate)
             return Golem.objects.get(pk=golem.pk)
-    logger.info("golem %s started in %s", golem.webstrate, handle.name)
-    return Golem.objects.get(pk=golem.pk)
+    started = Golem.objects.get(pk=golem.pk)
+    events.golem_started(started)  # the log line
+    return started
 
 
 def _undo_to(seen: Golem | None):
@@ -473,7 +475,7 @@ def golem_kill(*, webstrate: str) -> Golem:
             golem, _ = Golem.objects.get_or_create(webstrate=webstrate,
                                                    defaults={"state": Golem.State.KILLED})
         _stop(webstrate, Golem.objects.filter(pk=golem.pk), state=Golem.State.KILLED)
-    logger.info("golem %s killed", webstrate)
+    events.golem_stopped(webstrate, Golem.State.KILLED)
     return Golem.objects.get(pk=golem.pk)
 
 
@@ -634,7 +636,7 @@ def _reconcile_one(webstrate: str) -> None:
                 return
             for name, value in crashed.items():
                 setattr(golem, name, value)
-            logger.warning("golem %s crashed (%s)", webstrate, golem.error)
+            events.golem_stopped(webstrate, Golem.State.CRASHED, golem.error)
         delay = restart_delay(golem.crash_streak)
         if golem.stopped is not None and (now - golem.stopped).total_seconds() < delay:
             return  # it keeps crashing: a later pass restarts it
@@ -662,7 +664,7 @@ def golem_reap_idle() -> None:
         rows = Golem.objects.filter(webstrate=webstrate, last_active__lt=cutoff,
                                     state__in=[Golem.State.RUNNING, Golem.State.CRASHED])
         if _stop(webstrate, rows, state=Golem.State.REAPED, error=f"idle for {timeout:.0f} s"):
-            logger.info("golem %s reaped: idle", webstrate)
+            events.golem_stopped(webstrate, Golem.State.REAPED, f"idle for {timeout:.0f} s")
 
 
 # --- Control-socket presence ---------------------------------------------------
@@ -682,6 +684,7 @@ def golem_control_admit(*, webstrate: str, proof: str | None) -> bool:
     golem = _golem_with_container(webstrate)
     if golem is not None and golem.generation and proof:
         if hmac.compare_digest(golem_proof(webstrate, golem.generation), proof):
+            events.golem_proven(golem)  # herder_golem_ready_seconds, once per container
             return True
     if golem is None and settings.HERDER_GOLEM_CONTROL_OPEN:
         return False

@@ -34,6 +34,7 @@ from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 
 from herder.errors import TooManyRequests
+from herder.metrics import count_refusal
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\w*\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -142,6 +143,7 @@ def note_refusal(reason: str) -> None:
     with _refusals_lock:
         _refusals.append((time.time(), reason))
         refusal_totals[reason] += 1
+    count_refusal(reason)  # herder_refused_total
 
 
 def refuse(reason: str, detail: str, *, wait: float = 1) -> TooManyRequests:

@@ -16,11 +16,14 @@ from daemons.proxy import PrefixRouter  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
 from herder.gate import Gate  # noqa: E402
 from herder.rawinput import RawInputGuard  # noqa: E402
+from herder.requestlog import RequestLog  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
 from herder.wslimits import WebSocketLimits  # noqa: E402
 from minions.views import minion_spawn_admit  # noqa: E402
 
 # Read top to bottom, the layers a request meets.
+# Both protocols first: the request id (answered as X-Request-Id), one log line
+# and the metrics of every request and socket (herder/requestlog.py).
 # HTTP: malformed framing (Content-Length, raw query bytes) is a 400; a daemon's
 # origin (any path) and the path route go to the proxy, which streams bodies
 # both ways; the herder's own routes meet admission (429 at once, or a wait for
@@ -42,4 +45,4 @@ http = RawInputGuard(
 # header; the daemon proxy; the herder's own consumers.
 websocket = WebSocketLimits(TokenAuthMiddleware(PrefixRouter(URLRouter(websocket_urlpatterns))))
 
-application = ProtocolTypeRouter({"http": http, "websocket": websocket})
+application = RequestLog(ProtocolTypeRouter({"http": http, "websocket": websocket}))

@@ -37,6 +37,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from herder.errors import ImageMissing, RuntimeUnavailable
+from herder.metrics import count_engine_error
 
 LABEL_KIND = "herder.kind"
 LABEL_OWNER = "herder.owner"
@@ -336,9 +337,11 @@ def _engine_errors(image: str | None = None):
         raise ContainerGone(str(exc)) from exc
     except docker.errors.APIError as exc:
         if exc.response is not None and exc.response.status_code >= 500:
+            count_engine_error("server_error")
             raise RuntimeUnavailable(f"The container engine failed: {exc.explanation}") from exc
         raise
     except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        count_engine_error("unreachable")
         raise RuntimeUnavailable() from exc
 
 

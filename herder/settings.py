@@ -5,6 +5,7 @@ channel layer, the local Docker engine). Secrets may also be given as files:
 `NAME_FILE=/run/secrets/name` (django-environ's FileAwareEnv).
 """
 
+import ipaddress
 import os
 import re
 import secrets
@@ -80,6 +81,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The route's name for the request's log line and metrics (herder/requestlog.py).
+    "herder.requestlog.RouteName",
 ]
 
 ROOT_URLCONF = "herder.urls"
@@ -529,10 +532,39 @@ HERDER_MINION_KEEP_STDERR = env.int("HERDER_MINION_KEEP_STDERR", default=4096)
 # files) before the supervisor removes it; 0 keeps volumes forever.
 HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_RETENTION", default=30.0))
 
+# --- Observability (herder/metrics.py, herder/health.py, herder/logs.py) ------
+# Log lines: "text" (time level logger [request id]: event key=value ...) or
+# "json" (one object a line), both carrying the request id (herder/logs.py).
+HERDER_LOG_FORMAT = env.str("HERDER_LOG_FORMAT", default="text").lower()
+if HERDER_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"HERDER_LOG_FORMAT is text or json, not {HERDER_LOG_FORMAT!r}")
+# Who may scrape GET /metrics: a request with `Authorization: Bearer <token>`
+# (when set), or from these addresses or networks (default loopback only;
+# empty: token only). A request that came through a proxy not in
+# HERDER_TRUSTED_PROXIES is never allowed by address.
+HERDER_METRICS_TOKEN = env.str("HERDER_METRICS_TOKEN", default="")
+HERDER_METRICS_ALLOWED = env.list("HERDER_METRICS_ALLOWED", default=["127.0.0.0/8", "::1"])
+for _network in HERDER_METRICS_ALLOWED:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"HERDER_METRICS_ALLOWED holds addresses or networks, not {_network!r}") from None
+# prometheus_client's own variable (it reads it itself at import): with it set,
+# every herder process writes its samples there and /metrics sums them. Used
+# by `herd --workers N`; the folder must be emptied before the workers start.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# Seconds each /readyz check (database, channel layer, engine, images) may take.
+HERDER_READY_TIMEOUT = _positive("HERDER_READY_TIMEOUT", env.float("HERDER_READY_TIMEOUT", default=2.0))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "herder.logs.RequestIdFilter"}},
+    "formatters": {
+        "text": {"()": "herder.logs.TextFormatter"},
+        "json": {"()": "herder.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": HERDER_LOG_FORMAT,
+                             "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env.str("HERDER_LOG_LEVEL", default="INFO")},
 }

@@ -7,7 +7,9 @@ from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from daemons.console import token_console
 from herder.dashboard import dashboard
 from herder.errors import JSONErrorsMixin
+from herder.health import healthz, readyz
 from herder.pressure import pressure
+from herder.scrape import metrics_view
 from herder.throttle import admin_login
 from minions.views import minion_spawn
 
@@ -37,6 +39,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("daemon/v1/console/<str:name>", token_console, name="daemon-console"),
     path("pressure", pressure, name="pressure"),
+    # Observability (herder/health.py, herder/scrape.py).
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     # The bootstrap script at "/", golem/v1/... (golems/urls.py).
     path("", include("golems.urls")),
 ]
