@@ -28,8 +28,9 @@ logger = logging.getLogger("herder.events")
 
 
 def minion_run_saved(sender, instance, created: bool, **kwargs) -> None:
-    """post_save of minions.MinionRun: one line and the run's metrics."""
-    if not created:
+    """post_save of minions.MinionRun: one line and the run's metrics, once,
+    when the run ends (its row is written at its start too, state running)."""
+    if instance.state == instance.State.RUNNING:
         return
     run = instance
     outcome = metrics.run_outcome(error=run.error, timed_out=run.timed_out, exit_code=run.exit_code)

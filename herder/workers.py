@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+from herder import metrics
+
 logger = logging.getLogger(__name__)
 
 # A worker that dies this soon after its start, this many times in a row, will
@@ -81,6 +83,16 @@ class Workers:
         self.workers[slot] = (process, time.monotonic())
         logger.info("worker %d started (pid %d)", slot, process.pid)
 
+    @staticmethod
+    def _share_metrics() -> None:
+        """Workers write their samples into one folder, so a scrape answered by
+        any of them sums all (prometheus_client reads the variable itself); it
+        is emptied first, or an earlier run's samples would be summed in."""
+        from django.conf import settings
+
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.HERDER_DATA_DIR / "prometheus"))
+        metrics.multiprocess_reset()
+
     def pids(self) -> list[int]:
         return [process.pid for process, _ in self.workers.values()]
 
@@ -94,6 +106,7 @@ class Workers:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        self._share_metrics()
         for slot in range(self.count):
             self._start(slot)
         while not self.stopping:
@@ -102,6 +115,7 @@ class Workers:
                 if code is None or self.stopping:
                     continue
                 logger.warning("worker %d (pid %d) exited with %s: starting another", slot, process.pid, code)
+                metrics.process_dead(process.pid)
                 self.early_deaths = self.early_deaths + 1 if time.monotonic() - started < EARLY_DEATH else 0
                 if self.early_deaths >= EARLY_DEATHS:
                     logger.error("workers keep dying at start: stopping")
@@ -121,4 +135,5 @@ class Workers:
                 logger.error("worker %d did not drain in time: killing it", process.pid)
                 process.kill()
                 process.wait()
+            metrics.process_dead(process.pid)
         return 1 if self.early_deaths >= EARLY_DEATHS else 0
