@@ -103,17 +103,24 @@ class AccountAdmin(_Times, _ReadOnly, admin.ModelAdmin):
     def ledger_links(self, account: Account) -> str:
         entries = reverse("admin:accounts_creditentry_changelist")
         add = reverse("admin:accounts_creditentry_add")
-        return format_html('<a href="{}?account__id__exact={}">every entry</a> · '
-                           '<a href="{}?account={}">grant or adjust credits</a>',
-                           entries, account.pk, add, account.pk)
+        return format_html(
+            '<a href="{}?account__id__exact={}">every entry</a> · <a href="{}?account={}">grant or adjust credits</a>',
+            entries,
+            account.pk,
+            add,
+            account.pk,
+        )
 
 
 @admin.register(Token)
 class TokenAdmin(_Times, _ReadOnly, admin.ModelAdmin):
     list_display = ("jti", "account", "credits", "issued_at", "expires_at", "revoked_at")
     search_fields = ("account__email", "jti")
-    list_filter = (("revoked", admin.EmptyFieldListFilter), ("issued", admin.DateFieldListFilter),
-                   ("expires", admin.DateFieldListFilter))
+    list_filter = (
+        ("revoked", admin.EmptyFieldListFilter),
+        ("issued", admin.DateFieldListFilter),
+        ("expires", admin.DateFieldListFilter),
+    )
     date_hierarchy = "issued"
     list_select_related = ("account",)
     fields = ("jti", "account", "credits", "issued_at", "expires_at", "revoked_at")
@@ -133,8 +140,12 @@ class TokenAdmin(_Times, _ReadOnly, admin.ModelAdmin):
 
 
 class CreditEntryForm(forms.ModelForm):
-    kind = forms.ChoiceField(choices=[(CreditEntry.Kind.GRANT, "grant (adds credits)"),
-                                      (CreditEntry.Kind.ADJUST, "adjust (adds or takes credits)")])
+    kind = forms.ChoiceField(
+        choices=[
+            (CreditEntry.Kind.GRANT, "grant (adds credits)"),
+            (CreditEntry.Kind.ADJUST, "adjust (adds or takes credits)"),
+        ]
+    )
 
     class Meta:
         model = CreditEntry
@@ -187,9 +198,16 @@ class CreditEntryAdmin(admin.ModelAdmin):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context and "cl" in context:
-            context["ledger_sums"] = context["cl"].queryset.order_by().aggregate(
-                entries=Count("pk"), total=Sum("amount"),
-                granted=Sum("amount", filter=Q(amount__gt=0)), taken=Sum("amount", filter=Q(amount__lt=0)))
+            context["ledger_sums"] = (
+                context["cl"]
+                .queryset.order_by()
+                .aggregate(
+                    entries=Count("pk"),
+                    total=Sum("amount"),
+                    granted=Sum("amount", filter=Q(amount__gt=0)),
+                    taken=Sum("amount", filter=Q(amount__lt=0)),
+                )
+            )
         return response
 
     def export_view(self, request: HttpRequest) -> HttpResponse:
@@ -209,8 +227,17 @@ class CreditEntryAdmin(admin.ModelAdmin):
             yield writer.writerow(header)
             for e in rows.iterator():
                 # A leading = + - @ would be a formula in a spreadsheet: quote it as text.
-                yield writer.writerow([e.created.isoformat(), _cell(e.account.email), e.kind, e.amount,
-                                       _cell(e.subject), e.token.jti if e.token else "", _cell(e.note)])
+                yield writer.writerow(
+                    [
+                        e.created.isoformat(),
+                        _cell(e.account.email),
+                        e.kind,
+                        e.amount,
+                        _cell(e.subject),
+                        e.token.jti if e.token else "",
+                        _cell(e.note),
+                    ]
+                )
 
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="ledger.csv"'

@@ -27,8 +27,7 @@ def token_from_header(value: str) -> str | None:
 
 def token_from_request(request: Request) -> str | None:
     """The raw token of a request: the Authorization header first, then ?token=."""
-    return (token_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
-            or request.query_params.get("token") or None)
+    return token_from_header(request.META.get("HTTP_AUTHORIZATION", "")) or request.query_params.get("token") or None
 
 
 class TokenAuthentication(BaseAuthentication):

@@ -29,9 +29,11 @@ def _load_private(pem: str, origin: str) -> rsa.RSAPrivateKey:
 
 
 def _public_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def token_key_pair(*, private_pem: str, public_pem: str, data_dir: Path) -> tuple[str, str]:
@@ -47,9 +49,7 @@ def token_key_pair(*, private_pem: str, public_pem: str, data_dir: Path) -> tupl
         key = _load_private(private_pem, "HERDER_TOKEN_PRIVATE_KEY")
         derived = _public_pem(key)
         if public_pem and not _same_public_key(public_pem, key):
-            raise ImproperlyConfigured(
-                "HERDER_TOKEN_PUBLIC_KEY is not the public half of HERDER_TOKEN_PRIVATE_KEY."
-            )
+            raise ImproperlyConfigured("HERDER_TOKEN_PUBLIC_KEY is not the public half of HERDER_TOKEN_PRIVATE_KEY.")
         return private_pem + "\n", derived
     if public_pem:
         raise ImproperlyConfigured(
@@ -89,5 +89,4 @@ def _same_public_key(public_pem: str, key: rsa.RSAPrivateKey) -> bool:
         public = serialization.load_pem_public_key(public_pem.encode())
     except (ValueError, TypeError) as exc:
         raise ImproperlyConfigured(f"HERDER_TOKEN_PUBLIC_KEY is not a PEM public key: {exc}") from exc
-    return (isinstance(public, rsa.RSAPublicKey)
-            and public.public_numbers() == key.public_key().public_numbers())
+    return isinstance(public, rsa.RSAPublicKey) and public.public_numbers() == key.public_key().public_numbers()

@@ -71,8 +71,9 @@ class CreditEntry(models.Model):
     amount = models.BigIntegerField(help_text="Credits added (positive) or taken (negative).")
     kind = models.CharField(max_length=8, choices=Kind.choices, db_index=True)
     token = models.ForeignKey(Token, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
-    subject = models.CharField(max_length=200, blank=True, db_index=True,
-                               help_text="What the credits paid for, e.g. a daemon's name.")
+    subject = models.CharField(
+        max_length=200, blank=True, db_index=True, help_text="What the credits paid for, e.g. a daemon's name."
+    )
     note = models.CharField(max_length=500, blank=True)
     created = models.DateTimeField(default=timezone.now, db_index=True)
 

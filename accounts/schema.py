@@ -16,8 +16,16 @@ class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema) -> list[dict]:
         return [
-            {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-             "description": "A herder token: `Authorization: Bearer <token>`."},
-            {"type": "apiKey", "in": "query", "name": "token",
-             "description": "A herder token as the query parameter `?token=<token>`."},
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A herder token: `Authorization: Bearer <token>`.",
+            },
+            {
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
+                "description": "A herder token as the query parameter `?token=<token>`.",
+            },
         ]

@@ -59,8 +59,10 @@ def account_identifier(identifier: str) -> str:
         raise BadInput(f"{identifier!r}: an account identifier may not start or end with whitespace.")
     bad = next((c for c in identifier if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
     if bad is not None:
-        raise BadInput(f"{identifier!r}: an account identifier may not hold U+{ord(bad):04X} "
-                       f"({unicodedata.category(bad)}, a control, format or separator character).")
+        raise BadInput(
+            f"{identifier!r}: an account identifier may not hold U+{ord(bad):04X} "
+            f"({unicodedata.category(bad)}, a control, format or separator character)."
+        )
     try:
         _validate_email(identifier)
     except ValidationError:
@@ -84,8 +86,9 @@ def account_ledger_sum(account: Account) -> int:
     return CreditEntry.objects.filter(account=account).aggregate(total=Sum("amount"))["total"] or 0
 
 
-def credits_grant(*, account: Account, amount: int, note: str = "", token: Token | None = None,
-                  kind: str = CreditEntry.Kind.GRANT) -> CreditEntry:
+def credits_grant(
+    *, account: Account, amount: int, note: str = "", token: Token | None = None, kind: str = CreditEntry.Kind.GRANT
+) -> CreditEntry:
     """Add `amount` credits to the account (kind "grant"), or change its balance
     by `amount` either way (kind "adjust", for operators), with a ledger row.
 
@@ -95,8 +98,13 @@ def credits_grant(*, account: Account, amount: int, note: str = "", token: Token
     """
     if kind not in (CreditEntry.Kind.GRANT, CreditEntry.Kind.ADJUST):
         raise BadInput(f"Credits are granted or adjusted, not {kind!r}.")
-    if (isinstance(amount, bool) or not isinstance(amount, int) or amount == 0 or abs(amount) > MAX_CREDITS
-            or (kind == CreditEntry.Kind.GRANT and amount < 0)):
+    if (
+        isinstance(amount, bool)
+        or not isinstance(amount, int)
+        or amount == 0
+        or abs(amount) > MAX_CREDITS
+        or (kind == CreditEntry.Kind.GRANT and amount < 0)
+    ):
         raise BadInput(f"{amount!r} credits cannot be {'granted' if kind == 'grant' else 'adjusted'}.")
     try:
         with transaction.atomic():
@@ -134,14 +142,15 @@ def credits_spend(*, account: Account, amount: int, subject: str = "", note: str
         spent = min(balance, amount)
         if spent <= 0:
             return 0
-        updated = Account.objects.filter(pk=account.pk, balance__gte=spent).update(
-            balance=F("balance") - spent
-        )
+        updated = Account.objects.filter(pk=account.pk, balance__gte=spent).update(balance=F("balance") - spent)
         if updated == 0:  # only when a database ignores the lock above
             raise InsufficientCredits(f"{account.email} has fewer than {spent} credits.")
         CreditEntry.objects.create(
-            account=account, amount=-spent, kind=CreditEntry.Kind.SPEND,
-            subject=subject[:_SUBJECT_LENGTH], note=note[:_NOTE_LENGTH],
+            account=account,
+            amount=-spent,
+            kind=CreditEntry.Kind.SPEND,
+            subject=subject[:_SUBJECT_LENGTH],
+            note=note[:_NOTE_LENGTH],
         )
     account.balance = balance - spent
     return spent
@@ -168,8 +177,11 @@ def token_mint(*, email: str, credits: int = 30000, lifetime: timedelta | None =
         jwt.set_exp(from_time=jwt.current_time, lifetime=lifetime)
         jwt["crd"] = credits
         token = Token.objects.create(
-            jti=jwt["jti"], account=account, credits=credits,
-            issued=datetime_from_epoch(jwt["iat"]), expires=datetime_from_epoch(jwt["exp"]),
+            jti=jwt["jti"],
+            account=account,
+            credits=credits,
+            issued=datetime_from_epoch(jwt["iat"]),
+            expires=datetime_from_epoch(jwt["exp"]),
         )
         if credits:
             credits_grant(account=account, amount=credits, token=token, note="minted")

@@ -21,11 +21,17 @@ class TokenGenerateView(APIView):
         # Strings on purpose: token_generate checks the password before it
         # judges the rest, so a caller without it learns nothing else.
         password = FormText(required=False, allow_blank=True, trim_whitespace=False, default="")
-        email = FormText(required=False, allow_blank=True, default="", trim_whitespace=False,
-                         help_text="An email address or any identifier naming the account: 1-254 characters, "
-                         "no control, format or separator characters, no whitespace at either end.")
-        credits = FormWholeNumber(required=False, allow_blank=True, default="",
-                                  help_text="Whole number, at least 0; default 30000.")
+        email = FormText(
+            required=False,
+            allow_blank=True,
+            default="",
+            trim_whitespace=False,
+            help_text="An email address or any identifier naming the account: 1-254 characters, "
+            "no control, format or separator characters, no whitespace at either end.",
+        )
+        credits = FormWholeNumber(
+            required=False, allow_blank=True, default="", help_text="Whole number, at least 0; default 30000."
+        )
 
         class Meta:
             ref_name = "TokenGenerateInput"
@@ -41,14 +47,26 @@ class TokenGenerateView(APIView):
     @extend_schema(
         operation_id="token_generate",
         parameters=[InputSerializer],
-        request={"application/x-www-form-urlencoded": InputSerializer, "multipart/form-data": InputSerializer,
-                 "application/json": InputSerializer},
-        responses={200: OutputSerializer,
-                   **errors(400, 401, 405, 413, 415, 429,
-                            _400="Bad identifier or credits (`bad_input`), or a body that is not an object.",
-                            _401="Wrong password (`wrong_password`).",
-                            _405="No token password is configured (`token_generation_off`), or another method.",
-                            _429="Too many wrong passwords from this client; see Retry-After.")},
+        request={
+            "application/x-www-form-urlencoded": InputSerializer,
+            "multipart/form-data": InputSerializer,
+            "application/json": InputSerializer,
+        },
+        responses={
+            200: OutputSerializer,
+            **errors(
+                400,
+                401,
+                405,
+                413,
+                415,
+                429,
+                _400="Bad identifier or credits (`bad_input`), or a body that is not an object.",
+                _401="Wrong password (`wrong_password`).",
+                _405="No token password is configured (`token_generation_off`), or another method.",
+                _429="Too many wrong passwords from this client; see Retry-After.",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         # Guessing slowed: past HERDER_TOKEN_GENERATE_RATE wrong passwords a
@@ -91,13 +109,13 @@ class TokenInspectView(APIView):
 
     @extend_schema(
         operation_id="token_inspect",
-        responses={200: OutputSerializer,
-                   **errors(404, 405, _404="The token does not validate (`not_found`).")},
+        responses={200: OutputSerializer, **errors(404, 405, _404="The token does not validate (`not_found`).")},
     )
     def get(self, request: Request, token: str) -> Response:
         try:
             account = token_inspect(token)
         except InvalidToken as exc:
             raise NotFound(f"No such token. {exc.detail}") from None
-        return Response(self.OutputSerializer({"token": token, "email": account.email,
-                                               "balance": account.balance}).data)
+        return Response(
+            self.OutputSerializer({"token": token, "email": account.email, "balance": account.balance}).data
+        )

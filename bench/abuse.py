@@ -128,8 +128,10 @@ def good_loop(port: int, stop: threading.Event, samples: list[float], errors: Co
 
 # --- The flood (asyncio, from 127.0.0.1) --------------------------------------
 
-async def http_once(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None,
-                    timeout: float = 90) -> tuple[int, dict]:
+
+async def http_once(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None, timeout: float = 90
+) -> tuple[int, dict]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
@@ -183,8 +185,10 @@ async def upload_flood(port: int, deadline: float, tally: Tally, path: str, gib:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             answer = asyncio.ensure_future(reader.readline())
-            writer.write(f"POST {path} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                         b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+            writer.write(
+                f"POST {path} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: multipart/form-data; boundary=B\r\n\r\n"
+            )
             try:
                 for _ in range(frames):
                     if answer.done() or time.monotonic() > deadline:
@@ -210,8 +214,11 @@ async def socket_flood(port: int, count: int, deadline: float, tally: Tally) -> 
     async def one(i: int) -> None:
         while time.monotonic() < deadline:
             try:
-                async with websockets.connect(f"ws://127.0.0.1:{port}/minion/v1/connect/flood-{i % 97}?type=flood",
-                                              open_timeout=10, close_timeout=1) as ws:
+                async with websockets.connect(
+                    f"ws://127.0.0.1:{port}/minion/v1/connect/flood-{i % 97}?type=flood",
+                    open_timeout=10,
+                    close_timeout=1,
+                ) as ws:
                     tally.add("websocket", 101)
                     try:
                         await asyncio.wait_for(ws.wait_closed(), max(0.1, deadline - time.monotonic()))
@@ -254,8 +261,10 @@ async def flood(port: int, args, tag: str, tally: Tally) -> None:
         *(minion_flood(port, deadline, tally, args.pause, args.program) for _ in range(args.runs)),
         # Half to minion spawn (its client at its limit there: refused at the
         # door), half to daemon spawn (the same body cap, no admission first).
-        *(upload_flood(port, deadline, tally, ("/minion/v1/spawn", "/daemon/v1/spawn")[i % 2])
-          for i in range(args.uploads)),
+        *(
+            upload_flood(port, deadline, tally, ("/minion/v1/spawn", "/daemon/v1/spawn")[i % 2])
+            for i in range(args.uploads)
+        ),
         socket_flood(port, args.sockets, deadline, tally),
         golem_flood(port, args.golems, tag, tally),
         *(guess_flood(port, deadline, tally) for _ in range(args.guessers)),
@@ -264,13 +273,15 @@ async def flood(port: int, args, tag: str, tally: Tally) -> None:
 
 # --- The run ------------------------------------------------------------------
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
     parser.add_argument("--quiet-runs", type=int, default=40)
     parser.add_argument("--runs", type=int, default=64, help="concurrent minion loops of the flood")
-    parser.add_argument("--program", choices=sorted(FLOOD_PROGRAMS), default="burn",
-                        help="what the flood's runs do for two seconds")
+    parser.add_argument(
+        "--program", choices=sorted(FLOOD_PROGRAMS), default="burn", help="what the flood's runs do for two seconds"
+    )
     parser.add_argument("--pause", type=float, default=0.01, help="seconds a flood loop rests between runs")
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--uploads", type=int, default=4, help="concurrent 1 GiB chunked upload loops")
@@ -283,15 +294,26 @@ def main() -> None:
         data, tmp = Path(folder) / "data", Path(folder) / "tmp"
         data.mkdir()
         tmp.mkdir()
-        env = {**os.environ, "HERDER_DATA_DIR": str(data), "TMPDIR": str(tmp), "HERDER_INSTANCE": instance,
-               "HERDER_TOKEN_PASSWORD": secrets.token_hex(16), "HERDER_MINION_POOL_SIZE": "4",
-               "DJANGO_SETTINGS_MODULE": "herder.settings"}
+        env = {
+            **os.environ,
+            "HERDER_DATA_DIR": str(data),
+            "TMPDIR": str(tmp),
+            "HERDER_INSTANCE": instance,
+            "HERDER_TOKEN_PASSWORD": secrets.token_hex(16),
+            "HERDER_MINION_POOL_SIZE": "4",
+            "DJANGO_SETTINGS_MODULE": "herder.settings",
+        }
         env.pop("DATABASE_URL", None)
         env.pop("REDIS_URL", None)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
         port = free_port()
-        herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(Path(folder) / "herd.log", "wb"))
+        herd = subprocess.Popen(
+            [sys.executable, "manage.py", "herd", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(folder) / "herd.log", "wb"),
+        )
         try:
             for _ in range(200):
                 try:
@@ -312,10 +334,12 @@ def main() -> None:
             front_ms.clear()
             rss_before = rss_mib(herd.pid)
             disk_before = dir_mib(data) + dir_mib(tmp)
-            print(f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
-                  f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
-                  f"in front of it {quiet_front_p95:.0f} ms); "
-                  f"herder RSS {rss_before:.0f} MiB")
+            print(
+                f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
+                f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
+                f"in front of it {quiet_front_p95:.0f} ms); "
+                f"herder RSS {rss_before:.0f} MiB"
+            )
 
             stop = threading.Event()
             samples: list[float] = []
@@ -346,24 +370,32 @@ def main() -> None:
             disk_after = dir_mib(data) + dir_mib(tmp)
             fives = sum(n for (kind, status), n in tally.codes.items() if status >= 500)
 
-            print(f"flood:  {elapsed:.0f} s: {args.runs} minion loops ({args.program}), {args.sockets} WebSockets, "
-                  f"{args.uploads} x 1 GiB chunked upload loops, {args.golems} golem spawns, "
-                  f"{args.guessers} password guessers")
-            print(f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
-                  f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
-                  f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
-                  f"in front of it {pct(front_ms, 0.95):.0f} ms")
-            print(f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
-                  f"(growth {peaks['rss'] - rss_before:+.0f} MiB peak, target <= 150)")
+            print(
+                f"flood:  {elapsed:.0f} s: {args.runs} minion loops ({args.program}), {args.sockets} WebSockets, "
+                f"{args.uploads} x 1 GiB chunked upload loops, {args.golems} golem spawns, "
+                f"{args.guessers} password guessers"
+            )
+            print(
+                f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
+                f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
+                f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
+                f"in front of it {pct(front_ms, 0.95):.0f} ms"
+            )
+            print(
+                f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
+                f"(growth {peaks['rss'] - rss_before:+.0f} MiB peak, target <= 150)"
+            )
             requests = sum(tally.codes.values())
-            print(f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
-                  f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)")
+            print(
+                f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
+                f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)"
+            )
             print(f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB")
             for kind in ("minion", "upload minion", "upload daemon", "websocket", "golem", "token"):
                 codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
                 print(f"flood {kind:13s} {codes}")
             if os.environ.get("ABUSE_VERBOSE"):
-                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms)])
+                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms, strict=False)])
             print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")
         finally:
             herd.send_signal(signal.SIGTERM)
@@ -372,8 +404,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 herd.kill()
             # Golems outlive their herder on purpose: remove this run's.
-            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=herder.instance={instance}"],
-                                 capture_output=True, text=True).stdout.split()
+            ids = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=herder.instance={instance}"], capture_output=True, text=True
+            ).stdout.split()
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
                 print(f"removed {len(ids)} containers of this run")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-import json
 from pathlib import Path
 
 import websockets
@@ -52,16 +52,24 @@ def wait_for(url: str, seconds: float = 30) -> None:
 
 
 def wrk(url: str, seconds: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def millis(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": millis("50%"), "p99": millis("99%"), "errors": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": millis("50%"),
+        "p99": millis("99%"),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 async def round_trips(url: str, count: int) -> list[float]:
@@ -85,23 +93,42 @@ def main() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True)
 
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "HERDER_DATA_DIR": data_dir, "HERDER_DAEMON_IMAGES": "herder/daemon-echo:latest",
-               "HERDER_MINION_POOL_SIZE": "0"}
+        env = {
+            **os.environ,
+            "HERDER_DATA_DIR": data_dir,
+            "HERDER_DAEMON_IMAGES": "herder/daemon-echo:latest",
+            "HERDER_MINION_POOL_SIZE": "0",
+        }
         env.pop("DATABASE_URL", None)
-        run = lambda *cmd: subprocess.run([sys.executable, "manage.py", *cmd], cwd=ROOT, env=env,  # noqa: E731
-                                          check=True, capture_output=True, text=True).stdout
+        run = lambda *cmd: (  # noqa: E731
+            subprocess.run(
+                [sys.executable, "manage.py", *cmd],
+                cwd=ROOT,
+                env=env,  # noqa: E731
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         run("migrate", "-v", "0")
         token = run("mint_token", "-e", "bench@herder.test", "-c", "1000000").strip().splitlines()[-1]
         port = free_port()
-        herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        herd = subprocess.Popen(
+            [sys.executable, "manage.py", "herd", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for(f"{base}/api/schema/")
-            body = urllib.parse.urlencode({"name": "bench", "image": "herder/daemon-echo:latest",
-                                           "ports": "[8080]"}).encode()
-            request = urllib.request.Request(f"{base}/daemon/v1/spawn", data=body,
-                                             headers={"Authorization": f"Bearer {token}"})
+            body = urllib.parse.urlencode(
+                {"name": "bench", "image": "herder/daemon-echo:latest", "ports": "[8080]"}
+            ).encode()
+            request = urllib.request.Request(
+                f"{base}/daemon/v1/spawn", data=body, headers={"Authorization": f"Bearer {token}"}
+            )
             answer = json.load(urllib.request.urlopen(request, timeout=60))
             direct = f"http://127.0.0.1:{answer['Ports']['8080']}"
             proxied = f"{base}{answer['ProxyURL'].rstrip('/')}"
@@ -113,8 +140,9 @@ def main() -> None:
             ws_through = asyncio.run(round_trips(f"ws://127.0.0.1:{port}{answer['ProxyURL']}ws", args.round_trips))
             ws_straight = asyncio.run(round_trips(f"ws://127.0.0.1:{answer['Ports']['8080']}/ws", args.round_trips))
 
-            kill = urllib.request.Request(f"{base}/daemon/v1/kill/bench?wipe=true",
-                                          headers={"Authorization": f"Bearer {token}"})
+            kill = urllib.request.Request(
+                f"{base}/daemon/v1/kill/bench?wipe=true", headers={"Authorization": f"Bearer {token}"}
+            )
             urllib.request.urlopen(kill, timeout=30).read()
         finally:
             herd.send_signal(signal.SIGTERM)
@@ -122,15 +150,21 @@ def main() -> None:
 
     print(f"GET /hello, {args.connections} connections, {args.seconds} s each (wrk)")
     for label, figures in (("through the proxy", through), ("daemon directly", straight)):
-        print(f"  {label:18} {figures['rps']:8.0f} req/s  p50 {figures['p50']:6.2f} ms  "
-              f"p99 {figures['p99']:6.2f} ms  non-2xx {figures['errors']}")
-    print(f"  proxy / direct: p50 latency x{through['p50'] / straight['p50']:.2f}, "
-          f"throughput x{through['rps'] / straight['rps']:.2f}")
+        print(
+            f"  {label:18} {figures['rps']:8.0f} req/s  p50 {figures['p50']:6.2f} ms  "
+            f"p99 {figures['p99']:6.2f} ms  non-2xx {figures['errors']}"
+        )
+    print(
+        f"  proxy / direct: p50 latency x{through['p50'] / straight['p50']:.2f}, "
+        f"throughput x{through['rps'] / straight['rps']:.2f}"
+    )
     print(f"WebSocket round trips, {args.round_trips} sequential small messages")
     for label, samples in (("through the proxy", ws_through), ("daemon directly", ws_straight)):
         ordered = sorted(samples)
-        print(f"  {label:18} p50 {statistics.median(ordered) * 1000:6.3f} ms  "
-              f"p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:6.3f} ms")
+        print(
+            f"  {label:18} p50 {statistics.median(ordered) * 1000:6.3f} ms  "
+            f"p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:6.3f} ms"
+        )
 
 
 if __name__ == "__main__":

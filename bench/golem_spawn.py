@@ -94,12 +94,23 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="herder-test-bench-") as data:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        env.update(HERDER_DATA_DIR=data, HERDER_LOG_LEVEL="WARNING", HERDER_INSTANCE=f"herder-test-bench-{tag}",
-                   HERDER_GOLEM_WEBSTRATES_URL="http://127.0.0.1:9", HERDER_GOLEM_CHECK_EXISTS="false",
-                   HERDER_GOLEM_SPAWN_RATE="", HERDER_GOLEM_MAX=str(args.golems + 1))
+        env.update(
+            HERDER_DATA_DIR=data,
+            HERDER_LOG_LEVEL="WARNING",
+            HERDER_INSTANCE=f"herder-test-bench-{tag}",
+            HERDER_GOLEM_WEBSTRATES_URL="http://127.0.0.1:9",
+            HERDER_GOLEM_CHECK_EXISTS="false",
+            HERDER_GOLEM_SPAWN_RATE="",
+            HERDER_GOLEM_MAX=str(args.golems + 1),
+        )
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-        herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        herd = subprocess.Popen(
+            [sys.executable, "manage.py", "herd", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         webstrates = [f"bench-{tag}-{n}" for n in range(args.golems)]
         try:
             wait_for(port, herd)
@@ -141,8 +152,10 @@ def main() -> None:
             print(f"minion runs, while golems start:   {figures(busy)}")
             print(f"write-lock waits, quiet:           {figures(quiet_waits)}")
             print(f"write-lock waits, golems starting: {figures(busy_waits)}")
-            print(f"golem spawns ({args.golems}, {args.concurrency} at a time): "
-                  f"median {statistics.median(spawned):.2f} s, max {max(spawned):.2f} s")
+            print(
+                f"golem spawns ({args.golems}, {args.concurrency} at a time): "
+                f"median {statistics.median(spawned):.2f} s, max {max(spawned):.2f} s"
+            )
         finally:
             for webstrate in webstrates:
                 try:

@@ -31,11 +31,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "herder/minion-python:latest"
 DOCKER_RUN = [
-    "docker", "run", "--rm", "--network", "none", "--read-only", "--init",
-    "--tmpfs", "/minion:rw,exec,size=256m,uid=65534,gid=65534", "--tmpfs", "/tmp:rw,exec,size=64m",
-    "--memory", "512m", "--memory-swap", "512m", "--cpus", "1", "--pids-limit", "256",
-    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "65534:65534",
-    "--log-driver", "none", IMAGE, "python3", "-c", "print('hello')",
+    "docker",
+    "run",
+    "--rm",
+    "--network",
+    "none",
+    "--read-only",
+    "--init",
+    "--tmpfs",
+    "/minion:rw,exec,size=256m,uid=65534,gid=65534",
+    "--tmpfs",
+    "/tmp:rw,exec,size=64m",
+    "--memory",
+    "512m",
+    "--memory-swap",
+    "512m",
+    "--cpus",
+    "1",
+    "--pids-limit",
+    "256",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--user",
+    "65534:65534",
+    "--log-driver",
+    "none",
+    IMAGE,
+    "python3",
+    "-c",
+    "print('hello')",
 ]
 
 
@@ -50,8 +76,13 @@ def start_herd(data_dir: str, pool_size: int) -> tuple[subprocess.Popen, int]:
     env.pop("DATABASE_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -119,16 +150,18 @@ def sustained(fn, seconds: float, workers: int = 4) -> tuple[int, int, float]:
 
 
 def leaked_minions() -> int:
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=herder.kind=minion"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=herder.kind=minion"], capture_output=True, text=True, check=True
+    ).stdout
     return len(out.split())
 
 
 def summary(samples: list[float]) -> str:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return (f"p50 {statistics.median(ordered) * 1000:6.1f} ms  p95 {p95 * 1000:6.1f} ms  "
-            f"max {ordered[-1] * 1000:6.1f} ms")
+    return (
+        f"p50 {statistics.median(ordered) * 1000:6.1f} ms  p95 {p95 * 1000:6.1f} ms  max {ordered[-1] * 1000:6.1f} ms"
+    )
 
 
 def main() -> None:
@@ -145,10 +178,13 @@ def main() -> None:
             process, port = start_herd(data_dir, pool_size)
             try:
                 # Sequential runs leave the pool time to refill between runs.
-                results[label] = (sequential(lambda: spawn(port, pause=0.3 if pool_size else 0), args.runs),
-                                  concurrent(lambda: spawn(port), args.concurrent_runs))
+                pause = 0.3 if pool_size else 0
+                results[label] = (
+                    sequential(lambda port=port, pause=pause: spawn(port, pause=pause), args.runs),
+                    concurrent(lambda port=port: spawn(port), args.concurrent_runs),
+                )
                 if args.sustain:
-                    soaks[label] = sustained(lambda: spawn(port), args.sustain)
+                    soaks[label] = sustained(lambda port=port: spawn(port), args.sustain)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
@@ -169,8 +205,10 @@ def main() -> None:
         print(f"  herder {label:4}       {rate:5.1f} runs/s")
     print(f"  docker run --rm   {floor_rate:5.1f} runs/s   (floor)")
     for label, (runs, errors, rate, leaked) in soaks.items():
-        print(f"sustained {args.sustain} s at concurrency 4, {label}: {rate:5.1f} runs/s, {runs} runs, "
-              f"{errors} errors, {leaked} minion containers left after herd stopped")
+        print(
+            f"sustained {args.sustain} s at concurrency 4, {label}: {rate:5.1f} runs/s, {runs} runs, "
+            f"{errors} errors, {leaked} minion containers left after herd stopped"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_herders(count: int, data_dir: str, redis_url: str | None,
-                  server: str) -> list[tuple[subprocess.Popen, int]]:
+def start_herders(count: int, data_dir: str, redis_url: str | None, server: str) -> list[tuple[subprocess.Popen, int]]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env.update(HERDER_DATA_DIR=data_dir, HERDER_LOG_LEVEL="WARNING")
     if redis_url:
@@ -53,9 +52,13 @@ def start_herders(count: int, data_dir: str, redis_url: str | None,
         # Serve only: the bench measures the server and the relay, not the supervisor.
         process = subprocess.Popen(
             [sys.executable, "manage.py", "herd", "--port", str(port), "--server", server, "--no-supervisor"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL)
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
+        )
         herders.append((process, port))
-    for process, port in herders:
+    for _process, port in herders:
         for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -70,11 +73,12 @@ def start_herders(count: int, data_dir: str, redis_url: str | None,
 async def measure(golem_port: int, minion_port: int, rtt_count: int, stream_count: int) -> dict:
     webstrate = f"bench-{uuid.uuid4().hex[:8]}"
     golem_base, minion_base = f"ws://127.0.0.1:{golem_port}", f"ws://127.0.0.1:{minion_port}"
-    async with connect(f"{golem_base}/golem/v1/connect/{webstrate}") as control, \
-            connect(f"{minion_base}/minion/v1/connect/{webstrate}?type=bench", max_queue=None) as minion:
+    async with (
+        connect(f"{golem_base}/golem/v1/connect/{webstrate}") as control,
+        connect(f"{minion_base}/minion/v1/connect/{webstrate}?type=bench", max_queue=None) as minion,
+    ):
         event = json.loads(await control.recv())
-        async with connect(f"{golem_base}/golem/v1/connect-to/{webstrate}/{event['ID']}",
-                           max_queue=None) as golem:
+        async with connect(f"{golem_base}/golem/v1/connect-to/{webstrate}/{event['ID']}", max_queue=None) as golem:
             assert json.loads(await minion.recv()) == {"Event": "golem-connected"}
 
             # Round trips: the golem echoes.
@@ -124,8 +128,11 @@ def run(label: str, processes: int, redis_url: str | None, args) -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-    print(f"{label:<46} RTT p50 {result['rtt_p50_ms']:6.2f} ms   p99 {result['rtt_p99_ms']:6.2f} ms   "
-          f"one-way {result['msgs_per_s']:8.0f} msgs/s", flush=True)
+    print(
+        f"{label:<46} RTT p50 {result['rtt_p50_ms']:6.2f} ms   p99 {result['rtt_p99_ms']:6.2f} ms   "
+        f"one-way {result['msgs_per_s']:8.0f} msgs/s",
+        flush=True,
+    )
 
 
 def main() -> None:

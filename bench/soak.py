@@ -74,8 +74,13 @@ def main() -> None:
         env.pop("DATABASE_URL", None)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
         port = free_port()
-        herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        herd = subprocess.Popen(
+            [sys.executable, "manage.py", "herd", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for _ in range(200):
                 try:
@@ -111,7 +116,9 @@ def main() -> None:
             herd.wait(timeout=30)
 
     print(f"minion runs: RSS {base:.1f} -> {runs_end:.1f} MiB ({(runs_end / base - 1) * 100:+.1f} %)")
-    print(f"sockets:     RSS {sockets_base:.1f} -> {sockets_end:.1f} MiB ({(sockets_end / sockets_base - 1) * 100:+.1f} %)")
+    print(
+        f"sockets:     RSS {sockets_base:.1f} -> {sockets_end:.1f} MiB ({(sockets_end / sockets_base - 1) * 100:+.1f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,10 @@ async def relay_rtt(port: int, pairs: int, count: int) -> list[float]:
     medians = []
     for _ in range(pairs):
         webstrate = f"bench-{uuid.uuid4().hex[:8]}"
-        async with connect(f"{base}/golem/v1/connect/{webstrate}") as control, \
-                connect(f"{base}/minion/v1/connect/{webstrate}?type=bench") as minion:
+        async with (
+            connect(f"{base}/golem/v1/connect/{webstrate}") as control,
+            connect(f"{base}/minion/v1/connect/{webstrate}?type=bench") as minion,
+        ):
             event = json.loads(await control.recv())
             async with connect(f"{base}/golem/v1/connect-to/{webstrate}/{event['ID']}") as golem:
                 assert json.loads(await minion.recv()) == {"Event": "golem-connected"}
@@ -116,15 +118,21 @@ async def relay_rtt(port: int, pairs: int, count: int) -> list[float]:
 
 def measure(workers: int, env: dict[str, str], token: str, args) -> dict:
     port = free_port()
-    herd = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port), "--workers", str(workers)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    herd = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{base}/api/schema/")
         time.sleep(2)  # every worker up
         body = urllib.parse.urlencode({"name": f"bench{workers}", "image": ECHO, "ports": "[8080]"}).encode()
-        request = urllib.request.Request(f"{base}/daemon/v1/spawn", data=body,
-                                         headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"{base}/daemon/v1/spawn", data=body, headers={"Authorization": f"Bearer {token}"}
+        )
         answer = json.load(urllib.request.urlopen(request, timeout=60))
         direct = f"http://127.0.0.1:{answer['Ports']['8080']}/hello"
         proxied = f"{base}{answer['ProxyURL'].rstrip('/')}/hello"
@@ -136,8 +144,9 @@ def measure(workers: int, env: dict[str, str], token: str, args) -> dict:
             "direct": wrk(direct, args.seconds, args.connections),
             "rtt": asyncio.run(relay_rtt(port, args.pairs, args.round_trips)),
         }
-        kill = urllib.request.Request(f"{base}/daemon/v1/kill/bench{workers}?wipe=true",
-                                      headers={"Authorization": f"Bearer {token}"})
+        kill = urllib.request.Request(
+            f"{base}/daemon/v1/kill/bench{workers}?wipe=true", headers={"Authorization": f"Bearer {token}"}
+        )
         urllib.request.urlopen(kill, timeout=30).read()
         return figures
     finally:
@@ -164,10 +173,23 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
-            env.update(HERDER_DATA_DIR=data_dir, HERDER_DAEMON_IMAGES=ECHO, REDIS_URL=REDIS,
-                       DATABASE_URL=POSTGRES.rsplit("/", 1)[0] + f"/{database}", HERDER_LOG_LEVEL="WARNING")
-            run = lambda *cmd: subprocess.run([sys.executable, "manage.py", *cmd], cwd=ROOT, env=env,  # noqa: E731
-                                              check=True, capture_output=True, text=True).stdout
+            env.update(
+                HERDER_DATA_DIR=data_dir,
+                HERDER_DAEMON_IMAGES=ECHO,
+                REDIS_URL=REDIS,
+                DATABASE_URL=POSTGRES.rsplit("/", 1)[0] + f"/{database}",
+                HERDER_LOG_LEVEL="WARNING",
+            )
+            run = lambda *cmd: (  # noqa: E731
+                subprocess.run(
+                    [sys.executable, "manage.py", *cmd],
+                    cwd=ROOT,
+                    env=env,  # noqa: E731
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
             run("migrate", "-v", "0")
             token = run("mint_token", "-e", "bench@herder.test", "-c", "100000000").strip().splitlines()[-1]
             for workers in (1, args.workers):
@@ -178,18 +200,26 @@ def main() -> None:
 
     one, many = results[1], results[args.workers]
     print(f"herd --workers 1 vs --workers {args.workers} ({os.cpu_count()} cores; PostgreSQL, Redis)")
-    print(f"  minion runs/s (4 clients)   {one['runs'][0]:8.1f}  {many['runs'][0]:8.1f}  "
-          f"x{many['runs'][0] / one['runs'][0]:.2f}   errors {one['runs'][1]}/{many['runs'][1]}")
-    print(f"  proxy req/s ({args.connections} conns, wrk) {one['proxy']['rps']:8.0f}  {many['proxy']['rps']:8.0f}  "
-          f"x{many['proxy']['rps'] / one['proxy']['rps']:.2f}   "
-          f"non-2xx {one['proxy']['errors']}/{many['proxy']['errors']}")
+    print(
+        f"  minion runs/s (4 clients)   {one['runs'][0]:8.1f}  {many['runs'][0]:8.1f}  "
+        f"x{many['runs'][0] / one['runs'][0]:.2f}   errors {one['runs'][1]}/{many['runs'][1]}"
+    )
+    print(
+        f"  proxy req/s ({args.connections} conns, wrk) {one['proxy']['rps']:8.0f}  {many['proxy']['rps']:8.0f}  "
+        f"x{many['proxy']['rps'] / one['proxy']['rps']:.2f}   "
+        f"non-2xx {one['proxy']['errors']}/{many['proxy']['errors']}"
+    )
     print(f"  proxy p50 ms                {one['proxy']['p50']:8.2f}  {many['proxy']['p50']:8.2f}")
     print(f"  daemon direct req/s         {one['direct']['rps']:8.0f}  {many['direct']['rps']:8.0f}  (the ceiling)")
-    print(f"  relay round trip p50 ms     {statistics.median(one['rtt']):8.3f}  {statistics.median(many['rtt']):8.3f}  "
-          f"x{statistics.median(many['rtt']) / statistics.median(one['rtt']):.2f}   (median of {args.pairs} pairs)")
-    print(f"  each pair's p50, ms: 1 worker {' '.join(f'{v:.2f}' for v in one['rtt'])}; "
-          f"{args.workers} workers {' '.join(f'{v:.2f}' for v in many['rtt'])} "
-          "(a pair split over two workers relays through Redis)")
+    print(
+        f"  relay round trip p50 ms     {statistics.median(one['rtt']):8.3f}  {statistics.median(many['rtt']):8.3f}  "
+        f"x{statistics.median(many['rtt']) / statistics.median(one['rtt']):.2f}   (median of {args.pairs} pairs)"
+    )
+    print(
+        f"  each pair's p50, ms: 1 worker {' '.join(f'{v:.2f}' for v in one['rtt'])}; "
+        f"{args.workers} workers {' '.join(f'{v:.2f}' for v in many['rtt'])} "
+        "(a pair split over two workers relays through Redis)"
+    )
 
 
 if __name__ == "__main__":

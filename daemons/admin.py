@@ -21,23 +21,40 @@ from herder.errors import DaemonBusy
 
 @admin.register(Daemon)
 class DaemonAdmin(admin.ModelAdmin):
-    list_display = ("full_name", "owner", "image", "state", "started_at", "stopped_at", "credits_used",
-                    "volume_kept")
+    list_display = ("full_name", "owner", "image", "state", "started_at", "stopped_at", "credits_used", "volume_kept")
     list_filter = ("state", "image", "started")
     search_fields = ("name", "full_name", "owner__email", "image", "container_id")
     date_hierarchy = "created"
     list_select_related = ("owner",)
-    fields = ("full_name", "name", "owner", "image", "state", "ports", "host_ports", "container_id",
-              "created_at", "started_at", "stopped_at", "metered_at", "credits_used", "volume", "volume_kept",
-              "ledger")
+    fields = (
+        "full_name",
+        "name",
+        "owner",
+        "image",
+        "state",
+        "ports",
+        "host_ports",
+        "container_id",
+        "created_at",
+        "started_at",
+        "stopped_at",
+        "metered_at",
+        "credits_used",
+        "volume",
+        "volume_kept",
+        "ledger",
+    )
     readonly_fields = fields
     actions = ["stop_daemons"]
     change_form_template = "admin/daemons/daemon/change_form.html"
 
     def get_ordering(self, request: HttpRequest) -> list:
         # Running daemons first: the one running among many killed ones is on top.
-        running = Case(When(state__in=[Daemon.State.RUNNING, Daemon.State.STARTING], then=Value(0)),
-                       default=Value(1), output_field=IntegerField())
+        running = Case(
+            When(state__in=[Daemon.State.RUNNING, Daemon.State.STARTING], then=Value(0)),
+            default=Value(1),
+            output_field=IntegerField(),
+        )
         return [running.asc(), "-created"]
 
     @admin.display(description="created", ordering="created")
@@ -59,7 +76,8 @@ class DaemonAdmin(admin.ModelAdmin):
     @admin.display(description="volume kept")
     def volume_kept(self, daemon: Daemon) -> str:
         return yes_no(daemon.volume_removed is None) + (
-            f" (wiped {when(daemon.volume_removed)})" if daemon.volume_removed else "")
+            f" (wiped {when(daemon.volume_removed)})" if daemon.volume_removed else ""
+        )
 
     @admin.display(description="ledger")
     def ledger(self, daemon: Daemon) -> str:
@@ -150,6 +168,11 @@ class DaemonAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         rows = [{**v, "size_text": size(v["size"]), "created_text": when(v["created"])} for v in daemon_volumes()]
-        context = {**self.admin_site.each_context(request), "title": "Daemon volumes", "rows": rows,
-                   "opts": self.model._meta, "total": size(sum(r["size"] or 0 for r in rows))}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Daemon volumes",
+            "rows": rows,
+            "opts": self.model._meta,
+            "total": size(sum(r["size"] or 0 for r in rows)),
+        }
         return TemplateResponse(request, "admin/daemons/daemon/volumes.html", context)

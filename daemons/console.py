@@ -30,8 +30,10 @@ from herder.errors import error_response
 
 # Only this origin's script and style; the socket to this origin; nothing may
 # frame the page, post a form, or learn where the user came from.
-CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-               "frame-ancestors 'none'; form-action 'none'; base-uri 'none'")
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
+)
 
 
 def _header(scope: dict, name: bytes) -> str:
@@ -55,8 +57,13 @@ def same_origin(scope: dict) -> bool:
 def staff_may_attach(scope: dict) -> bool:
     """Run in a thread (permissions come from the database)."""
     user = scope.get("user")
-    return (same_origin(scope) and user is not None and user.is_active and user.is_staff
-            and user.has_perm("daemons.change_daemon"))
+    return (
+        same_origin(scope)
+        and user is not None
+        and user.is_active
+        and user.is_staff
+        and user.has_perm("daemons.change_daemon")
+    )
 
 
 def admin_console(model_admin, request: HttpRequest, daemon: Daemon) -> HttpResponse:
@@ -64,8 +71,13 @@ def admin_console(model_admin, request: HttpRequest, daemon: Daemon) -> HttpResp
 
     if not model_admin.has_operate_permission(request):
         raise PermissionDenied
-    context = {**model_admin.admin_site.each_context(request), "title": f"Console of {daemon}",
-               "daemon": daemon, "opts": Daemon._meta, "socket": f"/admin/daemons/daemon/{daemon.pk}/attach"}
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Console of {daemon}",
+        "daemon": daemon,
+        "opts": Daemon._meta,
+        "socket": f"/admin/daemons/daemon/{daemon.pk}/attach",
+    }
     return TemplateResponse(request, "admin/daemons/daemon/console.html", context)
 
 

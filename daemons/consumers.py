@@ -29,7 +29,8 @@ class DaemonAttachConsumer(AsyncWebsocketConsumer):
             return
         try:
             self.attachment = await sync_to_async(get_runtime().attach)(
-                Handle(id=daemon.container_id, name=daemon.full_name))
+                Handle(id=daemon.container_id, name=daemon.full_name)
+            )
         except (ContainerGone, RuntimeUnavailable):
             await self._refuse(503, "runtime_unavailable", "Could not attach to the daemon.")
             return

@@ -43,14 +43,24 @@ from daemons.models import Daemon
 PREFIX = "/daemon/v1/proxy/"
 _PATH = re.compile(r"^/daemon/v1/proxy/(?P<name>[^/]+)(?P<path>/.*)?$", re.S)
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 # The path route's pages: scripts and forms work, but in an opaque origin
 # (no allow-same-origin): no access to the herder's cookies, storage or pages.
-SANDBOX = (b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads "
-           b"allow-pointer-lock allow-presentation")
+SANDBOX = (
+    b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads allow-pointer-lock allow-presentation"
+)
 # Escapes that would change what the daemon sees once it decodes the path:
 # control characters (CR LF: a second request line; NUL), '/', '\\', '?', '#'.
 _BAD_ESCAPE = re.compile(rb"%(?:[01][0-9a-f]|7f|2f|5c|3f|23)", re.I)
@@ -63,9 +73,9 @@ _DROPPED_ANSWER_HEADERS = frozenset({b"clear-site-data", b"service-worker-allowe
 class Route:
     """Which daemon a request is for and how it came."""
 
-    key: str          # the daemon's Name (path route) or host label (its origin)
+    key: str  # the daemon's Name (path route) or host label (its origin)
     on_origin: bool
-    path: str         # percent-encoded as the client sent it, never decoded
+    path: str  # percent-encoded as the client sent it, never decoded
     prefix: str = ""  # the path route's prefix, for X-Forwarded-Prefix
 
 
@@ -73,7 +83,7 @@ class Route:
 class Target:
     host: str
     port: int
-    daemon: int       # the row's pk: connection slots are per daemon
+    daemon: int  # the row's pk: connection slots are per daemon
 
 
 class BadPath(ValueError):
@@ -81,6 +91,7 @@ class BadPath(ValueError):
 
 
 # --- Routing ---------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=4)
 def _origin_pattern(origin: str) -> re.Pattern | None:
@@ -221,7 +232,8 @@ async def _refreshed_target(route: Route, stale: Target) -> Target | None:
     _refreshed[stale.daemon] = now
 
     found = await database_sync_to_async(daemon_refresh_target)(
-        **({"label": route.key} if route.on_origin else {"full_name": route.key}))
+        **({"label": route.key} if route.on_origin else {"full_name": route.key})
+    )
     if found is None or found == (stale.host, stale.port):
         return None
     target = Target(found[0], found[1], stale.daemon)
@@ -249,6 +261,7 @@ def _free_slot(target: Target) -> None:
 
 # --- Headers ---------------------------------------------------------------------------
 
+
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Without the hop-by-hop headers, and those the Connection header names."""
     named = set(HOP_BY_HOP)
@@ -263,8 +276,11 @@ def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
     browser's cookies are the herder's: none is forwarded."""
     headers = scope["headers"]
     dropped = {b"host"} if route.on_origin else {b"host", b"cookie"}
-    kept = [(k, v) for k, v in _end_to_end(headers)
-            if k.lower() not in dropped and not k.lower().startswith(b"x-forwarded-")]
+    kept = [
+        (k, v)
+        for k, v in _end_to_end(headers)
+        if k.lower() not in dropped and not k.lower().startswith(b"x-forwarded-")
+    ]
     client = (scope.get("client") or ("", 0))[0]
     prior = _header(scope, b"x-forwarded-for")
     kept += [
@@ -302,11 +318,21 @@ def _answer_headers(headers: list[tuple[bytes, bytes]], route: Route) -> list[tu
 
 # --- HTTP ------------------------------------------------------------------------------
 
+
 async def _send_error(send, status: int, code: str, detail: str, headers=()) -> None:
     body = json.dumps({"code": code, "detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"),
-                            (b"access-control-allow-origin", b"*"), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-content-type-options", b"nosniff"),
+                (b"access-control-allow-origin", b"*"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -322,9 +348,13 @@ async def proxy_http(scope: dict, receive, send, route: Route) -> None:
         await _send_error(send, 404, "not_found", "No running daemon of that name with a port.")
         return
     if not _take_slot(target):
-        await _send_error(send, 429, "too_many_requests",
-                          "That daemon has as many connections as it may have; try again.",
-                          headers=[(b"retry-after", b"1")])
+        await _send_error(
+            send,
+            429,
+            "too_many_requests",
+            "That daemon has as many connections as it may have; try again.",
+            headers=[(b"retry-after", b"1")],
+        )
         return
     try:
         await _relay_http(scope, receive, send, route, target)
@@ -347,8 +377,11 @@ def _upstream_session() -> aiohttp.ClientSession:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             # Set once per session: a ClientTimeout passed on every request
             # halved the proxy's throughput (bench/daemons.py).
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.HERDER_PROXY_CONNECT_TIMEOUT,
-                                          sock_read=settings.HERDER_PROXY_READ_TIMEOUT),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.HERDER_PROXY_CONNECT_TIMEOUT,
+                sock_read=settings.HERDER_PROXY_READ_TIMEOUT,
+            ),
             # Bytes pass through as the daemon sent them, with the client's
             # headers only: none of aiohttp's own, no cookies kept.
             auto_decompress=False,
@@ -393,8 +426,11 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
         url = f"http://{target.host}:{target.port}{route.path}" + (f"?{query}" if query else "")
         try:
             upstream = await _upstream_session().request(
-                scope["method"], URL(url, encoded=True), headers=headers,
-                data=body() if has_body else None, allow_redirects=False,
+                scope["method"],
+                URL(url, encoded=True),
+                headers=headers,
+                data=body() if has_body else None,
+                allow_redirects=False,
             )
             break
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
@@ -416,8 +452,13 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
             await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
             return
     async with upstream:
-        await send({"type": "http.response.start", "status": upstream.status,
-                    "headers": _answer_headers(list(upstream.raw_headers), route)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": _answer_headers(list(upstream.raw_headers), route),
+            }
+        )
         try:
             async for chunk in upstream.content.iter_any():
                 # A client that stops reading holds the slot no longer than this.
@@ -449,6 +490,7 @@ class PrefixRouter:
 
 # --- WebSocket -------------------------------------------------------------------------
 
+
 class DaemonProxyConsumer(AsyncWebsocketConsumer):
     """A WebSocket to a daemon, relayed to the same path on it (the route is
     set by PrefixRouter). Closed after HERDER_PROXY_IDLE_TIMEOUT seconds
@@ -477,14 +519,20 @@ class DaemonProxyConsumer(AsyncWebsocketConsumer):
         query = self.scope.get("query_string", b"").decode("latin-1")
         # On its own origin the daemon sees the page's Origin (to refuse
         # cross-site sockets); on the path route it would be the herder's.
-        headers = [(k, v) for k, v in _forwarded_headers(self.scope, route)
-                   if not k.lower().startswith("sec-websocket") and (route.on_origin or k.lower() != "origin")]
+        headers = [
+            (k, v)
+            for k, v in _forwarded_headers(self.scope, route)
+            if not k.lower().startswith("sec-websocket") and (route.on_origin or k.lower() != "origin")
+        ]
         for attempt in (1, 2):
             url = f"ws://{target.host}:{target.port}{route.path}" + (f"?{query}" if query else "")
             try:
                 self.upstream = await websockets.connect(
-                    url, additional_headers=headers, subprotocols=self.scope.get("subprotocols") or None,
-                    max_size=16 * 1024 * 1024, open_timeout=settings.HERDER_PROXY_CONNECT_TIMEOUT,
+                    url,
+                    additional_headers=headers,
+                    subprotocols=self.scope.get("subprotocols") or None,
+                    max_size=16 * 1024 * 1024,
+                    open_timeout=settings.HERDER_PROXY_CONNECT_TIMEOUT,
                     ping_interval=None,
                 )
                 break

@@ -16,12 +16,11 @@ from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from accounts.services import account_balance, credits_spend
-from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
-from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
-from herder.files import check_files
-
 from daemons.models import Daemon
 from daemons.proxy import forget_target
+from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
+from herder.files import check_files
+from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def parse_ports(raw: str | list | None) -> list[int]:
     except (ValueError, RecursionError) as exc:  # "[[[[..." recurses past Python's limit
         raise BadInput(f"ports is not JSON: {exc}.", code="bad_ports") from exc
     if not isinstance(values, list):
-        raise BadInput("ports must be a JSON list, e.g. [8080] or [\"80\", \"443\"].", code="bad_ports")
+        raise BadInput('ports must be a JSON list, e.g. [8080] or ["80", "443"].', code="bad_ports")
     if len(values) > settings.HERDER_DAEMON_MAX_PORTS:
         raise BadInput(f"At most {settings.HERDER_DAEMON_MAX_PORTS} ports.", code="bad_ports")
     ports = []
@@ -118,8 +117,7 @@ def daemon_spec(daemon: Daemon) -> ContainerSpec:
     )
 
 
-def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
-                 files: dict[str, bytes]) -> Daemon:
+def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int], files: dict[str, bytes]) -> Daemon:
     """Start the account's daemon `name`, or restart it when it exists.
 
     Files are written into its volume at /minion, which outlives restarts.
@@ -151,7 +149,8 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
         if handle is not None:
             runtime.remove(handle)
         failed = Daemon.objects.filter(pk=daemon.pk, claim=claim).update(
-            state=State.FAILED, stopped=timezone.now(), claim="")
+            state=State.FAILED, stopped=timezone.now(), claim=""
+        )
         if not failed:
             raise DaemonBusy("The daemon was stopped or taken over while it started.") from None
         raise
@@ -159,8 +158,13 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int],
     # Conditional on the claim: a kill (or the supervisor at zero credits)
     # while it started wins, and this container must not outlive it.
     recorded = Daemon.objects.filter(pk=daemon.pk, claim=claim, state=State.STARTING).update(
-        container_id=handle.id, host_ports={str(port): host for port, host in published.items()},
-        state=State.RUNNING, started=now, metered_until=now, claim="")
+        container_id=handle.id,
+        host_ports={str(port): host for port, host in published.items()},
+        state=State.RUNNING,
+        started=now,
+        metered_until=now,
+        claim="",
+    )
     if not recorded:
         runtime.remove(handle)
         raise DaemonBusy("The daemon was stopped or taken over while it started.")
@@ -194,23 +198,34 @@ def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tup
     holds a fresh claim."""
     claim, now = secrets.token_hex(16), timezone.now()
     full_name = f"{name}-{jti}"
-    fields = {"full_name": full_name, "host_label": host_label(name, full_name), "image": image,
-              "ports": ports, "host_ports": {}, "state": State.STARTING, "container_id": "",
-              "stopped": None, "claim": claim, "claimed": now,
-              # A wiped volume is made anew, empty, by the engine at the start.
-              "volume_removed": None}
+    fields = {
+        "full_name": full_name,
+        "host_label": host_label(name, full_name),
+        "image": image,
+        "ports": ports,
+        "host_ports": {},
+        "state": State.STARTING,
+        "container_id": "",
+        "stopped": None,
+        "claim": claim,
+        "claimed": now,
+        # A wiped volume is made anew, empty, by the engine at the start.
+        "volume_removed": None,
+    }
     try:
         with transaction.atomic():
             daemon = Daemon.objects.create(
-                owner=account, name=name,
+                owner=account,
+                name=name,
                 # The volume outlives restarts and kills without wipe: named once.
-                volume=f"herder-daemon-{secrets.token_hex(6)}-{name}", **fields)
+                volume=f"herder-daemon-{secrets.token_hex(6)}-{name}",
+                **fields,
+            )
         return daemon, claim, ""
     except IntegrityError:
         pass  # it exists (or a concurrent spawn just made it): take it over below
     with transaction.atomic():
-        daemon = Daemon.objects.select_for_update().select_related("owner").filter(
-            owner=account, name=name).first()
+        daemon = Daemon.objects.select_for_update().select_related("owner").filter(owner=account, name=name).first()
         if daemon is None:
             raise DaemonBusy("The daemon is being spawned or killed; try again.")
         if daemon.state == State.STARTING and daemon.claimed and now - daemon.claimed < SPAWN_STALE:
@@ -221,8 +236,9 @@ def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tup
             _charge(daemon, until=now)
         # Conditional: of spawns that read the same row, one wins (SQLite has
         # no SELECT FOR UPDATE; this holds on every database).
-        won = Daemon.objects.filter(pk=daemon.pk, state=daemon.state, claim=daemon.claim,
-                                    container_id=old).update(**fields)
+        won = Daemon.objects.filter(pk=daemon.pk, state=daemon.state, claim=daemon.claim, container_id=old).update(
+            **fields
+        )
         if not won:
             raise DaemonBusy(f"Daemon {name!r} is starting; try again in a moment.")
     daemon.refresh_from_db()
@@ -232,8 +248,10 @@ def _claim(*, account, jti: str, name: str, image: str, ports: list[int]) -> tup
 def daemon_get(*, account, name: str) -> Daemon:
     """The account's daemon by its name or its full name. Raises NotFound,
     also for another account's daemon."""
-    daemon = (Daemon.objects.filter(owner=account, name=name).first()
-              or Daemon.objects.filter(owner=account, full_name=name).first())
+    daemon = (
+        Daemon.objects.filter(owner=account, name=name).first()
+        or Daemon.objects.filter(owner=account, full_name=name).first()
+    )
     if daemon is None or daemon.state == State.KILLED:
         raise NotFound(f"No daemon {name!r}.")
     return daemon
@@ -277,10 +295,11 @@ def daemon_volumes(*, sizes: bool = True) -> list[dict]:
     """The engine's daemon volumes with their daemon (None when no row names
     it), owner, state and size in bytes: the admin's volume page."""
     infos = get_runtime().volumes(prefix="herder-daemon-", sizes=sizes)
-    daemons = {d.volume: d for d in Daemon.objects.filter(volume__in=[i.name for i in infos])
-               .select_related("owner")}
-    return [{"name": info.name, "created": info.created, "size": info.size, "daemon": daemons.get(info.name)}
-            for info in infos]
+    daemons = {d.volume: d for d in Daemon.objects.filter(volume__in=[i.name for i in infos]).select_related("owner")}
+    return [
+        {"name": info.name, "created": info.created, "size": info.size, "daemon": daemons.get(info.name)}
+        for info in infos
+    ]
 
 
 def daemon_reap_volumes() -> int:
@@ -297,7 +316,8 @@ def daemon_reap_volumes() -> int:
     reaped = 0
     runtime = get_runtime()
     for daemon in Daemon.objects.filter(volume_removed__isnull=True, stopped__lt=cutoff).exclude(
-            state__in=[State.RUNNING, State.STARTING]):
+        state__in=[State.RUNNING, State.STARTING]
+    ):
         runtime.remove_volume(daemon.volume)
         Daemon.objects.filter(pk=daemon.pk).update(volume_removed=timezone.now())
         reaped += 1
@@ -362,8 +382,9 @@ def daemon_address(daemon: Daemon, host_ports: dict | None = None) -> tuple[str,
     if published is None:
         return None
     cname = container_name(daemon)
-    return get_runtime().address(Handle(id=daemon.container_id, name=cname), daemon.first_port,
-                                 published=int(published), host=proxy_host())
+    return get_runtime().address(
+        Handle(id=daemon.container_id, name=cname), daemon.first_port, published=int(published), host=proxy_host()
+    )
 
 
 def proxy_host() -> str:
@@ -381,8 +402,12 @@ def _charge(daemon: Daemon, *, until: datetime) -> int:
     seconds = int((until - daemon.metered_until).total_seconds())
     if seconds <= 0:
         return 0
-    spent = credits_spend(account=daemon.owner, amount=seconds * settings.HERDER_DAEMON_COST_PER_SECOND,
-                          subject=daemon.full_name, note=f"{seconds} s running")
+    spent = credits_spend(
+        account=daemon.owner,
+        amount=seconds * settings.HERDER_DAEMON_COST_PER_SECOND,
+        subject=daemon.full_name,
+        note=f"{seconds} s running",
+    )
     daemon.metered_until += timedelta(seconds=seconds)
     daemon.credits_used += spent
     daemon.save(update_fields=["metered_until", "credits_used"])
@@ -406,8 +431,7 @@ def daemon_supervise() -> None:
     for daemon in Daemon.objects.filter(container_id__in=live).exclude(state=State.RUNNING):
         if daemon.state in (State.STARTING, State.DEAD):
             logger.info("adopting daemon %s", daemon.full_name)
-            Daemon.objects.filter(pk=daemon.pk).update(state=State.RUNNING, metered_until=timezone.now(),
-                                                       claim="")
+            Daemon.objects.filter(pk=daemon.pk).update(state=State.RUNNING, metered_until=timezone.now(), claim="")
     _orphans(runtime, containers, live)
 
     now = timezone.now()
@@ -440,8 +464,9 @@ def daemon_supervise() -> None:
 
     # Networks of daemons that no longer run (a removal that failed, a herder
     # that died mid-spawn); one still in use is kept by the engine.
-    active = {str(pk) for pk in Daemon.objects.filter(
-        state__in=[State.RUNNING, State.STARTING]).values_list("pk", flat=True)}
+    active = {
+        str(pk) for pk in Daemon.objects.filter(state__in=[State.RUNNING, State.STARTING]).values_list("pk", flat=True)
+    }
     for network in runtime.networks(kind="daemon", ours=True):
         if network.labels.get(LABEL_DAEMON_ID) not in active:
             runtime.network_remove(network.name)
@@ -463,8 +488,13 @@ def _orphans(runtime, containers: dict, live: set) -> None:
             if cid in live:
                 now = timezone.now()
                 adopted = Daemon.objects.filter(pk=daemon.pk, state=State.STARTING, claim=daemon.claim).update(
-                    container_id=cid, state=State.RUNNING, started=now, metered_until=now, claim="",
-                    host_ports={str(p): h for p, h in info.ports.items()})
+                    container_id=cid,
+                    state=State.RUNNING,
+                    started=now,
+                    metered_until=now,
+                    claim="",
+                    host_ports={str(p): h for p, h in info.ports.items()},
+                )
                 if adopted:
                     logger.info("adopting daemon %s left starting", daemon.full_name)
                     continue

@@ -52,44 +52,78 @@ class DaemonSpawnView(_TokenView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
-        operation_id="daemon_spawn", auth=TOKEN_REQUIRED,
-        request={"multipart/form-data": daemon_form(binary=True),
-                 "application/x-www-form-urlencoded": daemon_form(binary=False)},
-        responses={200: DaemonOutputSerializer,
-                   **errors(400, 401, 402, 405, 409, 413, 415, 429, 503,
-                            _400="A bad name, image (`image_not_allowed`), ports (`bad_ports`) or file "
-                            "name (`bad_file_name`).",
-                            _409="Another spawn or kill of that daemon is in progress (`daemon_busy`).",
-                            _429="Too many large bodies in progress from this client or in all; see Retry-After.")},
+        operation_id="daemon_spawn",
+        auth=TOKEN_REQUIRED,
+        request={
+            "multipart/form-data": daemon_form(binary=True),
+            "application/x-www-form-urlencoded": daemon_form(binary=False),
+        },
+        responses={
+            200: DaemonOutputSerializer,
+            **errors(
+                400,
+                401,
+                402,
+                405,
+                409,
+                413,
+                415,
+                429,
+                503,
+                _400="A bad name, image (`image_not_allowed`), ports (`bad_ports`) or file name (`bad_file_name`).",
+                _409="Another spawn or kill of that daemon is in progress (`daemon_busy`).",
+                _429="Too many large bodies in progress from this client or in all; see Retry-After.",
+            ),
+        },
     )
     def post(self, request):
         files = files_from_request(request, protocol_fields=_PROTOCOL_FIELDS)
         fields = request.POST
         daemon = daemon_spawn(
-            account=request.user, jti=request.auth.jti,
-            name=fields.get("name", ""), image=fields.get("image", ""),
-            ports=parse_ports(fields.get("ports")), files=files,
+            account=request.user,
+            jti=request.auth.jti,
+            name=fields.get("name", ""),
+            image=fields.get("image", ""),
+            ports=parse_ports(fields.get("ports")),
+            files=files,
         )
         return Response(DaemonOutputSerializer(daemon).data)
 
 
 class DaemonListView(_TokenView):
-    @extend_schema(operation_id="daemon_list", auth=TOKEN_REQUIRED,
-                   responses={200: DaemonOutputSerializer(many=True), **errors(401, 405)})
+    @extend_schema(
+        operation_id="daemon_list",
+        auth=TOKEN_REQUIRED,
+        responses={200: DaemonOutputSerializer(many=True), **errors(401, 405)},
+    )
     def get(self, request):
         return Response(DaemonOutputSerializer(daemon_list(account=request.user), many=True).data)
 
 
 _KILL = dict(
     auth=TOKEN_REQUIRED,
-    parameters=[DAEMON_NAME_PARAMETER,
-                OpenApiParameter("wipe", OpenApiTypes.STR, description="1, true or yes: remove its volume too "
-                                 "(its files); anything else keeps it.")],
+    parameters=[
+        DAEMON_NAME_PARAMETER,
+        OpenApiParameter(
+            "wipe",
+            OpenApiTypes.STR,
+            description="1, true or yes: remove its volume too (its files); anything else keeps it.",
+        ),
+    ],
     request=None,
-    responses={200: DaemonOutputSerializer,
-               **errors(400, 401, 404, 405, 409, 503,
-                        _404="The account has no daemon of that name (`not_found`).",
-                        _409="A spawn of that daemon is in progress (`daemon_busy`).")},
+    responses={
+        200: DaemonOutputSerializer,
+        **errors(
+            400,
+            401,
+            404,
+            405,
+            409,
+            503,
+            _404="The account has no daemon of that name (`not_found`).",
+            _409="A spawn of that daemon is in progress (`daemon_busy`).",
+        ),
+    },
 )
 
 

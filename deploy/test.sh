@@ -34,6 +34,10 @@ services=$(bash deploy/start-services.sh)
 redis_url=$(sed -n 's/^REDIS_URL=//p' <<<"$services")
 database_url=$(sed -n 's/^DATABASE_URL=//p' <<<"$services")
 
+echo "--- ruff: lint, import order, format"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
 export HERDER_TEST_REDIS_URL=$redis_url
 # tests/herder/test_workers.py and test_lease.py make (and drop) databases of their own there.
 export HERDER_TEST_POSTGRES_URL=${database_url%/*}/postgres

@@ -16,20 +16,43 @@ from herder.errors import GolemNotFound, RuntimeUnavailable
 class GolemAdmin(admin.ModelAdmin):
     """Golems for audit, with reset and kill; the rows themselves are read-only."""
 
-    list_display = ("webstrate", "state", "container_name", "started_at", "last_active_at", "restarts",
-                    "crash_streak", "error")
+    list_display = (
+        "webstrate",
+        "state",
+        "container_name",
+        "started_at",
+        "last_active_at",
+        "restarts",
+        "crash_streak",
+        "error",
+    )
     list_filter = ("state", "started", "last_active")
     search_fields = ("webstrate", "container_id", "container_name", "error")
     actions = ["reset_golems", "kill_golems"]
-    fields = ("webstrate", "state", "container_name", "container_id", "created_at", "started_at", "stopped_at",
-              "last_active_at", "restarts", "crash_streak", "error", "generation")
+    fields = (
+        "webstrate",
+        "state",
+        "container_name",
+        "container_id",
+        "created_at",
+        "started_at",
+        "stopped_at",
+        "last_active_at",
+        "restarts",
+        "crash_streak",
+        "error",
+        "generation",
+    )
     readonly_fields = fields
     change_form_template = "admin/golems/golem/change_form.html"
 
     def get_ordering(self, request: HttpRequest) -> list:
         # The running golems first: the one running among forty killed ones is on top.
-        running = Case(When(state__in=[Golem.State.RUNNING, Golem.State.STARTING], then=Value(0)),
-                       default=Value(1), output_field=IntegerField())
+        running = Case(
+            When(state__in=[Golem.State.RUNNING, Golem.State.STARTING], then=Value(0)),
+            default=Value(1),
+            output_field=IntegerField(),
+        )
         return [running.asc(), "webstrate"]
 
     @admin.display(description="created", ordering="created")
@@ -84,9 +107,11 @@ class GolemAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list:
         view = self.admin_site.admin_view
-        return [path("<int:pk>/reset/", view(require_POST(self.reset_view)), name="golems_golem_reset"),
-                path("<int:pk>/kill/", view(require_POST(self.kill_view)), name="golems_golem_kill"),
-                *super().get_urls()]
+        return [
+            path("<int:pk>/reset/", view(require_POST(self.reset_view)), name="golems_golem_reset"),
+            path("<int:pk>/kill/", view(require_POST(self.kill_view)), name="golems_golem_kill"),
+            *super().get_urls(),
+        ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra = {"can_operate": self.has_operate_permission(request), **(extra_context or {})}
@@ -124,6 +149,7 @@ class GolemPresenceAdmin(admin.ModelAdmin):
     @admin.display(description="seen", ordering="seen")
     def seen_at(self, presence: GolemPresence) -> str:
         return when(presence.seen)
+
     search_fields = ("webstrate", "channel")
 
     def has_add_permission(self, request) -> bool:

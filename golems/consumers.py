@@ -20,8 +20,8 @@ from urllib.parse import parse_qs
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
-from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http.cookie import parse_cookie
 from rest_framework.exceptions import APIException
@@ -97,8 +97,10 @@ class _PairingConsumer(AsyncWebsocketConsumer):
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
         local_sockets[self.channel_name] = self.dispatch
-        loops = [asyncio.create_task(self._dispatch_from(receive)),
-                 asyncio.create_task(self._dispatch_from(self.channel_receive))]
+        loops = [
+            asyncio.create_task(self._dispatch_from(receive)),
+            asyncio.create_task(self._dispatch_from(self.channel_receive)),
+        ]
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for loop in done:
@@ -157,11 +159,15 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             await refuse_before_upgrade(self, exc.status_code, code, str(exc.detail))
             return
         await self.accept()
-        await self.send(text_data=json.dumps({
-            "type": "error",
-            "code": code,
-            "detail": str(exc.detail),
-        }))
+        await self.send(
+            text_data=json.dumps(
+                {
+                    "type": "error",
+                    "code": code,
+                    "detail": str(exc.detail),
+                }
+            )
+        )
         await self.close(code=4000 + exc.status_code)
 
     async def webstrate_accepted(self) -> bool:
@@ -180,8 +186,12 @@ class _PairingConsumer(AsyncWebsocketConsumer):
     # --- The relay ---------------------------------------------------------
 
     def _new_outbox(self) -> None:
-        self.outbox = Outbox(self.channel_layer, size=settings.HERDER_PAIRING_BUFFER,
-                             max_bytes=settings.HERDER_PAIRING_BUFFER_BYTES, on_fail=self._peer_stuck)
+        self.outbox = Outbox(
+            self.channel_layer,
+            size=settings.HERDER_PAIRING_BUFFER,
+            max_bytes=settings.HERDER_PAIRING_BUFFER_BYTES,
+            on_fail=self._peer_stuck,
+        )
 
     def _paired(self, peer: str) -> None:
         self.peer = peer
@@ -228,9 +238,12 @@ class _PairingConsumer(AsyncWebsocketConsumer):
             except asyncio.TimeoutError:
                 self._overflowed = True
                 self.outbox.cancel()  # what it kept will never be relayed: free it now
-                await self.refuse(PayloadTooLarge(
-                    f"More than {settings.HERDER_PAIRING_BUFFER} frames or "
-                    f"{settings.HERDER_PAIRING_BUFFER_BYTES} bytes were sent before pairing."))
+                await self.refuse(
+                    PayloadTooLarge(
+                        f"More than {settings.HERDER_PAIRING_BUFFER} frames or "
+                        f"{settings.HERDER_PAIRING_BUFFER_BYTES} bytes were sent before pairing."
+                    )
+                )
 
     def pairing_patience(self) -> float:
         """Seconds a full pre-pairing queue waits for pairing before refusing."""
@@ -299,8 +312,7 @@ class GolemControlConsumer(_PairingConsumer):
         if not await self.webstrate_accepted():
             return
         try:
-            proven = await _db(golem_control_admit)(
-                webstrate=self.webstrate, proof=self._proof())
+            proven = await _db(golem_control_admit)(webstrate=self.webstrate, proof=self._proof())
         except GolemProofRequired as exc:
             await self.refuse(exc)
             return
@@ -308,10 +320,10 @@ class GolemControlConsumer(_PairingConsumer):
         # Claimed before accepting, so that a second socket can be refused before
         # its upgrade; minions that find the claim first are told once send() accepts.
         self.claimed, replaced = await _db(presence_claim)(
-            webstrate=self.webstrate, channel=self.channel_name, proven=proven)
+            webstrate=self.webstrate, channel=self.channel_name, proven=proven
+        )
         if not self.claimed:
-            await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."),
-                              before_upgrade=True)
+            await self.refuse(GolemConnected(f"A golem is already connected to {self.webstrate}."), before_upgrade=True)
             return
         await self.accept()
         if replaced:
@@ -319,14 +331,16 @@ class GolemControlConsumer(_PairingConsumer):
         self._heartbeat = asyncio.create_task(self._beat())
         # Minions already waiting announce themselves.
         await self.channel_layer.group_send(
-            waiting_group(self.webstrate), {"type": "golem.arrived", "control": self.channel_name})
+            waiting_group(self.webstrate), {"type": "golem.arrived", "control": self.channel_name}
+        )
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(settings.HERDER_PAIRING_HEARTBEAT)
             try:
                 held = await _db(presence_refresh)(
-                    webstrate=self.webstrate, channel=self.channel_name, proven=self.proven)
+                    webstrate=self.webstrate, channel=self.channel_name, proven=self.proven
+                )
             except Exception:
                 # The database may come back before the presence expires; if it
                 # does not, the next successful beat finds the claim lost.
@@ -350,8 +364,12 @@ class GolemControlConsumer(_PairingConsumer):
 
     async def golem_minion_connected(self, message: dict) -> None:
         await self.send(text_data=event("minion-connected", ID=message["id"], Type=message["minion_type"]))
-        await send_patiently(self.channel_layer, message["reply_to"],
-                             {"type": "minion.announced", "control": self.channel_name}, timeout=5)
+        await send_patiently(
+            self.channel_layer,
+            message["reply_to"],
+            {"type": "minion.announced", "control": self.channel_name},
+            timeout=5,
+        )
 
     async def golem_minion_disconnected(self, message: dict) -> None:
         await self.send(text_data=event("minion-disconnected", ID=message["id"]))
@@ -431,10 +449,17 @@ class MinionPairConsumer(_PairingConsumer):
 
     async def _announce(self, control: str) -> None:
         self.announced_to = control
-        await send_patiently(self.channel_layer, control, {
-            "type": "golem.minion_connected", "id": self.minion_id,
-            "minion_type": self.minion_type, "reply_to": self.channel_name,
-        }, timeout=5)
+        await send_patiently(
+            self.channel_layer,
+            control,
+            {
+                "type": "golem.minion_connected",
+                "id": self.minion_id,
+                "minion_type": self.minion_type,
+                "reply_to": self.channel_name,
+            },
+            timeout=5,
+        )
 
     async def _give_up_later(self) -> None:
         await asyncio.sleep(settings.HERDER_GOLEM_WAIT)
@@ -466,8 +491,9 @@ class MinionPairConsumer(_PairingConsumer):
             await send_patiently(self.channel_layer, golem, {"type": "pair.refused"}, timeout=5)
             return
         self._found()
-        await send_patiently(self.channel_layer, golem,
-                             {"type": "pair.accepted", "minion": self.channel_name}, timeout=5)
+        await send_patiently(
+            self.channel_layer, golem, {"type": "pair.accepted", "minion": self.channel_name}, timeout=5
+        )
         await self.send(text_data=event("golem-connected"))
         self._paired(golem)
 
@@ -484,8 +510,9 @@ class MinionPairConsumer(_PairingConsumer):
         await self._leave_peer()
         control = self.control or self.announced_to
         if control:
-            await send_patiently(self.channel_layer, control,
-                                 {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2)
+            await send_patiently(
+                self.channel_layer, control, {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2
+            )
         for group in self._groups:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -521,13 +548,15 @@ class GolemMinionConsumer(_PairingConsumer):
             await self.accept()
         self._timer = asyncio.create_task(self._no_answer())
         await self.channel_layer.group_send(
-            minion_group(self.webstrate, self.minion_id), {"type": "pair.request", "golem": self.channel_name})
+            minion_group(self.webstrate, self.minion_id), {"type": "pair.request", "golem": self.channel_name}
+        )
 
     async def _no_answer(self) -> None:
         await asyncio.sleep(settings.HERDER_PAIRING_REPLY_TIMEOUT)
         if self.peer is None:
-            await self.refuse(MinionNotFound(f"No minion {self.minion_id} is connected to {self.webstrate}."),
-                              before_upgrade=True)
+            await self.refuse(
+                MinionNotFound(f"No minion {self.minion_id} is connected to {self.webstrate}."), before_upgrade=True
+            )
 
     async def pair_accepted(self, message: dict) -> None:
         if self._timer is not None:
@@ -547,8 +576,9 @@ class GolemMinionConsumer(_PairingConsumer):
             # The minion's process died: its control-socket event must come from here.
             control = await _db(presence_lookup)(webstrate=self.webstrate)
             if control:
-                await send_patiently(self.channel_layer, control,
-                                     {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2)
+                await send_patiently(
+                    self.channel_layer, control, {"type": "golem.minion_disconnected", "id": self.minion_id}, timeout=2
+                )
         await self.send(text_data=event("minion-disconnected", ID=self.minion_id))
         await self.close()
 
@@ -560,6 +590,7 @@ class GolemMinionConsumer(_PairingConsumer):
             self._timer.cancel()
         if self.peer is None and self._timer is not None:
             # The minion may have accepted us in the meantime: it must not wait for a ghost.
-            await self.channel_layer.group_send(minion_group(self.webstrate, self.minion_id),
-                                                {"type": "relay.closed", "from": self.channel_name})
+            await self.channel_layer.group_send(
+                minion_group(self.webstrate, self.minion_id), {"type": "relay.closed", "from": self.channel_name}
+            )
         await self._leave_peer()

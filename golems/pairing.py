@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import json
 import logging
-
 from collections.abc import Awaitable, Callable
 
 from channels.exceptions import ChannelFull
@@ -54,6 +53,7 @@ def _count(size: int) -> None:
     _buffered["now"] += size
     if _buffered["now"] > _buffered["peak"]:
         _buffered["peak"] = _buffered["now"]
+
 
 # Channel name -> dispatch of a pairing socket of this process.
 local_sockets: dict[str, Callable[[dict], Awaitable[None]]] = {}

@@ -89,6 +89,7 @@ def webstrate_validate(webstrate: str) -> str:
 
 # --- The container ----------------------------------------------------------
 
+
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
@@ -146,7 +147,7 @@ def golem_proof(webstrate: str, generation: str) -> str:
 def golem_control_url(webstrate: str) -> str:
     """The control socket's URL as the golem's page opens it (herder.ws + path)."""
     url = settings.HERDER_PUBLIC_URL
-    ws = "wss" + url[len("https"):] if url.startswith("https:") else "ws" + url[len("http"):]
+    ws = "wss" + url[len("https") :] if url.startswith("https:") else "ws" + url[len("http") :]
     return f"{ws}/golem/v1/connect/{webstrate}"
 
 
@@ -198,7 +199,8 @@ def golem_container_spec(webstrate: str, generation: str = "") -> ContainerSpec:
         name=golem_container_name(webstrate),
         command=command,
         environment={
-            "HOME": "/tmp", "WEBSTRATE_ID": webstrate,
+            "HOME": "/tmp",
+            "WEBSTRATE_ID": webstrate,
             # golem-start takes these out of the environment before Chromium starts.
             "HERDER_GOLEM_PROOF": golem_proof(webstrate, generation) if generation else "",
             "HERDER_GOLEM_PROOF_URL": golem_control_url(webstrate),
@@ -272,14 +274,16 @@ def _stripe(webstrate: str) -> threading.RLock:
 
 def _unchanged(golem: Golem):
     """The row, if it is still as `golem` saw it (for conditional updates)."""
-    return Golem.objects.filter(pk=golem.pk, state=golem.state, container_id=golem.container_id,
-                                started=golem.started)
+    return Golem.objects.filter(pk=golem.pk, state=golem.state, container_id=golem.container_id, started=golem.started)
 
 
 def _stale(golem: Golem) -> bool:
     """A claim not finished for START_STALE seconds: its process died mid-start."""
-    return (golem.state == Golem.State.STARTING and golem.started is not None
-            and (timezone.now() - golem.started).total_seconds() > START_STALE)
+    return (
+        golem.state == Golem.State.STARTING
+        and golem.started is not None
+        and (timezone.now() - golem.started).total_seconds() > START_STALE
+    )
 
 
 @contextmanager
@@ -298,16 +302,16 @@ def _admit_total() -> None:
     """Raise 429 when HERDER_GOLEM_MAX golems are running, starting or crashed."""
     limit = settings.HERDER_GOLEM_MAX
     if limit and Golem.objects.filter(state__in=_ALIVE).count() >= limit:
-        raise refuse("golem_total", f"The herder runs its limit of {limit} golems; try again later.",
-                     wait=TOTAL_RETRY_AFTER)
+        raise refuse(
+            "golem_total", f"The herder runs its limit of {limit} golems; try again later.", wait=TOTAL_RETRY_AFTER
+        )
 
 
 def _claim(webstrate: str, seen: Golem | None, *, new: bool, **changes) -> Golem | None:
     """Mark the golem STARTING if its row is still as `seen` (None: no row); a
     `new` golem first counts against HERDER_GOLEM_MAX. None when the row moved on."""
     now = timezone.now()
-    fields = {"state": Golem.State.STARTING, "container_id": "", "started": now, "last_active": now,
-              **changes}
+    fields = {"state": Golem.State.STARTING, "container_id": "", "started": now, "last_active": now, **changes}
     try:
         with _admission():
             if new:
@@ -354,9 +358,14 @@ def _launch(golem: Golem, *, undo, error: str = "") -> Golem:
         except Exception as exc:
             undo(claimed, str(exc)[:255])
             raise
-        if not claimed.update(state=Golem.State.RUNNING, container_id=handle.id,
-                              container_name=handle.name, generation=generation,
-                              stopped=None, error=error):
+        if not claimed.update(
+            state=Golem.State.RUNNING,
+            container_id=handle.id,
+            container_name=handle.name,
+            generation=generation,
+            stopped=None,
+            error=error,
+        ):
             get_runtime().remove(handle)
             logger.info("golem %s: a start lost its claim; its container is removed", golem.webstrate)
             return Golem.objects.get(pk=golem.pk)
@@ -367,18 +376,19 @@ def _launch(golem: Golem, *, undo, error: str = "") -> Golem:
 
 def _undo_to(seen: Golem | None):
     """How a failed spawn puts the row back: gone when it was new, else as it was."""
+
     def undo(claimed, why: str) -> None:
         if seen is None:
             claimed.delete()
         else:
             claimed.update(state=seen.state, container_id=seen.container_id, started=seen.started)
+
     return undo
 
 
 def _undo_crashed(claimed, why: str) -> None:
     """A failed restart: crashed, so the supervisor tries again (waiting longer each time)."""
-    claimed.update(state=Golem.State.CRASHED, stopped=timezone.now(), error=why,
-                   crash_streak=F("crash_streak") + 1)
+    claimed.update(state=Golem.State.CRASHED, stopped=timezone.now(), error=why, crash_streak=F("crash_streak") + 1)
 
 
 def _stop(webstrate: str, rows, *, state: str, error: str = "") -> bool:
@@ -394,6 +404,7 @@ def _stop(webstrate: str, rows, *, state: str, error: str = "") -> bool:
 
 
 # --- Actions ----------------------------------------------------------------
+
 
 def golem_spawn(*, webstrate: str, client: str = "") -> Golem:
     """Start the webstrate's golem unless it runs already (then nothing changes
@@ -472,8 +483,7 @@ def golem_kill(*, webstrate: str) -> Golem:
         if not alive and not _containers(webstrate):
             raise GolemNotFound(f"Webstrate {webstrate} has no golem.")
         if golem is None:
-            golem, _ = Golem.objects.get_or_create(webstrate=webstrate,
-                                                   defaults={"state": Golem.State.KILLED})
+            golem, _ = Golem.objects.get_or_create(webstrate=webstrate, defaults={"state": Golem.State.KILLED})
         _stop(webstrate, Golem.objects.filter(pk=golem.pk), state=Golem.State.KILLED)
     events.golem_stopped(webstrate, Golem.State.KILLED)
     return Golem.objects.get(pk=golem.pk)
@@ -558,6 +568,7 @@ def _webstrate_exists(base: str, webstrate: str) -> bool:
 
 # --- Supervisor duties --------------------------------------------------------
 
+
 def golem_reconcile() -> None:
     """Make Docker and the rows agree: adopt golem containers the rows do not know
     (after a herder restart), start a new container for golems whose container
@@ -601,18 +612,26 @@ def _reconcile_one(webstrate: str) -> None:
         if keep is not None:
             if golem is None:
                 try:
-                    Golem.objects.create(webstrate=webstrate, last_active=timezone.now(),
-                                         state=Golem.State.RUNNING, container_id=keep.handle.id,
-                                         container_name=keep.handle.name, started=keep.created,
-                                         generation=keep.labels.get(LABEL_GENERATION, ""))
+                    Golem.objects.create(
+                        webstrate=webstrate,
+                        last_active=timezone.now(),
+                        state=Golem.State.RUNNING,
+                        container_id=keep.handle.id,
+                        container_name=keep.handle.name,
+                        started=keep.created,
+                        generation=keep.labels.get(LABEL_GENERATION, ""),
+                    )
                 except IntegrityError:
                     return
                 logger.info("golem %s adopted (%s)", webstrate, keep.handle.name)
             elif golem.container_id != keep.handle.id or golem.state != Golem.State.RUNNING:
-                if not _unchanged(golem).update(state=Golem.State.RUNNING, container_id=keep.handle.id,
-                                                container_name=keep.handle.name,
-                                                generation=keep.labels.get(LABEL_GENERATION, ""),
-                                                started=golem.started or keep.created):
+                if not _unchanged(golem).update(
+                    state=Golem.State.RUNNING,
+                    container_id=keep.handle.id,
+                    container_name=keep.handle.name,
+                    generation=keep.labels.get(LABEL_GENERATION, ""),
+                    started=golem.started or keep.created,
+                ):
                     return
                 logger.info("golem %s adopted (%s)", webstrate, keep.handle.name)
             for info in containers:
@@ -628,10 +647,20 @@ def _reconcile_one(webstrate: str) -> None:
         if golem.state in (Golem.State.RUNNING, Golem.State.STARTING):
             exited = [c for c in containers if c.handle.id == golem.container_id]
             quick = golem.started is not None and (now - golem.started).total_seconds() < QUICK_CRASH
-            error = ("its start did not finish" if golem.state == Golem.State.STARTING
-                     else "its container exited" if exited else "its container vanished")
-            crashed = {"state": Golem.State.CRASHED, "crash_streak": golem.crash_streak + 1 if quick else 1,
-                       "restarts": golem.restarts + 1, "stopped": now, "error": error}
+            error = (
+                "its start did not finish"
+                if golem.state == Golem.State.STARTING
+                else "its container exited"
+                if exited
+                else "its container vanished"
+            )
+            crashed = {
+                "state": Golem.State.CRASHED,
+                "crash_streak": golem.crash_streak + 1 if quick else 1,
+                "restarts": golem.restarts + 1,
+                "stopped": now,
+                "error": error,
+            }
             if not _unchanged(golem).update(**crashed):
                 return
             for name, value in crashed.items():
@@ -661,13 +690,15 @@ def golem_reap_idle() -> None:
         state__in=[Golem.State.RUNNING, Golem.State.CRASHED], last_active__lt=cutoff
     ).values_list("webstrate", flat=True)
     for webstrate in list(idle):
-        rows = Golem.objects.filter(webstrate=webstrate, last_active__lt=cutoff,
-                                    state__in=[Golem.State.RUNNING, Golem.State.CRASHED])
+        rows = Golem.objects.filter(
+            webstrate=webstrate, last_active__lt=cutoff, state__in=[Golem.State.RUNNING, Golem.State.CRASHED]
+        )
         if _stop(webstrate, rows, state=Golem.State.REAPED, error=f"idle for {timeout:.0f} s"):
             events.golem_stopped(webstrate, Golem.State.REAPED, f"idle for {timeout:.0f} s")
 
 
 # --- Control-socket presence ---------------------------------------------------
+
 
 def _presence_ttl() -> timedelta:
     return timedelta(seconds=3 * settings.HERDER_PAIRING_HEARTBEAT)
@@ -693,9 +724,7 @@ def golem_control_admit(*, webstrate: str, proof: str | None) -> bool:
 
 def _golem_with_container(webstrate: str) -> Golem | None:
     """The webstrate's golem when it has (or is about to have again) a container."""
-    return Golem.objects.filter(
-        webstrate=webstrate, state__in=[Golem.State.RUNNING, Golem.State.CRASHED]
-    ).first()
+    return Golem.objects.filter(webstrate=webstrate, state__in=[Golem.State.RUNNING, Golem.State.CRASHED]).first()
 
 
 def presence_claim(*, webstrate: str, channel: str, proven: bool = False) -> tuple[bool, str | None]:
@@ -721,8 +750,9 @@ def presence_claim(*, webstrate: str, channel: str, proven: bool = False) -> tup
                 return True, None
         try:
             with transaction.atomic():
-                GolemPresence.objects.create(webstrate=webstrate, channel=channel, connected=now, seen=now,
-                                             proven=proven)
+                GolemPresence.objects.create(
+                    webstrate=webstrate, channel=channel, connected=now, seen=now, proven=proven
+                )
         except IntegrityError:
             return False, None
     return True, None

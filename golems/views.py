@@ -2,8 +2,8 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.views.decorators.csrf import csrf_exempt
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -23,7 +23,7 @@ _BOOTSTRAP = (Path(__file__).parent / "bootstrap.js").read_text()
 def bootstrap_script() -> str:
     """The bootstrap script, naming the herder by HERDER_PUBLIC_URL (ws/wss to match)."""
     url = settings.HERDER_PUBLIC_URL
-    ws = "wss" + url[len("https"):] if url.startswith("https:") else "ws" + url[len("http"):]
+    ws = "wss" + url[len("https") :] if url.startswith("https:") else "ws" + url[len("http") :]
     config = json.dumps({"url": url, "ws": ws}).replace("</", "<\\/")
     return _BOOTSTRAP.replace("__CONFIG__", config).replace("__URL__", url)
 
@@ -90,15 +90,25 @@ class _GolemActionView(APIView):
 
 def _action(operation_id: str, text: str, **statuses: str) -> dict:
     """extend_schema's arguments for a golem action, answered alike to GET and POST."""
-    answer = (f"As plain text (the original's answer): {text} As JSON, the golem, when the client "
-              "accepts JSON (`Accept: application/json` or `?format=json`).")
+    answer = (
+        f"As plain text (the original's answer): {text} As JSON, the golem, when the client "
+        "accepts JSON (`Accept: application/json` or `?format=json`)."
+    )
     return dict(
-        operation_id=operation_id, parameters=[WEBSTRATE_PARAMETER], request=None,
+        operation_id=operation_id,
+        parameters=[WEBSTRATE_PARAMETER],
+        request=None,
         responses={
             (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description=answer),
             (200, "application/json"): OpenApiResponse(GolemSerializer, description=answer),
-            **errors(400, 405, 503, *(int(status[1:]) for status in statuses),
-                     _400="Not a valid webstrate id (`bad_webstrate_id`).", **statuses),
+            **errors(
+                400,
+                405,
+                503,
+                *(int(status[1:]) for status in statuses),
+                _400="Not a valid webstrate id (`bad_webstrate_id`).",
+                **statuses,
+            ),
         },
     )
 
@@ -110,10 +120,12 @@ class GolemSpawnView(_GolemActionView):
     """Start the webstrate's golem; a repeat changes nothing and answers the same."""
 
     _schema = _action(
-        "golem_spawn", "the golem's container id.",
+        "golem_spawn",
+        "the golem's container id.",
         _404="The webstrates server has no such webstrate (`webstrate_not_found`).",
         _429="Too many golems, in total or new ones from this client; see Retry-After.",
-        _503="The container engine or the webstrates server (`webstrates_unavailable`) does not answer.")
+        _503="The container engine or the webstrates server (`webstrates_unavailable`) does not answer.",
+    )
 
     @extend_schema(**_schema)
     def get(self, request, webstrate: str):

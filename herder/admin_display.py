@@ -43,5 +43,6 @@ def yes_no(value: bool | None) -> str:
 def log_action(request: HttpRequest, obj: Model, message: str) -> None:
     """Record an operator's custom action (stop, kill, revoke, grant...) in the
     admin's log, shown in "Recent actions" and on the object's history page."""
-    LogEntry.objects.log_actions(user_id=request.user.pk, queryset=[obj], action_flag=CHANGE,
-                                 change_message=message, single_object=True)
+    LogEntry.objects.log_actions(
+        user_id=request.user.pk, queryset=[obj], action_flag=CHANGE, change_message=message, single_object=True
+    )

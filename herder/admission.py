@@ -83,11 +83,7 @@ def client_address(scope: dict) -> str:
     peer = (scope.get("client") or ("unknown", 0))[0] or "unknown"
     if not _trusted(peer):
         return peer
-    forwarded = [
-        value.decode("latin-1")
-        for name, value in scope.get("headers", [])
-        if name == b"x-forwarded-for"
-    ]
+    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
     hops = [hop.strip() for line in forwarded for hop in line.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _trusted(hop):
@@ -102,11 +98,17 @@ def request_scope(request) -> dict:
     if scope is not None:
         return scope
     meta = request.META
-    headers = [(name, meta[key].encode("latin-1"))
-               for name, key in ((b"x-forwarded-for", "HTTP_X_FORWARDED_FOR"), (b"authorization", "HTTP_AUTHORIZATION"))
-               if meta.get(key)]
-    return {"type": "http", "client": (meta.get("REMOTE_ADDR") or "unknown", 0), "headers": headers,
-            "query_string": meta.get("QUERY_STRING", "").encode("latin-1")}
+    headers = [
+        (name, meta[key].encode("latin-1"))
+        for name, key in ((b"x-forwarded-for", "HTTP_X_FORWARDED_FOR"), (b"authorization", "HTTP_AUTHORIZATION"))
+        if meta.get(key)
+    ]
+    return {
+        "type": "http",
+        "client": (meta.get("REMOTE_ADDR") or "unknown", 0),
+        "headers": headers,
+        "query_string": meta.get("QUERY_STRING", "").encode("latin-1"),
+    }
 
 
 def client_of(scope: dict) -> str:
@@ -125,8 +127,11 @@ def client_of_request(request) -> str:
     scope = getattr(request, "scope", None)
     if scope is None:
         meta = request.META
-        headers = [(b"x-forwarded-for", meta["HTTP_X_FORWARDED_FOR"].encode("latin-1"))] \
-            if "HTTP_X_FORWARDED_FOR" in meta else []
+        headers = (
+            [(b"x-forwarded-for", meta["HTTP_X_FORWARDED_FOR"].encode("latin-1"))]
+            if "HTTP_X_FORWARDED_FOR" in meta
+            else []
+        )
         scope = {"client": (meta.get("REMOTE_ADDR") or "unknown", 0), "headers": headers}
     return client_of(scope)
 
@@ -169,6 +174,7 @@ def refusals_since(seconds: float) -> list[tuple[float, str]]:
 
 # --- Rates --------------------------------------------------------------------
 
+
 def _rate_key(bucket: str, client: str, rate: Rate) -> tuple[str, float]:
     """The cache key of the current window, and seconds until it ends."""
     now = time.time()
@@ -181,8 +187,7 @@ def _parsed(rate: Rate | str | None) -> Rate | None:
 
 
 def _refuse_rate(bucket: str, rate: Rate, wait: float) -> TooManyRequests:
-    return refuse(bucket, f"Too many requests of this kind; at most {rate.count} per "
-                          f"{rate.seconds} s.", wait=wait)
+    return refuse(bucket, f"Too many requests of this kind; at most {rate.count} per {rate.seconds} s.", wait=wait)
 
 
 def rate_count(bucket: str, client: str, rate: Rate | str | None) -> int:
@@ -222,6 +227,7 @@ def rate_spent(bucket: str, client: str, rate: Rate | str | None) -> None:
 
 # --- Slots: work in progress, per client and in total ------------------------
 
+
 @dataclass(eq=False)
 class _Waiter:
     client: str
@@ -252,8 +258,16 @@ class Slots:
     `per_account` limit when one is set.
     """
 
-    def __init__(self, name: str, *, per_client: str, total: str, per_account: str | None = None,
-                 queue: str | None = None, queue_wait: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        per_client: str,
+        total: str,
+        per_account: str | None = None,
+        queue: str | None = None,
+        queue_wait: str | None = None,
+    ) -> None:
         self.name = name
         self._per_client_setting = per_client
         self._per_account_setting = per_account
@@ -315,15 +329,20 @@ class Slots:
         return self.typical_hold * (1 + ahead / max(self.total, 1))
 
     def _refuse_total(self, reason: str) -> TooManyRequests:
-        return refuse(reason, f"The herder is at its limit of {self.total} {self.name}s at once "
-                              f"and {self.queue} waiting; try again later.",
-                      wait=self._retry_hint(len(self._waiting)))
+        return refuse(
+            reason,
+            f"The herder is at its limit of {self.total} {self.name}s at once "
+            f"and {self.queue} waiting; try again later.",
+            wait=self._retry_hint(len(self._waiting)),
+        )
 
     def _refuse_client(self, client: str) -> TooManyRequests:
         limit = self.limit_of(client)
-        return refuse(f"{self.name}_per_client", f"At most {limit} {self.name}s per client at once"
-                      + (f", and {limit} waiting." if self.queue else "."),
-                      wait=self._retry_hint())
+        return refuse(
+            f"{self.name}_per_client",
+            f"At most {limit} {self.name}s per client at once" + (f", and {limit} waiting." if self.queue else "."),
+            wait=self._retry_hint(),
+        )
 
     def acquire(self, client: str) -> None:
         with self._lock:
@@ -365,8 +384,9 @@ class Slots:
         """Under the lock, when `client` finds no free slot: the refusal, or
         None when it may wait."""
         if not self.queue:
-            return (self._refuse_total(f"{self.name}_total") if self._client_room(client)
-                    else self._refuse_client(client))
+            return (
+                self._refuse_total(f"{self.name}_total") if self._client_room(client) else self._refuse_client(client)
+            )
         # A client waits for at most as many slots as it may hold.
         limit = self.limit_of(client)
         if limit and sum(1 for w in self._waiting if w.client == client) >= limit:
@@ -405,9 +425,11 @@ class Slots:
             if handed:
                 self.release(client)
             if isinstance(exc, asyncio.TimeoutError):
-                raise refuse(f"{self.name}_queue_timeout",
-                             f"No {self.name} slot freed within {self.queue_wait:g} s; try again later.",
-                             wait=self._retry_hint(len(self._waiting))) from None
+                raise refuse(
+                    f"{self.name}_queue_timeout",
+                    f"No {self.name} slot freed within {self.queue_wait:g} s; try again later.",
+                    wait=self._retry_hint(len(self._waiting)),
+                ) from None
             raise
 
     async def ticket(self, client: str) -> Ticket:
@@ -425,9 +447,16 @@ class Slots:
             self.release(client)
 
     def snapshot(self) -> dict:
-        return {"in_use": self.in_use, "limit": self.total, "per_client": self.per_client,
-                "per_account": self.per_account, "clients": len(self._by_client),
-                "waiting": len(self._waiting), "queue": self.queue, "queue_wait": self.queue_wait}
+        return {
+            "in_use": self.in_use,
+            "limit": self.total,
+            "per_client": self.per_client,
+            "per_account": self.per_account,
+            "clients": len(self._by_client),
+            "waiting": len(self._waiting),
+            "queue": self.queue,
+            "queue_wait": self.queue_wait,
+        }
 
 
 class Ticket:

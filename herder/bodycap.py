@@ -56,22 +56,34 @@ uploads = Slots("upload", per_client="HERDER_UPLOADS_PER_CLIENT", total="HERDER_
 async def _too_large(send, cap: int, length: int | None) -> None:
     note_refusal("payload_too_large")
     sent = f"{length} bytes" if length is not None else "more"
-    body = json.dumps({"code": "payload_too_large",
-                       "detail": f"The request body has {sent}; this route takes at most {cap}."}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        # The rest of the body is never read: the connection cannot be reused.
-        (b"connection", b"close"),
-        (b"access-control-allow-origin", b"*"),
-    ]})
+    body = json.dumps(
+        {"code": "payload_too_large", "detail": f"The request body has {sent}; this route takes at most {cap}."}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The rest of the body is never read: the connection cannot be reused.
+                (b"connection", b"close"),
+                (b"access-control-allow-origin", b"*"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def _bad_length(send) -> None:
     body = b'{"code": "bad_input", "detail": "The Content-Length header is not a number."}'
-    await send({"type": "http.response.start", "status": 400, "headers": [
-        (b"content-type", b"application/json"), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -59,7 +59,8 @@ def runs_per_minute(minutes: list[datetime]) -> tuple[dict, dict]:
     counts: dict[str, list[float]] = defaultdict(lambda: [0] * len(minutes))
     durations: list[list[int]] = [[] for _ in minutes]
     rows = MinionRun.objects.filter(created__gte=minutes[0]).values(
-        "created", "env", "state", "exit_code", "timed_out", "duration_ms")
+        "created", "env", "state", "exit_code", "timed_out", "duration_ms"
+    )
     for run in rows.iterator():
         i = _index(minutes, run["created"])
         if i is None:
@@ -82,12 +83,15 @@ def _percentile(values: list[int], p: int) -> float | None:
 def running_over_time(minutes: list[datetime]) -> dict[str, list[float]]:
     """Golems and daemons whose run covered the end of each minute."""
     series = {}
-    for label, model, states in (("golems", Golem, [Golem.State.RUNNING]),
-                                 ("daemons", Daemon, [Daemon.State.RUNNING])):
+    for label, model, states in (("golems", Golem, [Golem.State.RUNNING]), ("daemons", Daemon, [Daemon.State.RUNNING])):
         # A row restarted after a stop keeps its old `stopped`, earlier than `started`.
-        spans = model.objects.filter(started__isnull=False).filter(
-            Q(stopped__isnull=True, state__in=states) | Q(stopped__gte=minutes[0])
-            | Q(stopped__lt=F("started"))).values_list("started", "stopped", "state")
+        spans = (
+            model.objects.filter(started__isnull=False)
+            .filter(
+                Q(stopped__isnull=True, state__in=states) | Q(stopped__gte=minutes[0]) | Q(stopped__lt=F("started"))
+            )
+            .values_list("started", "stopped", "state")
+        )
         ends = [m + timedelta(minutes=1) for m in minutes]
         counts = [0] * len(minutes)
         for started, stopped, state in spans:
@@ -113,8 +117,12 @@ def credits_per_day(now: datetime) -> tuple[list[str], dict[str, list[float]]]:
     """Credits spent each day of the last DAYS by account (the top spenders by name)."""
     first = (now - timedelta(days=DAYS - 1)).date()
     days = [first + timedelta(days=i) for i in range(DAYS)]
-    rows = (CreditEntry.objects.filter(kind=CreditEntry.Kind.SPEND, created__date__gte=first)
-            .annotate(day=TruncDate("created")).values("account__email", "day").annotate(spent=Sum("amount")))
+    rows = (
+        CreditEntry.objects.filter(kind=CreditEntry.Kind.SPEND, created__date__gte=first)
+        .annotate(day=TruncDate("created"))
+        .values("account__email", "day")
+        .annotate(spent=Sum("amount"))
+    )
     per: dict[str, list[float]] = defaultdict(lambda: [0] * DAYS)
     for row in rows:
         i = (row["day"] - first).days
@@ -138,8 +146,10 @@ def charts_now(now: datetime | None = None) -> list[tuple[str, str]]:
     refusals = refusals_per_minute(minutes)
     drawn = [
         ("Minion runs per minute, by env and outcome", runs and charts.bars("runs", labels, runs)),
-        ("Minion run latency (ms), p50 and p95 of finished runs",
-         any(v is not None for v in latency["p50"]) and charts.lines("latency", labels, latency, unit=" ms")),
+        (
+            "Minion run latency (ms), p50 and p95 of finished runs",
+            any(v is not None for v in latency["p50"]) and charts.lines("latency", labels, latency, unit=" ms"),
+        ),
         ("Golems and daemons running", charts.lines("running", labels, running_over_time(minutes))),
         (f"Credits spent per account per day (last {DAYS} days)", spent and charts.bars("credits", days, spent)),
         ("Refusals per minute (429 and 413) in this process", refusals and charts.bars("refusals", labels, refusals)),
@@ -153,8 +163,9 @@ def summary() -> dict:
     return {
         "runs_running": MinionRun.objects.filter(state=MinionRun.State.RUNNING).count(),
         "runs_hour": MinionRun.objects.filter(created__gte=hour).count(),
-        "runs_failed_hour": MinionRun.objects.filter(created__gte=hour).filter(
-            Q(state=MinionRun.State.FAILED) | Q(timed_out=True) | ~Q(exit_code=0)).count(),
+        "runs_failed_hour": MinionRun.objects.filter(created__gte=hour)
+        .filter(Q(state=MinionRun.State.FAILED) | Q(timed_out=True) | ~Q(exit_code=0))
+        .count(),
         "golems_running": Golem.objects.filter(state=Golem.State.RUNNING).count(),
         "daemons_running": Daemon.objects.filter(state=Daemon.State.RUNNING).count(),
         "refusals_minute": len(refusals_since(60)),
@@ -163,6 +174,11 @@ def summary() -> dict:
 
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Staff only (wrapped in admin.site.admin_view by herder/urls.py)."""
-    context = {**admin.site.each_context(request), "title": "Dashboard", "charts": charts_now(),
-               "summary": summary(), "now": timezone.localtime()}
+    context = {
+        **admin.site.each_context(request),
+        "title": "Dashboard",
+        "charts": charts_now(),
+        "summary": summary(),
+        "now": timezone.localtime(),
+    }
     return TemplateResponse(request, "admin/herder_dashboard.html", context)

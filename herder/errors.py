@@ -205,8 +205,9 @@ def api_error_response(exc: Exception) -> JsonResponse:
     """What the handler answers for `exc`, from a plain Django view (an async
     one: DRF's views are sync), headers (Retry-After...) included."""
     response = exception_handler(exc, {"view": None})
-    answer = JsonResponse(response.data, status=response.status_code,
-                          json_dumps_params={"separators": (",", ":"), "ensure_ascii": False})
+    answer = JsonResponse(
+        response.data, status=response.status_code, json_dumps_params={"separators": (",", ":"), "ensure_ascii": False}
+    )
     for name, value in response.headers.items():
         if name.lower() != "content-type":
             answer[name] = value

@@ -36,10 +36,19 @@ def minion_run_saved(sender, instance, created: bool, **kwargs) -> None:
     outcome = metrics.run_outcome(error=run.error, timed_out=run.timed_out, exit_code=run.exit_code)
     metrics.minion_run_duration.labels(run.env, outcome).observe(run.duration_ms / 1000)
     metrics.minion_runs.labels(run.env, outcome).inc()
-    log_event(logger, "minion.run", level=logging.WARNING if outcome == "error" else logging.INFO,
-              env=run.env, outcome=outcome, exit_code=run.exit_code, duration_ms=run.duration_ms,
-              warm=run.warm, container=run.container[:12], webstrate=run.webstrate or None,
-              error=run.error or None)
+    log_event(
+        logger,
+        "minion.run",
+        level=logging.WARNING if outcome == "error" else logging.INFO,
+        env=run.env,
+        outcome=outcome,
+        exit_code=run.exit_code,
+        duration_ms=run.duration_ms,
+        warm=run.warm,
+        container=run.container[:12],
+        webstrate=run.webstrate or None,
+        error=run.error or None,
+    )
 
 
 def credit_entry_saved(sender, instance, created: bool, **kwargs) -> None:
@@ -50,14 +59,19 @@ def credit_entry_saved(sender, instance, created: bool, **kwargs) -> None:
 
 
 def golem_started(golem) -> None:
-    log_event(logger, "golem.start", webstrate=golem.webstrate, container=golem.container_name,
-              restarts=golem.restarts)
+    log_event(logger, "golem.start", webstrate=golem.webstrate, container=golem.container_name, restarts=golem.restarts)
 
 
 def golem_stopped(webstrate: str, state: str, error: str = "") -> None:
     """A golem killed, reaped or crashed (`state`)."""
-    log_event(logger, "golem.stop", level=logging.WARNING if state == "crashed" else logging.INFO,
-              webstrate=webstrate, state=state, error=error or None)
+    log_event(
+        logger,
+        "golem.stop",
+        level=logging.WARNING if state == "crashed" else logging.INFO,
+        webstrate=webstrate,
+        state=state,
+        error=error or None,
+    )
 
 
 # Generations already timed: a golem's page reconnecting (a reload) is not a new start.

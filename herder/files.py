@@ -18,14 +18,12 @@ def files_from_request(request, *, protocol_fields: tuple[str, ...]) -> dict[str
     """
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > minion_body_cap():
-        raise PayloadTooLarge(
-            f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}."
-        )
-    files = {name: values[-1].encode() for name, values in request.POST.lists()
-             if name not in protocol_fields}
+        raise PayloadTooLarge(f"The request has {length} bytes; files may total {settings.HERDER_MINION_MAX_BYTES}.")
+    files = {name: values[-1].encode() for name, values in request.POST.lists() if name not in protocol_fields}
     for name, upload in request.FILES.items():
         files[name] = upload.read()
     return files
+
 
 # Control characters would break herder-run's line-based header.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -60,14 +58,10 @@ def check_name(name: str) -> str:
 def check_files(files: dict[str, bytes]) -> dict[str, bytes]:
     """All names valid, none both a file and a folder, within the count and size caps."""
     if len(files) > settings.HERDER_MINION_MAX_FILES:
-        raise PayloadTooLarge(
-            f"{len(files)} files sent; at most {settings.HERDER_MINION_MAX_FILES} are allowed."
-        )
+        raise PayloadTooLarge(f"{len(files)} files sent; at most {settings.HERDER_MINION_MAX_FILES} are allowed.")
     total = sum(len(data) for data in files.values())
     if total > settings.HERDER_MINION_MAX_BYTES:
-        raise PayloadTooLarge(
-            f"{total} bytes of files sent; at most {settings.HERDER_MINION_MAX_BYTES} are allowed."
-        )
+        raise PayloadTooLarge(f"{total} bytes of files sent; at most {settings.HERDER_MINION_MAX_BYTES} are allowed.")
     for name in files:
         check_name(name)
     folders = {name.rsplit("/", 1)[0] for name in files if "/" in name}

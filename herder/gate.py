@@ -33,14 +33,20 @@ WATCHED_BODY = 64 * 1024
 async def send_refusal(send, refusal: TooManyRequests) -> None:
     """Answer a 429 from an ASGI layer, in the handler's shape."""
     body = json.dumps({"code": refusal.default_code, "detail": str(refusal.detail)}).encode()
-    await send({"type": "http.response.start", "status": refusal.status_code, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(refusal.wait).encode()),
-        # The body is not read: the connection cannot be reused.
-        (b"connection", b"close"),
-        (b"access-control-allow-origin", b"*"),
-    ]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refusal.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(refusal.wait).encode()),
+                # The body is not read: the connection cannot be reused.
+                (b"connection", b"close"),
+                (b"access-control-allow-origin", b"*"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -27,10 +27,13 @@ async def refuse_before_upgrade(consumer, status: int, code: str, detail: str) -
     with 4000 + status. `consumer` is a Channels WebSocket consumer."""
     if can_refuse_before_upgrade(consumer.scope):
         body = json.dumps({"code": code, "detail": detail}).encode()
-        await consumer.base_send({
-            "type": "websocket.http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
+        await consumer.base_send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await consumer.base_send({"type": "websocket.http.response.body", "body": body})
         return
     await consumer.accept()

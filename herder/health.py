@@ -81,8 +81,7 @@ async def _channel_layer() -> None:
 
 def _images() -> list[str]:
     """Every image the herder runs (minion envs, golems, listed daemon images)."""
-    images = [*settings.HERDER_MINION_IMAGES.values(), settings.HERDER_GOLEM_IMAGE,
-              *settings.HERDER_DAEMON_IMAGES]
+    images = [*settings.HERDER_MINION_IMAGES.values(), settings.HERDER_GOLEM_IMAGE, *settings.HERDER_DAEMON_IMAGES]
     return list(dict.fromkeys(images))
 
 
@@ -140,6 +139,7 @@ async def readyz(request):
     results = dict(await asyncio.gather(*(_run(name, check) for name, check in CHECKS.items())))
     failed = [name for name, result in results.items() if not result["ok"]]
     if failed:
-        return JsonResponse({"code": "not_ready", "detail": f"Not ready: {', '.join(failed)}.",
-                             "checks": results}, status=503)
+        return JsonResponse(
+            {"code": "not_ready", "detail": f"Not ready: {', '.join(failed)}.", "checks": results}, status=503
+        )
     return JsonResponse({"status": "ok", "checks": results})

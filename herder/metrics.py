@@ -54,7 +54,9 @@ minion_runs = Counter(
     ["env", "outcome"],
 )
 minion_pool_idle = Gauge(
-    "herder_minion_pool_idle", "Warm minion containers waiting for a run, by env.", ["env"],
+    "herder_minion_pool_idle",
+    "Warm minion containers waiting for a run, by env.",
+    ["env"],
     multiprocess_mode="livesum",
 )
 
@@ -71,10 +73,14 @@ credits_spent = Counter("herder_credits_spent", "Credits spent by accounts (daem
 
 WEBSOCKET_KINDS = ("golem_control", "golem_minion", "minion", "daemon_attach", "daemon_proxy", "other")
 websockets = Gauge(
-    "herder_websockets", "WebSockets open, by kind.", ["kind"], multiprocess_mode="livesum",
+    "herder_websockets",
+    "WebSockets open, by kind.",
+    ["kind"],
+    multiprocess_mode="livesum",
 )
 relay_messages = Counter(
-    "herder_relay_messages", "Frames relayed between paired golem and minion sockets (delivered to a client).",
+    "herder_relay_messages",
+    "Frames relayed between paired golem and minion sockets (delivered to a client).",
 )
 
 # --- HTTP, the proxy, the event loop, the engine, refusals ---------------------------
@@ -96,18 +102,29 @@ event_loop_lag = Gauge(
 )
 ENGINE_ERRORS = ("unreachable", "server_error")
 engine_errors = Counter(
-    "herder_engine_errors", "Container engine calls that failed: unreachable or a 5xx answer.", ["reason"],
+    "herder_engine_errors",
+    "Container engine calls that failed: unreachable or a 5xx answer.",
+    ["reason"],
 )
 # Reasons known when this was written, created up front; others appear on
 # their first refusal (reasons are names in the code, never client input).
 REFUSAL_REASONS = (
-    "golem_total", "golem-spawn", "websocket_total", "websocket_per_client",
-    "minion_total", "minion_per_client", "minion_queue_full", "minion_queue_timeout",
-    "upload_total", "upload_per_client", "payload_too_large",
-    "token_generate", "admin_login", "admin_login_user",
+    "golem_total",
+    "golem-spawn",
+    "websocket_total",
+    "websocket_per_client",
+    "minion_total",
+    "minion_per_client",
+    "minion_queue_full",
+    "minion_queue_timeout",
+    "upload_total",
+    "upload_per_client",
+    "payload_too_large",
+    "token_generate",
+    "admin_login",
+    "admin_login_user",
 )
-refused = Counter("herder_refused", "Requests refused for load (429) or over a body cap (413), by reason.",
-                  ["reason"])
+refused = Counter("herder_refused", "Requests refused for load (429) or over a body cap (413), by reason.", ["reason"])
 
 
 def _create_series() -> None:
@@ -130,6 +147,7 @@ _create_series()
 
 
 # --- Hooks: what other code calls ---------------------------------------------------
+
 
 def count_refusal(reason: str) -> None:
     """herder.admission.note_refusal() (refuse() and the body caps) calls this for every refusal."""
@@ -177,6 +195,7 @@ def run_outcome(*, error: str, timed_out: bool, exit_code: int | None) -> str:
 
 
 # --- Collected at scrape time ------------------------------------------------------------
+
 
 class DatabaseCollector:
     """Golems and daemons by state: one GROUP BY each, at every scrape. Every
@@ -239,6 +258,7 @@ def registry() -> CollectorRegistry:
 
 
 # --- Multiprocess housekeeping (for `herd --workers N`) ------------------------------------
+
 
 def multiprocess_reset(path: str | None = None) -> None:
     """Empty the multiprocess folder: call in the parent before starting workers

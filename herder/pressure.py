@@ -13,9 +13,9 @@ import logging
 import time
 
 from django.conf import settings
-from django.views.decorators.csrf import csrf_exempt
 from django.http import HttpRequest, JsonResponse
 from django.utils.module_loading import import_string
+from django.views.decorators.csrf import csrf_exempt
 
 from herder.admission import recent_refusals, refusal_totals
 from herder.errors import error_response
@@ -34,8 +34,11 @@ def pressure_snapshot() -> dict:
         except Exception as exc:  # one broken source must not hide the others
             logger.warning("pressure source %s failed: %s", section, exc)
             answer[section] = {"error": f"{type(exc).__name__}: {exc}"}
-    answer["refusals"] = {"recent": recent_refusals(RECENT_SECONDS), "recent_seconds": RECENT_SECONDS,
-                          "total": dict(refusal_totals)}
+    answer["refusals"] = {
+        "recent": recent_refusals(RECENT_SECONDS),
+        "recent_seconds": RECENT_SECONDS,
+        "total": dict(refusal_totals),
+    }
     return answer
 
 

@@ -36,6 +36,11 @@ class RawInputGuard:
 
 
 async def _bad_request(send, detail: str) -> None:
-    await send({"type": "http.response.start", "status": 400,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps({"code": "bad_input", "detail": detail}).encode()})

@@ -148,14 +148,20 @@ class RequestLog:
         try:
             await self.app(scope, receive, answer)
         except Exception:
-            logger.exception("unhandled error in %s %s", scope.get("method"),
-                             route_of(scope, scope["herder.route"]))
+            logger.exception("unhandled error in %s %s", scope.get("method"), route_of(scope, scope["herder.route"]))
             if status == 0:
                 status = 500
                 body = json.dumps({"code": "server_error", "detail": "A server error occurred."}).encode()
-                await send({"type": "http.response.start", "status": 500, "headers": _with_id(
-                    [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                    raw_id)})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": _with_id(
+                            [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                            raw_id,
+                        ),
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         finally:
             duration = time.perf_counter() - started
@@ -165,11 +171,24 @@ class RequestLog:
             metrics.http_requests.labels(route, str(code)).inc()
             if route == "daemon-proxy":
                 metrics.proxy_request_duration.observe(duration)
-            level = (logging.WARNING if code >= 500 else
-                     logging.DEBUG if route in _QUIET_ROUTES and code < 400 else logging.INFO)
+            level = (
+                logging.WARNING
+                if code >= 500
+                else logging.DEBUG
+                if route in _QUIET_ROUTES and code < 400
+                else logging.INFO
+            )
             if logger.isEnabledFor(level):
-                log_event(logger, "http.request", level=level, method=scope.get("method"), route=route,
-                          status=code, duration_ms=round(duration * 1000, 2), client=client_address(scope))
+                log_event(
+                    logger,
+                    "http.request",
+                    level=level,
+                    method=scope.get("method"),
+                    route=route,
+                    status=code,
+                    duration_ms=round(duration * 1000, 2),
+                    client=client_address(scope),
+                )
 
     async def _websocket(self, scope, receive, send, rid: str) -> None:
         started = time.perf_counter()
@@ -204,8 +223,15 @@ class RequestLog:
                 gauge.dec()
             duration = time.perf_counter() - started
             if logger.isEnabledFor(logging.INFO):
-                log_event(logger, "websocket", kind=kind, status=status or 499, close_code=close_code,
-                          duration_ms=round(duration * 1000, 2), client=client_address(scope))
+                log_event(
+                    logger,
+                    "websocket",
+                    kind=kind,
+                    status=status or 499,
+                    close_code=close_code,
+                    duration_ms=round(duration * 1000, 2),
+                    client=client_address(scope),
+                )
 
 
 class LoopLagProbe:

@@ -233,8 +233,7 @@ class Runtime:
     """What the apps need of a container engine. Every method may raise
     `RuntimeUnavailable` (the engine does not answer) or `ImageMissing`."""
 
-    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None,
-              files_at: str = "/minion") -> Handle:
+    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None, files_at: str = "/minion") -> Handle:
         """Create and start a container; return its handle. `files` (relative
         name -> bytes) are written under `files_at` before it starts: into the
         image's file system or a volume, not a tmpfs. Nothing is left behind on failure."""
@@ -273,8 +272,7 @@ class Runtime:
         published on (`host`); None when it cannot be reached."""
         raise NotImplementedError
 
-    def list(self, *, kind: str | None = None, owner: str | None = None,
-             ours: bool = False) -> list[ContainerInfo]:
+    def list(self, *, kind: str | None = None, owner: str | None = None, ours: bool = False) -> list[ContainerInfo]:
         """The herder's containers, running or not, filtered by label; with
         `ours` only this deployment's (`deployment_instance()`)."""
         raise NotImplementedError
@@ -366,8 +364,7 @@ class DockerRuntime(Runtime):
             return self._client
 
     def _create(self, spec: ContainerSpec) -> Handle:
-        labels = {LABEL_INSTANCE: deployment_instance(), **spec.labels,
-                  LABEL_KIND: spec.kind, LABEL_OWNER: spec.owner}
+        labels = {LABEL_INSTANCE: deployment_instance(), **spec.labels, LABEL_KIND: spec.kind, LABEL_OWNER: spec.owner}
         api = self.client.api
         host_config = api.create_host_config(
             auto_remove=spec.auto_remove,
@@ -409,8 +406,7 @@ class DockerRuntime(Runtime):
         cid = created["Id"]
         return Handle(id=cid, name=spec.name or cid[:12])
 
-    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None,
-              files_at: str = "/minion") -> Handle:
+    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None, files_at: str = "/minion") -> Handle:
         handle = self._create(spec)
         try:
             with _engine_errors(spec.image):
@@ -438,9 +434,7 @@ class DockerRuntime(Runtime):
 
     def attach(self, handle: Handle) -> Attachment:
         with _engine_errors():
-            sock = self.client.api.attach_socket(
-                handle.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
+            sock = self.client.api.attach_socket(handle.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         return Attachment(sock)
 
     def stop(self, handle: Handle, *, now: bool = False, grace: float = 10) -> None:
@@ -489,8 +483,7 @@ class DockerRuntime(Runtime):
         # A local container is reached on its published host port.
         return (host, int(published)) if published else None
 
-    def list(self, *, kind: str | None = None, owner: str | None = None,
-             ours: bool = False) -> list[ContainerInfo]:
+    def list(self, *, kind: str | None = None, owner: str | None = None, ours: bool = False) -> list[ContainerInfo]:
         filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
         if owner is not None:
             filters.append(f"{LABEL_OWNER}={owner}")
@@ -506,8 +499,11 @@ class DockerRuntime(Runtime):
                 status=row.get("State", ""),
                 created=datetime.fromtimestamp(row["Created"]).astimezone(),
                 labels=row["Labels"],
-                ports={int(p["PrivatePort"]): int(p["PublicPort"]) for p in row.get("Ports") or ()
-                       if p.get("Type") == "tcp" and p.get("PublicPort")},
+                ports={
+                    int(p["PrivatePort"]): int(p["PublicPort"])
+                    for p in row.get("Ports") or ()
+                    if p.get("Type") == "tcp" and p.get("PublicPort")
+                },
             )
             for row in rows
         ]
@@ -563,14 +559,18 @@ class DockerRuntime(Runtime):
                 continue
             created = volume.get("CreatedAt")
             size = (volume.get("UsageData") or {}).get("Size") if sizes else None
-            found.append(VolumeInfo(name=volume["Name"], created=_parse_time(created) if created else None,
-                                    size=size if size is None or size >= 0 else None))
+            found.append(
+                VolumeInfo(
+                    name=volume["Name"],
+                    created=_parse_time(created) if created else None,
+                    size=size if size is None or size >= 0 else None,
+                )
+            )
         return sorted(found, key=lambda v: v.name)
 
     def exec(self, handle: Handle, command: list[str], *, user: str | None = None) -> tuple[int, bytes]:
         with _engine_errors():
-            created = self.client.api.exec_create(handle.id, command, stdout=True, stderr=True,
-                                                  user=user or "")
+            created = self.client.api.exec_create(handle.id, command, stdout=True, stderr=True, user=user or "")
             output = self.client.api.exec_start(created["Id"])
             code = self.client.api.exec_inspect(created["Id"])["ExitCode"]
         return int(code if code is not None else -1), output
@@ -580,7 +580,10 @@ class DockerRuntime(Runtime):
         try:
             with _engine_errors():
                 self.client.api.create_network(
-                    name, driver="bridge", check_duplicate=True, labels=all_labels,
+                    name,
+                    driver="bridge",
+                    check_duplicate=True,
+                    labels=all_labels,
                     # Containers on it cannot reach each other (iptables DROP
                     # between its ports), only the outside through NAT.
                     options={"com.docker.network.bridge.enable_icc": "false"},

@@ -70,7 +70,7 @@ class ErrorSerializer(serializers.Serializer):
 # What each status means wherever it is answered; a view may say more.
 _MEANING = {
     400: "Bad input (`bad_input` and more precise codes); also malformed framing "
-         "(a Content-Length that is not one number).",
+    "(a Content-Length that is not one number).",
     401: "No valid token (`invalid_token`); `WWW-Authenticate: Bearer` says how to send one.",
     402: "The account has no credits left (`insufficient_credits`).",
     404: "Not found.",
@@ -99,19 +99,22 @@ TOKEN_REQUIRED = [{"token": []}, {"tokenQuery": []}]
 
 
 def path_parameter(name: str, pattern: str, description: str) -> OpenApiParameter:
-    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, pattern=pattern,
-                            description=description)
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, pattern=pattern, description=description)
 
 
 WEBSTRATE_PARAMETER = path_parameter(
-    "webstrate", WEBSTRATE_ID_PATTERN,
+    "webstrate",
+    WEBSTRATE_ID_PATTERN,
     "The webstrate id: 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit. "
-    "Any other is 400 `bad_webstrate_id`.")
+    "Any other is 400 `bad_webstrate_id`.",
+)
 # The short name, or the full one (`Name`: the short one, '-', the token's jti).
 DAEMON_NAME_OR_FULL_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}(?:-[0-9a-f]{32})?$"
 DAEMON_NAME_PARAMETER = path_parameter(
-    "name", DAEMON_NAME_OR_FULL_PATTERN,
-    "The daemon's name (its answer's `ShortName`) or full name (`Name`). Any other names no daemon: 404.")
+    "name",
+    DAEMON_NAME_OR_FULL_PATTERN,
+    "The daemon's name (its answer's `ShortName`) or full name (`Name`). Any other names no daemon: 404.",
+)
 
 
 def _files(binary: bool) -> dict:
@@ -119,8 +122,10 @@ def _files(binary: bool) -> dict:
     value = {"type": "string", "description": "A file's content, written at the field's name."}
     if binary:
         value["format"] = "binary"
-    return {"propertyNames": {"pattern": FILE_NAME_PATTERN, "maxLength": FILE_NAME_MAX_LENGTH},
-            "additionalProperties": value}
+    return {
+        "propertyNames": {"pattern": FILE_NAME_PATTERN, "maxLength": FILE_NAME_MAX_LENGTH},
+        "additionalProperties": value,
+    }
 
 
 def minion_form(*, binary: bool) -> dict:
@@ -129,16 +134,22 @@ def minion_form(*, binary: bool) -> dict:
         "type": "object",
         "required": ["env"],
         "properties": {
-            "env": {"type": "string", "description": "The image to run in: python, ruby, node, latex, "
-                    "or an env the operators added (HERDER_MINION_ENVS). Another is 400 `unknown_env`."},
-            "output": {"type": "string", "pattern": OPTIONAL_FILE_NAME_PATTERN,
-                       "maxLength": FILE_NAME_MAX_LENGTH,
-                       "description": "A file to answer instead of the JSON result, when the run made it."},
+            "env": {
+                "type": "string",
+                "description": "The image to run in: python, ruby, node, latex, "
+                "or an env the operators added (HERDER_MINION_ENVS). Another is 400 `unknown_env`.",
+            },
+            "output": {
+                "type": "string",
+                "pattern": OPTIONAL_FILE_NAME_PATTERN,
+                "maxLength": FILE_NAME_MAX_LENGTH,
+                "description": "A file to answer instead of the JSON result, when the run made it.",
+            },
         },
         **_files(binary),
         "description": "`env`, `output`, and every other field or upload is a file written into "
-                       "/minion before the run, named by the field (sub-folders allowed). A name "
-                       "both a file and a folder (`a` and `a/b`) is 400 `bad_file_name`.",
+        "/minion before the run, named by the field (sub-folders allowed). A name "
+        "both a file and a folder (`a` and `a/b`) is 400 `bad_file_name`.",
     }
 
 
@@ -148,15 +159,21 @@ def daemon_form(*, binary: bool) -> dict:
         "type": "object",
         "required": ["name", "image"],
         "properties": {
-            "name": {"type": "string", "pattern": DAEMON_NAME_PATTERN,
-                     "description": "The daemon's name, unique per account: 1-63 of a-z, 0-9, '_', '.', '-'."},
+            "name": {
+                "type": "string",
+                "pattern": DAEMON_NAME_PATTERN,
+                "description": "The daemon's name, unique per account: 1-63 of a-z, 0-9, '_', '.', '-'.",
+            },
             "image": {"type": "string", "description": "An image listed in HERDER_DAEMON_IMAGES."},
-            "ports": {"type": "string", "pattern": ports_pattern(16),  # the setting's, in postprocess
-                      "description": 'A JSON list of ports to publish: [8080] or ["80", "443/tcp"].'},
+            "ports": {
+                "type": "string",
+                "pattern": ports_pattern(16),  # the setting's, in postprocess
+                "description": 'A JSON list of ports to publish: [8080] or ["80", "443/tcp"].',
+            },
         },
         **_files(binary),
         "description": "`name`, `image`, `ports`, and every other field or upload is a file "
-                       "written into the daemon's volume at /minion.",
+        "written into the daemon's volume at /minion.",
     }
 
 
@@ -200,23 +217,47 @@ What OpenAPI cannot describe as operations (also in `x-websockets`, `x-daemon-pr
 """
 
 _WEBSOCKETS = [
-    {"path": "/golem/v1/connect/{webstrate}", "role": "the golem's control socket",
-     "refusals": {"409": "golem_connected (before the upgrade)", "4403": "golem_proof_required",
-                  "4400": "bad_webstrate_id", "4409": "golem_connected (replaced)"}},
-    {"path": "/golem/v1/connect-to/{webstrate}/{minion}", "role": "the golem's socket to one minion",
-     "refusals": {"404": "minion_not_found (before the upgrade)", "409": "minion_paired (before the upgrade)",
-                  "4400": "bad id"}},
-    {"path": "/minion/v1/connect/{webstrate}", "query": {"type": "the minion's type, told to the golem"},
-     "role": "an ad-hoc minion", "refusals": {"4404": "golem-not-found", "4413": "pairing buffer full"}},
-    {"path": "/daemon/v1/attach/{name}", "query": {"token": "a herder token (or Authorization: Bearer)"},
-     "role": "a daemon's console", "refusals": {"4401": "invalid_token", "4404": "not_found",
-                                                "4409": "not_running", "4503": "runtime_unavailable"}},
+    {
+        "path": "/golem/v1/connect/{webstrate}",
+        "role": "the golem's control socket",
+        "refusals": {
+            "409": "golem_connected (before the upgrade)",
+            "4403": "golem_proof_required",
+            "4400": "bad_webstrate_id",
+            "4409": "golem_connected (replaced)",
+        },
+    },
+    {
+        "path": "/golem/v1/connect-to/{webstrate}/{minion}",
+        "role": "the golem's socket to one minion",
+        "refusals": {
+            "404": "minion_not_found (before the upgrade)",
+            "409": "minion_paired (before the upgrade)",
+            "4400": "bad id",
+        },
+    },
+    {
+        "path": "/minion/v1/connect/{webstrate}",
+        "query": {"type": "the minion's type, told to the golem"},
+        "role": "an ad-hoc minion",
+        "refusals": {"4404": "golem-not-found", "4413": "pairing buffer full"},
+    },
+    {
+        "path": "/daemon/v1/attach/{name}",
+        "query": {"token": "a herder token (or Authorization: Bearer)"},
+        "role": "a daemon's console",
+        "refusals": {
+            "4401": "invalid_token",
+            "4404": "not_found",
+            "4409": "not_running",
+            "4503": "runtime_unavailable",
+        },
+    },
 ]
 
 
 def _text_answer(description: str, media_type: str, extra: dict | None = None) -> dict:
-    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}},
-            **(extra or {})}
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}, **(extra or {})}
 
 
 def _error_content() -> dict:
@@ -232,8 +273,7 @@ def _plain_paths() -> dict:
             "summary": "The bootstrap script a webstrate includes",
             "description": "JavaScript naming this herder (`HERDER_PUBLIC_URL`); cached 5 minutes.",
             "tags": ["golem"],
-            "responses": {"200": _text_answer("The script.", "application/javascript"),
-                          "405": method_not_allowed},
+            "responses": {"200": _text_answer("The script.", "application/javascript"), "405": method_not_allowed},
         },
     }
     pressure = {
@@ -241,39 +281,63 @@ def _plain_paths() -> dict:
             "operationId": "pressure",
             "summary": "How loaded this herder process is",
             "description": "Running and queued minions and their limits, golems, sockets, and the "
-                           "refusals of the last minute and since start, by reason. No engine call: "
-                           "cheap enough to poll every second.",
+            "refusals of the last minute and since start, by reason. No engine call: "
+            "cheap enough to poll every second.",
             "tags": ["pressure"],
-            "responses": {"200": {"description": "A snapshot; each section from HERDER_PRESSURE_SOURCES "
-                                                 "(a failing one is `{\"error\": ...}`).",
-                                  "content": {"application/json": {"schema": {
-                                      "type": "object", "required": ["time", "refusals"],
-                                      "properties": {
-                                          "time": {"type": "number"},
-                                          "refusals": {"type": "object",
-                                                       "required": ["recent", "recent_seconds", "total"],
-                                                       "properties": {
-                                                           "recent": {"type": "object",
-                                                                      "additionalProperties": {"type": "integer"}},
-                                                           "recent_seconds": {"type": "integer"},
-                                                           "total": {"type": "object",
-                                                                     "additionalProperties": {"type": "integer"}}}}},
-                                      "additionalProperties": {"type": "object"}}}}},
-                          "405": method_not_allowed},
+            "responses": {
+                "200": {
+                    "description": "A snapshot; each section from HERDER_PRESSURE_SOURCES "
+                    '(a failing one is `{"error": ...}`).',
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["time", "refusals"],
+                                "properties": {
+                                    "time": {"type": "number"},
+                                    "refusals": {
+                                        "type": "object",
+                                        "required": ["recent", "recent_seconds", "total"],
+                                        "properties": {
+                                            "recent": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                            "recent_seconds": {"type": "integer"},
+                                            "total": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                        },
+                                    },
+                                },
+                                "additionalProperties": {"type": "object"},
+                            }
+                        }
+                    },
+                },
+                "405": method_not_allowed,
+            },
         },
     }
-    return {"/": bootstrap, "/golem/v1/": {"get": {**bootstrap["get"], "operationId": "golem_bootstrap_v1"}},
-            "/pressure": pressure}
+    return {
+        "/": bootstrap,
+        "/golem/v1/": {"get": {**bootstrap["get"], "operationId": "golem_bootstrap_v1"}},
+        "/pressure": pressure,
+    }
 
 
 def _retry_after() -> dict:
-    return {"Retry-After": {"description": "Seconds to wait before trying again.", "required": True,
-                            "schema": {"type": "integer", "minimum": 1}}}
+    return {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
 
 
 def _www_authenticate() -> dict:
-    return {"WWW-Authenticate": {"description": "How to authenticate: `Bearer realm=\"herder\"`.",
-                                 "schema": {"type": "string"}}}
+    return {
+        "WWW-Authenticate": {
+            "description": 'How to authenticate: `Bearer realm="herder"`.',
+            "schema": {"type": "string"},
+        }
+    }
 
 
 def _forms(operation: dict | None) -> list[dict]:
@@ -306,20 +370,31 @@ def postprocess(result: dict, generator, request, public) -> dict:
                 responses["429"].setdefault("headers", {}).update(_retry_after())
             if "401" in responses:
                 responses["401"].setdefault("headers", {}).update(_www_authenticate())
-    _settle(paths.get("/minion/v1/spawn", {}).get("post"), fields=2,
-            env={"enum": sorted(settings.HERDER_MINION_IMAGES)})
+    _settle(
+        paths.get("/minion/v1/spawn", {}).get("post"), fields=2, env={"enum": sorted(settings.HERDER_MINION_IMAGES)}
+    )
     images = settings.HERDER_DAEMON_IMAGES
-    _settle(paths.get("/daemon/v1/spawn", {}).get("post"), fields=3,
-            # "*": any image present on the engine; none listed: every spawn is 400.
-            image={} if "*" in images else {"enum": list(images)} if images else {"not": {}},
-            ports={"pattern": ports_pattern(settings.HERDER_DAEMON_MAX_PORTS)})
+    _settle(
+        paths.get("/daemon/v1/spawn", {}).get("post"),
+        fields=3,
+        # "*": any image present on the engine; none listed: every spawn is 400.
+        image={} if "*" in images else {"enum": list(images)} if images else {"not": {}},
+        ports={"pattern": ports_pattern(settings.HERDER_DAEMON_MAX_PORTS)},
+    )
     result["info"]["description"] = _DESCRIPTION
     result["x-websockets"] = _WEBSOCKETS
     result["x-daemon-proxy"] = {
-        "path": "/daemon/v1/proxy/{Name}/{path}", "methods": "any, WebSocket upgrades included",
+        "path": "/daemon/v1/proxy/{Name}/{path}",
+        "methods": "any, WebSocket upgrades included",
         "origin": settings.HERDER_DAEMON_ORIGIN or None,
-        "errors": {"400": "bad_path", "404": "not_found", "408": "request_timeout",
-                   "429": "too_many_requests (connections to the daemon)", "502": "bad_gateway",
-                   "504": "gateway_timeout"}}
+        "errors": {
+            "400": "bad_path",
+            "404": "not_found",
+            "408": "request_timeout",
+            "429": "too_many_requests (connections to the daemon)",
+            "502": "bad_gateway",
+            "504": "gateway_timeout",
+        },
+    }
     result["x-bootstrap"] = {"paths": ["/", "/golem/v1/"], "media_type": "application/javascript"}
     return result

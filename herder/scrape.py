@@ -65,8 +65,9 @@ def metrics_view(request):
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
     if not (_token_ok(request) or _address_ok(request)):
-        return error_response(403, "forbidden", "Scraping the metrics needs HERDER_METRICS_TOKEN "
-                                                "or an address in HERDER_METRICS_ALLOWED.")
+        return error_response(
+            403, "forbidden", "Scraping the metrics needs HERDER_METRICS_TOKEN or an address in HERDER_METRICS_ALLOWED."
+        )
     metrics.refresh_local()
     # Prometheus' text format, or OpenMetrics when the scraper asks for it.
     encode, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))

@@ -22,8 +22,15 @@ def _in_thread(on_signal: Callable[[], object]) -> None:
     threading.Thread(target=on_signal, name="herder-stopping").start()
 
 
-def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
-                  on_signal: Callable[[], object], sock: socket.socket | None = None) -> None:
+def serve_uvicorn(
+    application,
+    *,
+    host: str,
+    port: int,
+    access_log: bool,
+    on_signal: Callable[[], object],
+    sock: socket.socket | None = None,
+) -> None:
     import uvicorn
     from django.conf import settings
 
@@ -33,16 +40,31 @@ def serve_uvicorn(application, *, host: str, port: int, access_log: bool,
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        application, host=host, port=port, loop="uvloop", http="httptools", ws="websockets-sansio",
-        lifespan="off", access_log=access_log, log_level="info" if access_log else "warning",
+        application,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="off",
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
         # A larger WebSocket message closes its socket (1009) before it is buffered whole.
-        ws_max_size=settings.HERDER_WS_MAX_FRAME, timeout_graceful_shutdown=5,
+        ws_max_size=settings.HERDER_WS_MAX_FRAME,
+        timeout_graceful_shutdown=5,
     )
     Server(config).run(sockets=[sock] if sock is not None else None)
 
 
-def serve_daphne(application, *, host: str, port: int, access_log: bool,
-                 on_signal: Callable[[], object], sock: socket.socket | None = None) -> None:
+def serve_daphne(
+    application,
+    *,
+    host: str,
+    port: int,
+    access_log: bool,
+    on_signal: Callable[[], object],
+    sock: socket.socket | None = None,
+) -> None:
     from daphne.access import AccessLogGenerator
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
@@ -62,8 +84,11 @@ def serve_daphne(application, *, host: str, port: int, access_log: bool,
         application=application,
         # Twisted adopts a copy of the descriptor and closes the one given: the
         # socket object lets go of it first (or it would close a reused number later).
-        endpoints=([f"fd:fileno={sock.detach()}"]
-                   if sock is not None else build_endpoint_description_strings(host=host, port=port)),
+        endpoints=(
+            [f"fd:fileno={sock.detach()}"]
+            if sock is not None
+            else build_endpoint_description_strings(host=host, port=port)
+        ),
         action_logger=AccessLogGenerator(sys.stdout) if access_log else None,
         # Minion runs may take the whole time limit.
         http_timeout=None,

@@ -104,20 +104,14 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default=f"sqlite:///{HERDER_DATA_DIR / 'herder.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{HERDER_DATA_DIR / 'herder.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Created 0600 before Django connects: SQLite would create it with the umask's mode.
     _sqlite_name = str(DATABASES["default"]["NAME"])
     if _sqlite_name and _sqlite_name != ":memory:" and not _sqlite_name.startswith("file:"):
         private_file(Path(_sqlite_name))
     # Concurrent writers wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-    )
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -190,8 +184,7 @@ SPECTACULAR_SETTINGS = {
 HERDER_TRUSTED_PROXIES = env.list("HERDER_TRUSTED_PROXIES", default=[])
 # Rates are counted in the cache: shared through Redis when REDIS_URL is set.
 if env.str("REDIS_URL", default=""):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                          "LOCATION": env.str("REDIS_URL")}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env.str("REDIS_URL")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -245,7 +238,8 @@ HERDER_RUNTIME = env.str("HERDER_RUNTIME", default="herder.runtime.DockerRuntime
 # --- Swarm (HERDER_RUNTIME=swarm) ---------------------------------------------
 # "docker" and "swarm" name the two runtimes; any other value is a class path.
 HERDER_RUNTIME = {"docker": "herder.runtime.DockerRuntime", "swarm": "herder.swarm.SwarmRuntime"}.get(
-    HERDER_RUNTIME, HERDER_RUNTIME)
+    HERDER_RUNTIME, HERDER_RUNTIME
+)
 # The attachable overlay network golem and daemon services join; the herder's
 # replicas must be on it too (they reach services there by name).
 HERDER_SWARM_NETWORK = env.str("HERDER_SWARM_NETWORK", default="herder")
@@ -264,9 +258,7 @@ HERDER_DOCKER_THREADS = int(_positive("HERDER_DOCKER_THREADS", env.int("HERDER_D
 
 # --- Controlled minions ----------------------------------------------------
 # env name -> image. HERDER_MINION_ENVS adds or replaces: "julia=me/julia:1,r=me/r".
-HERDER_MINION_IMAGES = {
-    name: f"herder/minion-{name}:latest" for name in ("python", "ruby", "node", "latex")
-}
+HERDER_MINION_IMAGES = {name: f"herder/minion-{name}:latest" for name in ("python", "ruby", "node", "latex")}
 HERDER_MINION_IMAGES.update(env.dict("HERDER_MINION_ENVS", default={}))
 
 HERDER_MINION_TIMEOUT = _positive("HERDER_MINION_TIMEOUT", env.float("HERDER_MINION_TIMEOUT", default=30.0))
@@ -284,8 +276,9 @@ HERDER_MINION_MAX_BYTES = env.int("HERDER_MINION_MAX_BYTES", default=10 * 1024 *
 HERDER_MINION_POOL_SIZE = env.int("HERDER_MINION_POOL_SIZE", default=2)
 # Runs one container may serve, reset between them (1: a fresh container for
 # every run). Reuse lifts throughput past the engine's container create rate.
-HERDER_MINION_RUNS_PER_CONTAINER = int(_positive(
-    "HERDER_MINION_RUNS_PER_CONTAINER", env.int("HERDER_MINION_RUNS_PER_CONTAINER", default=50)))
+HERDER_MINION_RUNS_PER_CONTAINER = int(
+    _positive("HERDER_MINION_RUNS_PER_CONTAINER", env.int("HERDER_MINION_RUNS_PER_CONTAINER", default=50))
+)
 # A minion container older than its time limit plus this is an orphan of a
 # herder process that died mid-run; the supervisor removes it.
 HERDER_MINION_REAP_GRACE = env.float("HERDER_MINION_REAP_GRACE", default=30.0)
@@ -310,8 +303,7 @@ def _size(name: str, text: str) -> int:
 def _rate(name: str, default: str) -> str:
     """A rate, N/s|m|h|d (herder.admission.Rate); empty or 0 turns it off."""
     text = env.str(name, default=default)
-    if text.strip() not in ("", "0", "off", "none") and not re.fullmatch(
-            r"\s*\d+\s*/\s*\d*\s*[smhd]\w*\s*", text):
+    if text.strip() not in ("", "0", "off", "none") and not re.fullmatch(r"\s*\d+\s*/\s*\d*\s*[smhd]\w*\s*", text):
         raise ImproperlyConfigured(f"{name} must be a rate such as 10/m, not {text!r}")
     return text
 
@@ -378,36 +370,40 @@ HERDER_DAEMON_MAX_PORTS = env.int("HERDER_DAEMON_MAX_PORTS", default=16)
 HERDER_DAEMON_ORIGIN = env.str("HERDER_DAEMON_ORIGIN", default="").strip().rstrip("/")
 if HERDER_DAEMON_ORIGIN:
     _origin_host = HERDER_DAEMON_ORIGIN.split("://", 1)[-1]
-    if (HERDER_DAEMON_ORIGIN.split("://", 1)[0] not in ("http", "https", _origin_host)
-            or not _origin_host.startswith("{name}.") or _origin_host.count("{name}") != 1
-            or "/" in _origin_host):
+    if (
+        HERDER_DAEMON_ORIGIN.split("://", 1)[0] not in ("http", "https", _origin_host)
+        or not _origin_host.startswith("{name}.")
+        or _origin_host.count("{name}") != 1
+        or "/" in _origin_host
+    ):
         raise ImproperlyConfigured(
             "HERDER_DAEMON_ORIGIN is a host pattern starting with '{name}.', optionally with "
-            f"scheme and port, e.g. https://{{name}}.daemons.example.org, not {HERDER_DAEMON_ORIGIN!r}")
+            f"scheme and port, e.g. https://{{name}}.daemons.example.org, not {HERDER_DAEMON_ORIGIN!r}"
+        )
 # Requests and WebSockets relayed at once to one daemon, per herder process
 # (more: 429): one daemon with slow clients cannot take every connection.
-HERDER_PROXY_MAX_PER_DAEMON = int(_positive(
-    "HERDER_PROXY_MAX_PER_DAEMON", env.int("HERDER_PROXY_MAX_PER_DAEMON", default=100)))
+HERDER_PROXY_MAX_PER_DAEMON = int(
+    _positive("HERDER_PROXY_MAX_PER_DAEMON", env.int("HERDER_PROXY_MAX_PER_DAEMON", default=100))
+)
 # Seconds to open a connection to a daemon (then 502).
 HERDER_PROXY_CONNECT_TIMEOUT = _positive(
-    "HERDER_PROXY_CONNECT_TIMEOUT", env.float("HERDER_PROXY_CONNECT_TIMEOUT", default=5.0))
+    "HERDER_PROXY_CONNECT_TIMEOUT", env.float("HERDER_PROXY_CONNECT_TIMEOUT", default=5.0)
+)
 # Seconds a daemon may take to start its answer, and between two reads of it
 # (before the answer starts: 504).
-HERDER_PROXY_READ_TIMEOUT = _positive(
-    "HERDER_PROXY_READ_TIMEOUT", env.float("HERDER_PROXY_READ_TIMEOUT", default=60.0))
+HERDER_PROXY_READ_TIMEOUT = _positive("HERDER_PROXY_READ_TIMEOUT", env.float("HERDER_PROXY_READ_TIMEOUT", default=60.0))
 # Seconds without a byte either way before a relayed request or WebSocket is
 # closed: a client that stops sending or reading frees its slot.
 HERDER_PROXY_IDLE_TIMEOUT = _positive(
-    "HERDER_PROXY_IDLE_TIMEOUT", env.float("HERDER_PROXY_IDLE_TIMEOUT", default=300.0))
+    "HERDER_PROXY_IDLE_TIMEOUT", env.float("HERDER_PROXY_IDLE_TIMEOUT", default=300.0)
+)
 
 # --- Golems ------------------------------------------------------------------
 # One headless Chromium per webstrate (golems/). The golem opens
 # <HERDER_GOLEM_WEBSTRATES_URL>/<webstrate>/: the webstrates server as the golem's
 # container reaches it (default: HERDER_WEBSTRATES_URL).
 HERDER_GOLEM_IMAGE = env.str("HERDER_GOLEM_IMAGE", default="herder/golem:latest")
-HERDER_GOLEM_WEBSTRATES_URL = env.str(
-    "HERDER_GOLEM_WEBSTRATES_URL", default=HERDER_WEBSTRATES_URL
-).rstrip("/")
+HERDER_GOLEM_WEBSTRATES_URL = env.str("HERDER_GOLEM_WEBSTRATES_URL", default=HERDER_WEBSTRATES_URL).rstrip("/")
 # Docker network of golem containers. Empty: "host" when both the webstrates URL
 # and HERDER_PUBLIC_URL are on the loopback address (one machine), else the
 # network "herder-golems" (a bridge without traffic between its containers,
@@ -440,17 +436,14 @@ HERDER_GOLEM_IDLE_TIMEOUT = env.float("HERDER_GOLEM_IDLE_TIMEOUT", default=3600.
 HERDER_GOLEM_WAIT = _positive("HERDER_GOLEM_WAIT", env.float("HERDER_GOLEM_WAIT", default=20.0))
 # Pairing liveness: a golem's control socket refreshes its presence and paired
 # sockets ping each other this often; three missed beats count as gone (a crashed process).
-HERDER_PAIRING_HEARTBEAT = _positive(
-    "HERDER_PAIRING_HEARTBEAT", env.float("HERDER_PAIRING_HEARTBEAT", default=5.0)
-)
+HERDER_PAIRING_HEARTBEAT = _positive("HERDER_PAIRING_HEARTBEAT", env.float("HERDER_PAIRING_HEARTBEAT", default=5.0))
 # How long a golem's connect-to waits for the minion to answer before 4404.
 HERDER_PAIRING_REPLY_TIMEOUT = _positive(
     "HERDER_PAIRING_REPLY_TIMEOUT", env.float("HERDER_PAIRING_REPLY_TIMEOUT", default=5.0)
 )
 # Frames a socket queues towards its peer before it stops reading.
-HERDER_PAIRING_BUFFER = int(
-    _positive("HERDER_PAIRING_BUFFER", env.int("HERDER_PAIRING_BUFFER", default=1000))
-)
+HERDER_PAIRING_BUFFER = int(_positive("HERDER_PAIRING_BUFFER", env.int("HERDER_PAIRING_BUFFER", default=1000)))
+
 
 # --- Golem and WebSocket admission --------------------------------------------
 # What one client, and everyone together, may make the herder hold: golems
@@ -468,7 +461,8 @@ HERDER_MACHINE_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 # Golems at once, over every client: by default as many as fit the machine's
 # memory at their limit (a Chromium each). Past it, spawning answers 429.
 HERDER_GOLEM_MAX = env.int(
-    "HERDER_GOLEM_MAX", default=max(1, HERDER_MACHINE_MEMORY // _memory_bytes(HERDER_GOLEM_MEMORY)))
+    "HERDER_GOLEM_MAX", default=max(1, HERDER_MACHINE_MEMORY // _memory_bytes(HERDER_GOLEM_MEMORY))
+)
 # New golems one client may ask for (a spawn of a golem that runs is free):
 # any page can embed <img src=".../golem/v1/spawn/x">, so strangers do ask.
 HERDER_GOLEM_SPAWN_RATE = env.str("HERDER_GOLEM_SPAWN_RATE", default="20/h")
@@ -476,12 +470,14 @@ HERDER_GOLEM_SPAWN_RATE = env.str("HERDER_GOLEM_SPAWN_RATE", default="20/h")
 # answers cached briefly), so invented ids start no Chromium.
 HERDER_GOLEM_CHECK_EXISTS = env.bool("HERDER_GOLEM_CHECK_EXISTS", default=True)
 HERDER_GOLEM_CHECK_TIMEOUT = _positive(
-    "HERDER_GOLEM_CHECK_TIMEOUT", env.float("HERDER_GOLEM_CHECK_TIMEOUT", default=3.0))
+    "HERDER_GOLEM_CHECK_TIMEOUT", env.float("HERDER_GOLEM_CHECK_TIMEOUT", default=3.0)
+)
 # Bytes (characters of text frames) a pairing socket queues towards its peer,
 # beside HERDER_PAIRING_BUFFER frames: past them a paired socket stops reading
 # its client, an unpaired minion is refused (4413).
-HERDER_PAIRING_BUFFER_BYTES = int(_positive(
-    "HERDER_PAIRING_BUFFER_BYTES", env.int("HERDER_PAIRING_BUFFER_BYTES", default=1024 * 1024)))
+HERDER_PAIRING_BUFFER_BYTES = int(
+    _positive("HERDER_PAIRING_BUFFER_BYTES", env.int("HERDER_PAIRING_BUFFER_BYTES", default=1024 * 1024))
+)
 # The largest WebSocket message a client may send (close 1009 past it); the
 # ASGI servers refuse it before buffering it whole.
 HERDER_WS_MAX_FRAME = int(_positive("HERDER_WS_MAX_FRAME", env.int("HERDER_WS_MAX_FRAME", default=1024 * 1024)))
@@ -489,8 +485,10 @@ HERDER_WS_MAX_FRAME = int(_positive("HERDER_WS_MAX_FRAME", env.int("HERDER_WS_MA
 # one herder process. The total's default gives each socket the most it can hold
 # (its pairing buffer and three frames) within a quarter of the machine's memory.
 HERDER_WS_MAX_PER_CLIENT = env.int("HERDER_WS_MAX_PER_CLIENT", default=128)
-HERDER_WS_MAX = env.int("HERDER_WS_MAX", default=max(
-    64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)))
+HERDER_WS_MAX = env.int(
+    "HERDER_WS_MAX",
+    default=max(64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)),
+)
 
 # --- The supervisor --------------------------------------------------------
 HERDER_SUPERVISOR_INTERVAL = _positive(
@@ -564,7 +562,8 @@ LOGGING = {
         "text": {"()": "herder.logs.TextFormatter"},
         "json": {"()": "herder.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": HERDER_LOG_FORMAT,
-                             "filters": ["request_id"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": HERDER_LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("HERDER_LOG_LEVEL", default="INFO")},
 }

@@ -28,8 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(self, *, interval: float, duties: list[Callable[[], object]],
-                 local_duties: list[Callable[[], object]] = (), lease: Lease | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        duties: list[Callable[[], object]],
+        local_duties: list[Callable[[], object]] = (),
+        lease: Lease | None = None,
+    ) -> None:
         """Without a lease, this supervisor runs every duty (one process, or a test)."""
         self.interval = interval
         self.duties = duties

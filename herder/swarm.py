@@ -84,15 +84,16 @@ class SwarmRuntime(DockerRuntime):
 
     # --- starting ---------------------------------------------------------------
 
-    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None,
-              files_at: str = "/minion") -> Handle:
+    def start(self, spec: ContainerSpec, *, files: dict[str, bytes] | None = None, files_at: str = "/minion") -> Handle:
         if spec.kind not in SERVICE_KINDS:
             return super().start(spec, files=files, files_at=files_at)
         if spec.security_opt:
             # Dropping a seccomp profile silently would leave Chromium without
             # the sandbox it was told to use: refuse, loudly.
-            raise RuntimeUnavailable("Swarm services take no --security-opt (seccomp profile): "
-                                     "set HERDER_GOLEM_SANDBOX=false with HERDER_RUNTIME=swarm.")
+            raise RuntimeUnavailable(
+                "Swarm services take no --security-opt (seccomp profile): "
+                "set HERDER_GOLEM_SANDBOX=false with HERDER_RUNTIME=swarm."
+            )
         constraints = list(settings.HERDER_SWARM_CONSTRAINTS)
         if spec.volumes:
             # Volumes are node-local in Swarm: the files go into the volume on
@@ -112,16 +113,27 @@ class SwarmRuntime(DockerRuntime):
         return Handle(id=created["ID"], name=spec.name or created["ID"])
 
     def _labels(self, spec: ContainerSpec) -> dict[str, str]:
-        return {LABEL_INSTANCE: deployment_instance(), **spec.labels, LABEL_KIND: spec.kind,
-                LABEL_OWNER: spec.owner, LABEL_PORTS: ",".join(str(p) for p in spec.ports)}
+        return {
+            LABEL_INSTANCE: deployment_instance(),
+            **spec.labels,
+            LABEL_KIND: spec.kind,
+            LABEL_OWNER: spec.owner,
+            LABEL_PORTS: ",".join(str(p) for p in spec.ports),
+        }
 
     def _task_template(self, spec: ContainerSpec, constraints: list[str]) -> docker.types.TaskTemplate:
         mounts = [docker.types.Mount(target, name, type="volume") for name, target in spec.volumes.items()]
         for target, options in spec.tmpfs.items():
             opts = dict(item.partition("=")[::2] for item in options.split(",") if item)
-            mounts.append(docker.types.Mount(
-                target, None, type="tmpfs", tmpfs_size=_bytes(opts.get("size")),
-                tmpfs_mode=int(opts["mode"], 8) if "mode" in opts else None))
+            mounts.append(
+                docker.types.Mount(
+                    target,
+                    None,
+                    type="tmpfs",
+                    tmpfs_size=_bytes(opts.get("size")),
+                    tmpfs_mode=int(opts["mode"], 8) if "mode" in opts else None,
+                )
+            )
         container = docker.types.ContainerSpec(
             spec.image,
             # A `docker run` image argument list is the image's CMD, i.e. args.
@@ -140,11 +152,13 @@ class SwarmRuntime(DockerRuntime):
             hosts={h: a for h, a in spec.extra_hosts.items() if a != "host-gateway"} or None,
         )
         resources = docker.types.Resources(
-            cpu_limit=int(spec.cpus * 1e9) if spec.cpus else None, mem_limit=_bytes(spec.memory))
+            cpu_limit=int(spec.cpus * 1e9) if spec.cpus else None, mem_limit=_bytes(spec.memory)
+        )
         if spec.pids:
             resources.setdefault("Limits", {})["Pids"] = spec.pids
-        condition = {"always": "any", "unless-stopped": "any", "on-failure": "on-failure"}.get(spec.restart or "",
-                                                                                               "none")
+        condition = {"always": "any", "unless-stopped": "any", "on-failure": "on-failure"}.get(
+            spec.restart or "", "none"
+        )
         return docker.types.TaskTemplate(
             container,
             resources=resources,
@@ -160,10 +174,14 @@ class SwarmRuntime(DockerRuntime):
         api = self.client.api
         with _engine_errors(spec.image):
             helper = api.create_container(
-                spec.image, command=["true"], network_disabled=True,
+                spec.image,
+                command=["true"],
+                network_disabled=True,
                 labels={LABEL_INSTANCE: deployment_instance(), LABEL_KIND: "volume-fill"},
                 host_config=api.create_host_config(
-                    binds={name: {"bind": path, "mode": "rw"} for name, path in spec.volumes.items()}))
+                    binds={name: {"bind": path, "mode": "rw"} for name, path in spec.volumes.items()}
+                ),
+            )
         try:
             if files:
                 with _engine_errors():
@@ -196,9 +214,12 @@ class SwarmRuntime(DockerRuntime):
         try:
             service = self._service(handle)
             with _engine_errors():
-                self.client.api.update_service(service["ID"], version=service["Version"]["Index"],
-                                               mode=docker.types.ServiceMode("replicated", 0),
-                                               fetch_current_spec=True)
+                self.client.api.update_service(
+                    service["ID"],
+                    version=service["Version"]["Index"],
+                    mode=docker.types.ServiceMode("replicated", 0),
+                    fetch_current_spec=True,
+                )
         except ContainerGone:
             pass
 
@@ -220,8 +241,10 @@ class SwarmRuntime(DockerRuntime):
             return None
         with _engine_errors():
             done = self.client.api.tasks(filters={"service": service["ID"]})
-        codes = [t.get("Status", {}).get("ContainerStatus", {}).get("ExitCode") for t in
-                 sorted(done, key=lambda t: t.get("UpdatedAt", ""))]
+        codes = [
+            t.get("Status", {}).get("ContainerStatus", {}).get("ExitCode")
+            for t in sorted(done, key=lambda t: t.get("UpdatedAt", ""))
+        ]
         codes = [c for c in codes if c is not None]
         return int(codes[-1]) if codes else -1
 
@@ -248,10 +271,12 @@ class SwarmRuntime(DockerRuntime):
         # dnsrr: the service's name resolves to its task's overlay address.
         return handle.name, port
 
-    def list(self, *, kind: str | None = None, owner: str | None = None,
-             ours: bool = False) -> list[ContainerInfo]:
-        local = [] if kind in SERVICE_KINDS else [
-            info for info in super().list(kind=kind, owner=owner, ours=ours) if info.kind not in SERVICE_KINDS]
+    def list(self, *, kind: str | None = None, owner: str | None = None, ours: bool = False) -> list[ContainerInfo]:
+        local = (
+            []
+            if kind in SERVICE_KINDS
+            else [info for info in super().list(kind=kind, owner=owner, ours=ours) if info.kind not in SERVICE_KINDS]
+        )
         if kind is not None and kind not in SERVICE_KINDS:
             return local
         filters = [LABEL_KIND if kind is None else f"{LABEL_KIND}={kind}"]
@@ -271,12 +296,17 @@ class SwarmRuntime(DockerRuntime):
             if labels.get(LABEL_KIND) not in SERVICE_KINDS:
                 continue
             ports = {int(p): int(p) for p in labels.get(LABEL_PORTS, "").split(",") if p}
-            infos.append(ContainerInfo(
-                handle=Handle(id=service["ID"], name=service["Spec"]["Name"]),
-                kind=labels.get(LABEL_KIND, ""), owner=labels.get(LABEL_OWNER, ""),
-                status=self._state(tasks.get(service["ID"], [])),
-                created=datetime.fromisoformat(service["CreatedAt"][:26].rstrip("Z") + "+00:00"),
-                labels=labels, ports=ports))
+            infos.append(
+                ContainerInfo(
+                    handle=Handle(id=service["ID"], name=service["Spec"]["Name"]),
+                    kind=labels.get(LABEL_KIND, ""),
+                    owner=labels.get(LABEL_OWNER, ""),
+                    status=self._state(tasks.get(service["ID"], [])),
+                    created=datetime.fromisoformat(service["CreatedAt"][:26].rstrip("Z") + "+00:00"),
+                    labels=labels,
+                    ports=ports,
+                )
+            )
         return local + infos
 
     def attach(self, handle: Handle) -> Attachment:

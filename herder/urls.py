@@ -3,8 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.views import TokenGenerateView, TokenInspectView
-from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from daemons.console import token_console
+from daemons.views import DaemonKillView, DaemonListView, DaemonSpawnView
 from herder.dashboard import dashboard
 from herder.errors import JSONErrorsMixin
 from herder.health import healthz, readyz

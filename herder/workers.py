@@ -49,6 +49,7 @@ def listen(host: str, port: int) -> socket.socket:
 def exit_with_parent(parent: int) -> None:
     """A worker whose parent vanished (kill -9) drains itself instead of serving
     on unsupervised."""
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
@@ -75,8 +76,17 @@ class Workers:
 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "herder.settings"))
-        command = [sys.executable, "-m", "django", "herd", *self.worker_args,
-                   "--worker-of", str(os.getpid()), "--fd", str(self.sock.fileno())]
+        command = [
+            sys.executable,
+            "-m",
+            "django",
+            "herd",
+            *self.worker_args,
+            "--worker-of",
+            str(os.getpid()),
+            "--fd",
+            str(self.sock.fileno()),
+        ]
         # A session of its own: a terminal's Ctrl-C reaches the parent only,
         # which then stops every worker once (a second SIGINT would force uvicorn out).
         process = subprocess.Popen(command, env=env, start_new_session=True, pass_fds=[self.sock.fileno()])

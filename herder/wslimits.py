@@ -77,6 +77,7 @@ class WebSocketLimits:
                     pass
                 return {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
             return message
+
         return capped_receive
 
     @staticmethod
@@ -86,10 +87,16 @@ class WebSocketLimits:
             return  # the client left already
         body = json.dumps({"code": "too_many_requests", "detail": str(exc.detail)})
         if "websocket.http.response" in scope.get("extensions", {}):
-            await send({"type": "websocket.http.response.start", "status": 429, "headers": [
-                (b"content-type", b"application/json"),
-                (b"retry-after", str(exc.wait).encode()),
-            ]})
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(exc.wait).encode()),
+                    ],
+                }
+            )
             await send({"type": "websocket.http.response.body", "body": body.encode()})
             return
         await send({"type": "websocket.accept"})

@@ -11,14 +11,46 @@ class MinionRunAdmin(admin.ModelAdmin):
     A run is listed from its start (state running) to its end; a failed run
     shows the end of its stderr."""
 
-    list_display = ("started_at", "state", "env", "webstrate", "client_addr", "exit_code", "timed_out_",
-                    "duration", "warm_", "files", "stderr", "error")
+    list_display = (
+        "started_at",
+        "state",
+        "env",
+        "webstrate",
+        "client_addr",
+        "exit_code",
+        "timed_out_",
+        "duration",
+        "warm_",
+        "files",
+        "stderr",
+        "error",
+    )
     list_filter = ("state", "env", "timed_out", "truncated", "warm", "created")
     search_fields = ("webstrate", "origin", "client_addr", "container", "error")
     date_hierarchy = "created"
-    fields = ("state", "started_at", "finished_at", "duration", "env", "image", "webstrate", "origin",
-              "client_addr", "container", "warm_", "files", "output_name", "output", "exit_code", "timed_out_",
-              "truncated_", "stdout", "stderr", "error", "stderr_end")
+    fields = (
+        "state",
+        "started_at",
+        "finished_at",
+        "duration",
+        "env",
+        "image",
+        "webstrate",
+        "origin",
+        "client_addr",
+        "container",
+        "warm_",
+        "files",
+        "output_name",
+        "output",
+        "exit_code",
+        "timed_out_",
+        "truncated_",
+        "stdout",
+        "stderr",
+        "error",
+        "stderr_end",
+    )
     readonly_fields = fields
 
     @admin.display(description="started", ordering="created")
@@ -65,8 +97,10 @@ class MinionRunAdmin(admin.ModelAdmin):
     def stderr_end(self, run: MinionRun) -> str:
         if not run.stderr_tail:
             return "-"
-        return format_html('<pre class="stderr-tail" style="white-space:pre-wrap;max-height:30em;overflow:auto;'
-                           'margin:0">{}</pre>', run.stderr_tail)
+        return format_html(
+            '<pre class="stderr-tail" style="white-space:pre-wrap;max-height:30em;overflow:auto;margin:0">{}</pre>',
+            run.stderr_tail,
+        )
 
     def has_add_permission(self, request) -> bool:
         return False

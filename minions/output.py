@@ -23,21 +23,42 @@ import mimetypes
 from django.utils.http import content_disposition_header
 
 # Shown by a browser, never run: these may be displayed inline.
-PASSIVE_TYPES = frozenset({
-    "application/pdf",
-    "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp",
-    "text/plain", "text/csv", "application/json",
-    "audio/mpeg", "audio/ogg", "audio/wav", "audio/x-wav", "audio/webm", "audio/flac",
-    "video/mp4", "video/webm", "video/ogg",
-})
+PASSIVE_TYPES = frozenset(
+    {
+        "application/pdf",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "audio/x-wav",
+        "audio/webm",
+        "audio/flac",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+    }
+)
 
 CONTENT_SECURITY_POLICY = "sandbox"
 
 # Python's own table, not the machine's /etc/mime.types: the same answer on
 # every machine, plus what that table lacks.
 _TYPES = mimetypes.MimeTypes()
-for _extension, _type in {".xhtml": "application/xhtml+xml", ".js": "text/javascript",
-                          ".mjs": "text/javascript", ".ogg": "audio/ogg", ".flac": "audio/flac"}.items():
+for _extension, _type in {
+    ".xhtml": "application/xhtml+xml",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".ogg": "audio/ogg",
+    ".flac": "audio/flac",
+}.items():
     _TYPES.add_type(_type, _extension)
 
 

@@ -167,8 +167,7 @@ class Pool:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._closed = False
-                self._thread = threading.Thread(target=self._fill_forever, name="herder-minion-pool",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._fill_forever, name="herder-minion-pool", daemon=True)
                 self._thread.start()
 
     def _fill_forever(self) -> None:

@@ -138,8 +138,7 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def encode_request(*, nonce: str, output: str | None, timeout: float, file_cap: int,
-                   files: dict[str, bytes]) -> bytes:
+def encode_request(*, nonce: str, output: str | None, timeout: float, file_cap: int, files: dict[str, bytes]) -> bytes:
     limit = math.ceil(timeout) + BACKSTOP_SECONDS
     archive = tar_of(files)
     header = f"{nonce}\n{output or ''}\n{limit}\n{file_cap}\n{len(archive)}\n".encode()
@@ -162,9 +161,16 @@ def await_ready(attachment: Attachment, *, timeout: float, seen: bytes = b"") ->
     return seen == READY
 
 
-def exchange(attachment: Attachment, *, request: bytes, nonce: str, deadline: float,
-             output_cap: int, file_cap: int,
-             cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+def exchange(
+    attachment: Attachment,
+    *,
+    request: bytes,
+    nonce: str,
+    deadline: float,
+    output_cap: int,
+    file_cap: int,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Outcome:
     """Send the request and read the run's output until the trailer, the end of
     the stream or the deadline (time.monotonic()), whichever comes first.
 

@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from herder.admission import Slots, Ticket
 from herder.errors import RuntimeUnavailable, UnknownEnv
+from herder.files import check_files, check_name
 from herder.runtime import ContainerSpec, Handle, get_runtime
 from minions import runner
-from herder.files import check_files, check_name
 from minions.models import MinionRun
 from minions.pool import Pool, start_warm
 
@@ -118,9 +118,15 @@ def minion_check(*, env: str, files: dict[str, bytes], output: str | None = None
     return image
 
 
-def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
-               client_addr: str = "", origin: str = "",
-               cancelled: Callable[[], bool] = lambda: False) -> MinionResult:
+def minion_run(
+    *,
+    env: str,
+    files: dict[str, bytes],
+    output: str | None = None,
+    client_addr: str = "",
+    origin: str = "",
+    cancelled: Callable[[], bool] = lambda: False,
+) -> MinionResult:
     """Run `files` in a sandboxed container of `env` (warm from the pool, else
     a fresh one) and collect the result.
 
@@ -133,16 +139,24 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
     image = minion_check(env=env, files=files, output=output)
     webstrate = webstrate_of(origin)
     run = MinionRun(
-        env=env, image=image, client_addr=client_addr[:64], origin=origin[:512],
-        webstrate=webstrate, files_count=len(files),
-        files_bytes=sum(len(data) for data in files.values()), output_name=output or "",
+        env=env,
+        image=image,
+        client_addr=client_addr[:64],
+        origin=origin[:512],
+        webstrate=webstrate,
+        files_count=len(files),
+        files_bytes=sum(len(data) for data in files.values()),
+        output_name=output or "",
     )
     # Recorded from its start: the admin shows runs in progress.
     run.save()
     nonce = runner.new_nonce()
     request = runner.encode_request(
-        nonce=nonce, output=output, timeout=settings.HERDER_MINION_TIMEOUT,
-        file_cap=settings.HERDER_MINION_FILE_CAP, files=files,
+        nonce=nonce,
+        output=output,
+        timeout=settings.HERDER_MINION_TIMEOUT,
+        file_cap=settings.HERDER_MINION_FILE_CAP,
+        files=files,
     )
     runtime = get_runtime()
     started = time.monotonic()
@@ -163,7 +177,9 @@ def minion_run(*, env: str, files: dict[str, bytes], output: str | None = None,
             _live.add(handle)
         run.container = handle.id[:64]
         outcome = runner.exchange(
-            attachment, request=request, nonce=nonce,
+            attachment,
+            request=request,
+            nonce=nonce,
             deadline=started + settings.HERDER_MINION_TIMEOUT,
             output_cap=settings.HERDER_MINION_OUTPUT_CAP,
             file_cap=settings.HERDER_MINION_FILE_CAP,
@@ -220,14 +236,25 @@ pool = Pool(lambda env: minion_spec(env=env, image=minion_image(env), owner="poo
 
 # Runs in progress in this process: per client, in total, and a bounded queue.
 minion_slots = Slots(
-    "minion", per_client="HERDER_MINION_MAX_PER_CLIENT", per_account="HERDER_MINION_MAX_PER_ACCOUNT",
-    total="HERDER_MINION_MAX_RUNNING", queue="HERDER_MINION_QUEUE", queue_wait="HERDER_MINION_QUEUE_WAIT",
+    "minion",
+    per_client="HERDER_MINION_MAX_PER_CLIENT",
+    per_account="HERDER_MINION_MAX_PER_ACCOUNT",
+    total="HERDER_MINION_MAX_RUNNING",
+    queue="HERDER_MINION_QUEUE",
+    queue_wait="HERDER_MINION_QUEUE_WAIT",
 )
 
 
-async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
-                              output: str | None = None, client_addr: str = "",
-                              origin: str = "", ticket: Ticket | None = None) -> MinionResult:
+async def minion_run_admitted(
+    *,
+    client: str,
+    env: str,
+    files: dict[str, bytes],
+    output: str | None = None,
+    client_addr: str = "",
+    origin: str = "",
+    ticket: Ticket | None = None,
+) -> MinionResult:
     """minion_run for one client (herder.admission.client_of), once a slot is
     free: bad input is refused first, then the run waits in the queue (no
     thread while it waits), then runs in a thread of its own. With a
@@ -243,10 +270,16 @@ async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
     ticket = ticket.take() if ticket is not None else await minion_slots.ticket(client)
     gone = threading.Event()
     started = time.monotonic()
-    run = asyncio.ensure_future(sync_to_async(minion_run)(
-        env=env, files=files, output=output, client_addr=client_addr, origin=origin,
-        cancelled=gone.is_set,
-    ))
+    run = asyncio.ensure_future(
+        sync_to_async(minion_run)(
+            env=env,
+            files=files,
+            output=output,
+            client_addr=client_addr,
+            origin=origin,
+            cancelled=gone.is_set,
+        )
+    )
 
     def ended(task: asyncio.Future) -> None:
         ticket.release(held=time.monotonic() - started)
@@ -264,10 +297,17 @@ async def minion_run_admitted(*, client: str, env: str, files: dict[str, bytes],
 def minion_pressure() -> dict:
     """For GET /pressure: runs in progress and waiting in this process, and their limits."""
     slots = minion_slots.snapshot()
-    return {"running": slots["in_use"], "queued": slots["waiting"], "max_running": slots["limit"],
-            "max_per_client": slots["per_client"], "max_per_account": slots["per_account"],
-            "queue": slots["queue"], "queue_wait": slots["queue_wait"], "clients": slots["clients"],
-            "warm": {env: pool.idle(env) for env in settings.HERDER_MINION_IMAGES if pool.idle(env)}}
+    return {
+        "running": slots["in_use"],
+        "queued": slots["waiting"],
+        "max_running": slots["limit"],
+        "max_per_client": slots["per_client"],
+        "max_per_account": slots["per_account"],
+        "queue": slots["queue"],
+        "queue_wait": slots["queue_wait"],
+        "clients": slots["clients"],
+        "warm": {env: pool.idle(env) for env in settings.HERDER_MINION_IMAGES if pool.idle(env)},
+    }
 
 
 def minion_abort_all() -> int:
@@ -293,8 +333,9 @@ def minion_reap_orphans() -> int:
     is the backstop for runners that could not.
     """
     runs = settings.HERDER_MINION_RUNS_PER_CONTAINER
-    limit = timedelta(seconds=runs * (settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS)
-                      + settings.HERDER_MINION_REAP_GRACE)
+    limit = timedelta(
+        seconds=runs * (settings.HERDER_MINION_TIMEOUT + runner.BACKSTOP_SECONDS) + settings.HERDER_MINION_REAP_GRACE
+    )
     with _live_lock:
         known = {handle.id for handle in _live}
     known |= pool.container_ids()
@@ -308,5 +349,6 @@ def minion_reap_orphans() -> int:
         logger.info("removed %d orphaned minion containers", reaped)
     # Rows of runs whose herder process died before recording their end.
     MinionRun.objects.filter(state=MinionRun.State.RUNNING, created__lt=timezone.now() - limit).update(
-        state=MinionRun.State.FAILED, error="The herder process stopped during the run.")
+        state=MinionRun.State.FAILED, error="The herder process stopped during the run."
+    )
     return reaped

@@ -29,9 +29,11 @@ _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 TICKET = "herder.minion_ticket"
 
 
-_ANSWER = ("The run's result as JSON; or, when `output` names a file the run made, that file's bytes "
-           "(`Content-Security-Policy: sandbox`; types a browser only shows inline, every other as an "
-           "attachment: minions/output.py).")
+_ANSWER = (
+    "The run's result as JSON; or, when `output` names a file the run made, that file's bytes "
+    "(`Content-Security-Policy: sandbox`; types a browser only shows inline, every other as an "
+    "attachment: minions/output.py)."
+)
 
 
 class MinionSpawnView(APIView):
@@ -52,19 +54,28 @@ class MinionSpawnView(APIView):
 
     @extend_schema(
         operation_id="minion_spawn",
-        request={"multipart/form-data": minion_form(binary=True),
-                 "application/x-www-form-urlencoded": minion_form(binary=False)},
+        request={
+            "multipart/form-data": minion_form(binary=True),
+            "application/x-www-form-urlencoded": minion_form(binary=False),
+        },
         # A token is optional: with a valid one the client is its account.
         auth=[{"token": []}, {"tokenQuery": []}, {}],
         responses={
             (200, "application/json"): OpenApiResponse(OutputSerializer, description=_ANSWER),
             (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description=_ANSWER),
-            **errors(400, 405, 413, 415, 429, 503,
-                     _400="Unknown env (`unknown_env`), a bad file name (`bad_file_name`) or an unreadable form.",
-                     _413="Too many files or bytes (`payload_too_large`), refused while the body streams.",
-                     _429="The client, its account or the herder runs as many minions as it may, and the "
-                     "queue is full or the wait was too long (`too_many_requests`); see Retry-After.",
-                     _503="The container engine is unavailable, or the env's image is missing."),
+            **errors(
+                400,
+                405,
+                413,
+                415,
+                429,
+                503,
+                _400="Unknown env (`unknown_env`), a bad file name (`bad_file_name`) or an unreadable form.",
+                _413="Too many files or bytes (`payload_too_large`), refused while the body streams.",
+                _429="The client, its account or the herder runs as many minions as it may, and the "
+                "queue is full or the wait was too long (`too_many_requests`); see Retry-After.",
+                _503="The container engine is unavailable, or the env's image is missing.",
+            ),
         },
     )
     def post(self, request):
@@ -75,11 +86,12 @@ class MinionSpawnView(APIView):
         if output and result.outcome.output is not None:
             # Never a document of the herder's origin (minions/output.py).
             headers = output_file_headers(output)
-            return HttpResponse(result.outcome.output, content_type=headers.pop("Content-Type"),
-                                headers=headers)
+            return HttpResponse(result.outcome.output, content_type=headers.pop("Content-Type"), headers=headers)
         # As DRF's JSONRenderer wrote it before this view turned async.
-        return JsonResponse(self.OutputSerializer(result.as_json()).data,
-                            json_dumps_params={"separators": (",", ":"), "ensure_ascii": False})
+        return JsonResponse(
+            self.OutputSerializer(result.as_json()).data,
+            json_dumps_params={"separators": (",", ":"), "ensure_ascii": False},
+        )
 
 
 def _read(request):
@@ -134,7 +146,11 @@ async def minion_spawn(request):
         client = ticket.client if ticket is not None else await sync_to_async(_client)(scope)
         try:
             result = await minion_run_admitted(
-                client=client, ticket=ticket, env=env, files=files, output=output,
+                client=client,
+                ticket=ticket,
+                env=env,
+                files=files,
+                output=output,
                 client_addr=client_address(scope),
                 origin=request.META.get("HTTP_REFERER") or request.META.get("HTTP_ORIGIN", ""),
             )

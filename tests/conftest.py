@@ -52,8 +52,7 @@ def docker_engine():
     try:
         get_runtime().list()
     except RuntimeUnavailable:
-        pytest.fail("The Docker engine does not answer: run deploy/start-docker.sh "
-                    "(or deselect with -m 'not docker').")
+        pytest.fail("The Docker engine does not answer: run deploy/start-docker.sh (or deselect with -m 'not docker').")
     return get_runtime()
 
 

@@ -6,58 +6,114 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Account',
+            name="Account",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('email', models.EmailField(max_length=254, unique=True)),
-                ('balance', models.BigIntegerField(default=0, editable=False)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("email", models.EmailField(max_length=254, unique=True)),
+                ("balance", models.BigIntegerField(default=0, editable=False)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
             ],
             options={
-                'ordering': ['email'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('balance__gte', 0)), name='account_balance_not_negative')],
+                "ordering": ["email"],
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("balance__gte", 0)), name="account_balance_not_negative")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Token',
+            name="Token",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('jti', models.CharField(max_length=64, unique=True)),
-                ('credits', models.PositiveBigIntegerField(help_text='Credits granted when it was minted.')),
-                ('issued', models.DateTimeField(db_index=True)),
-                ('expires', models.DateTimeField()),
-                ('revoked', models.DateTimeField(blank=True, help_text='When it was revoked; empty while valid.', null=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='tokens', to='accounts.account')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("jti", models.CharField(max_length=64, unique=True)),
+                ("credits", models.PositiveBigIntegerField(help_text="Credits granted when it was minted.")),
+                ("issued", models.DateTimeField(db_index=True)),
+                ("expires", models.DateTimeField()),
+                (
+                    "revoked",
+                    models.DateTimeField(blank=True, help_text="When it was revoked; empty while valid.", null=True),
+                ),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="tokens", to="accounts.account"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-issued'],
+                "ordering": ["-issued"],
             },
         ),
         migrations.CreateModel(
-            name='CreditEntry',
+            name="CreditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount', models.BigIntegerField(help_text='Credits added (positive) or taken (negative).')),
-                ('kind', models.CharField(choices=[('grant', 'grant'), ('spend', 'spend'), ('adjust', 'adjust')], db_index=True, max_length=8)),
-                ('subject', models.CharField(blank=True, db_index=True, help_text="What the credits paid for, e.g. a daemon's name.", max_length=200)),
-                ('note', models.CharField(blank=True, max_length=500)),
-                ('created', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='accounts.account')),
-                ('token', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='accounts.token')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("amount", models.BigIntegerField(help_text="Credits added (positive) or taken (negative).")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("grant", "grant"), ("spend", "spend"), ("adjust", "adjust")],
+                        db_index=True,
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "subject",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        help_text="What the credits paid for, e.g. a daemon's name.",
+                        max_length=200,
+                    ),
+                ),
+                ("note", models.CharField(blank=True, max_length=500)),
+                ("created", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="entries", to="accounts.account"
+                    ),
+                ),
+                (
+                    "token",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="entries",
+                        to="accounts.token",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'credit entries',
-                'ordering': ['-created', '-pk'],
-                'indexes': [models.Index(fields=['account', '-created'], name='credit_entry_account_created')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('kind', 'grant')), fields=('token',), name='one_grant_per_token'), models.CheckConstraint(condition=models.Q(('amount', 0), _negated=True), name='credit_entry_not_zero'), models.CheckConstraint(condition=models.Q(models.Q(('kind', 'grant'), _negated=True), ('amount__gt', 0), _connector='OR'), name='credit_grant_positive'), models.CheckConstraint(condition=models.Q(models.Q(('kind', 'spend'), _negated=True), ('amount__lt', 0), _connector='OR'), name='credit_spend_negative')],
+                "verbose_name_plural": "credit entries",
+                "ordering": ["-created", "-pk"],
+                "indexes": [models.Index(fields=["account", "-created"], name="credit_entry_account_created")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("kind", "grant")), fields=("token",), name="one_grant_per_token"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("amount", 0), _negated=True), name="credit_entry_not_zero"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("kind", "grant"), _negated=True), ("amount__gt", 0), _connector="OR"
+                        ),
+                        name="credit_grant_positive",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("kind", "spend"), _negated=True), ("amount__lt", 0), _connector="OR"
+                        ),
+                        name="credit_spend_negative",
+                    ),
+                ],
             },
         ),
     ]

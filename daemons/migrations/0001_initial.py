@@ -5,36 +5,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Daemon',
+            name="Daemon",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63)),
-                ('full_name', models.CharField(max_length=128, unique=True)),
-                ('image', models.CharField(max_length=255)),
-                ('ports', models.JSONField(default=list)),
-                ('host_ports', models.JSONField(blank=True, default=dict)),
-                ('state', models.CharField(choices=[('starting', 'Starting'), ('running', 'Running'), ('out_of_credits', 'Out Of Credits'), ('dead', 'Dead'), ('failed', 'Failed'), ('killed', 'Killed')], db_index=True, default='starting', max_length=16)),
-                ('container_id', models.CharField(blank=True, max_length=64)),
-                ('volume', models.CharField(max_length=255)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('started', models.DateTimeField(blank=True, null=True)),
-                ('stopped', models.DateTimeField(blank=True, null=True)),
-                ('metered_until', models.DateTimeField(blank=True, null=True)),
-                ('credits_used', models.PositiveBigIntegerField(default=0)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='daemons', to='accounts.account')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=63)),
+                ("full_name", models.CharField(max_length=128, unique=True)),
+                ("image", models.CharField(max_length=255)),
+                ("ports", models.JSONField(default=list)),
+                ("host_ports", models.JSONField(blank=True, default=dict)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("starting", "Starting"),
+                            ("running", "Running"),
+                            ("out_of_credits", "Out Of Credits"),
+                            ("dead", "Dead"),
+                            ("failed", "Failed"),
+                            ("killed", "Killed"),
+                        ],
+                        db_index=True,
+                        default="starting",
+                        max_length=16,
+                    ),
+                ),
+                ("container_id", models.CharField(blank=True, max_length=64)),
+                ("volume", models.CharField(max_length=255)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("started", models.DateTimeField(blank=True, null=True)),
+                ("stopped", models.DateTimeField(blank=True, null=True)),
+                ("metered_until", models.DateTimeField(blank=True, null=True)),
+                ("credits_used", models.PositiveBigIntegerField(default=0)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="daemons", to="accounts.account"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created'],
-                'constraints': [models.UniqueConstraint(fields=('owner', 'name'), name='daemon_unique_owner_name')],
+                "ordering": ["-created"],
+                "constraints": [models.UniqueConstraint(fields=("owner", "name"), name="daemon_unique_owner_name")],
             },
         ),
     ]

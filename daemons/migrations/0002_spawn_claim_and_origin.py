@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daemons', '0001_initial'),
+        ("daemons", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='daemon',
-            name='claim',
+            model_name="daemon",
+            name="claim",
             field=models.CharField(blank=True, max_length=32),
         ),
         migrations.AddField(
-            model_name='daemon',
-            name='claimed',
+            model_name="daemon",
+            name="claimed",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='daemon',
-            name='host_label',
+            model_name="daemon",
+            name="host_label",
             field=models.CharField(blank=True, db_index=True, max_length=63),
         ),
     ]

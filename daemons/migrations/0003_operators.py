@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daemons', '0002_spawn_claim_and_origin'),
+        ("daemons", "0002_spawn_claim_and_origin"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='daemon',
-            name='volume_removed',
+            model_name="daemon",
+            name="volume_removed",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

@@ -50,12 +50,12 @@ def _serve(host: str, port: int, index: int | None):
             if index is not None and index >= len(addresses):
                 raise OSError(f"no task #{index} of {host}")
             address = addresses[index if index is not None else next(_turn) % len(addresses)]
-            upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port), timeout=5)
+            upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout=5)
         except (OSError, TimeoutError, IndexError, ZeroDivisionError):
             client_writer.close()
             return
         await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+
     return handle
 
 
@@ -65,8 +65,9 @@ async def main(routes: list[str]) -> None:
         listen, _, target = route.partition("=")
         target, _, index = target.partition("#")
         host, _, port = target.rpartition(":")
-        servers.append(await asyncio.start_server(
-            _serve(host, int(port), int(index) if index else None), "0.0.0.0", int(listen)))
+        servers.append(
+            await asyncio.start_server(_serve(host, int(port), int(index) if index else None), "0.0.0.0", int(listen))
+        )
     print("relay: listening", " ".join(routes), flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))
 

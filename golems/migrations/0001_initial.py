@@ -4,40 +4,51 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Golem',
+            name="Golem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('webstrate', models.CharField(max_length=128, unique=True)),
-                ('state', models.CharField(choices=[('running', 'Running'), ('crashed', 'Crashed'), ('killed', 'Killed'), ('reaped', 'Reaped')], db_index=True, default='running', max_length=16)),
-                ('container_id', models.CharField(blank=True, max_length=64)),
-                ('container_name', models.CharField(blank=True, max_length=255)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('started', models.DateTimeField(blank=True, null=True)),
-                ('stopped', models.DateTimeField(blank=True, null=True)),
-                ('last_active', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('restarts', models.PositiveIntegerField(default=0)),
-                ('error', models.CharField(blank=True, max_length=255)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("webstrate", models.CharField(max_length=128, unique=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("crashed", "Crashed"),
+                            ("killed", "Killed"),
+                            ("reaped", "Reaped"),
+                        ],
+                        db_index=True,
+                        default="running",
+                        max_length=16,
+                    ),
+                ),
+                ("container_id", models.CharField(blank=True, max_length=64)),
+                ("container_name", models.CharField(blank=True, max_length=255)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("started", models.DateTimeField(blank=True, null=True)),
+                ("stopped", models.DateTimeField(blank=True, null=True)),
+                ("last_active", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("restarts", models.PositiveIntegerField(default=0)),
+                ("error", models.CharField(blank=True, max_length=255)),
             ],
             options={
-                'ordering': ['webstrate'],
+                "ordering": ["webstrate"],
             },
         ),
         migrations.CreateModel(
-            name='GolemPresence',
+            name="GolemPresence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('webstrate', models.CharField(max_length=128, unique=True)),
-                ('channel', models.CharField(max_length=255)),
-                ('connected', models.DateTimeField()),
-                ('seen', models.DateTimeField(db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("webstrate", models.CharField(max_length=128, unique=True)),
+                ("channel", models.CharField(max_length=255)),
+                ("connected", models.DateTimeField()),
+                ("seen", models.DateTimeField(db_index=True)),
             ],
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('golems', '0001_initial'),
+        ("golems", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='golem',
-            name='crash_streak',
+            model_name="golem",
+            name="crash_streak",
             field=models.PositiveIntegerField(default=0),
         ),
     ]

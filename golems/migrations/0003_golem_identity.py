@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('golems', '0002_crash_streak'),
+        ("golems", "0002_crash_streak"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='golem',
-            name='generation',
+            model_name="golem",
+            name="generation",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='golempresence',
-            name='proven',
+            model_name="golempresence",
+            name="proven",
             field=models.BooleanField(default=False),
         ),
     ]

@@ -4,15 +4,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('golems', '0002_crash_streak'),
+        ("golems", "0002_crash_streak"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='golem',
-            name='state',
-            field=models.CharField(choices=[('starting', 'Starting'), ('running', 'Running'), ('crashed', 'Crashed'), ('killed', 'Killed'), ('reaped', 'Reaped')], db_index=True, default='running', max_length=16),
+            model_name="golem",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("starting", "Starting"),
+                    ("running", "Running"),
+                    ("crashed", "Crashed"),
+                    ("killed", "Killed"),
+                    ("reaped", "Reaped"),
+                ],
+                db_index=True,
+                default="running",
+                max_length=16,
+            ),
         ),
     ]

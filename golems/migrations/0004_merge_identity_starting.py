@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('golems', '0003_golem_identity'),
-        ('golems', '0003_golem_starting'),
+        ("golems", "0003_golem_identity"),
+        ("golems", "0003_golem_starting"),
     ]
 
-    operations = [
-    ]
+    operations = []

@@ -4,39 +4,37 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='MinionRun',
+            name="MinionRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('env', models.CharField(db_index=True, max_length=64)),
-                ('image', models.CharField(max_length=255)),
-                ('client_addr', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('origin', models.CharField(blank=True, max_length=512)),
-                ('webstrate', models.CharField(blank=True, db_index=True, max_length=128)),
-                ('container', models.CharField(blank=True, max_length=64)),
-                ('files_count', models.PositiveIntegerField(default=0)),
-                ('files_bytes', models.PositiveBigIntegerField(default=0)),
-                ('output_name', models.CharField(blank=True, max_length=1024)),
-                ('output_bytes', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('stdout_bytes', models.PositiveBigIntegerField(default=0)),
-                ('stderr_bytes', models.PositiveBigIntegerField(default=0)),
-                ('exit_code', models.IntegerField(blank=True, null=True)),
-                ('timed_out', models.BooleanField(default=False)),
-                ('truncated', models.BooleanField(default=False)),
-                ('duration_ms', models.PositiveIntegerField(default=0)),
-                ('error', models.CharField(blank=True, max_length=255)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("env", models.CharField(db_index=True, max_length=64)),
+                ("image", models.CharField(max_length=255)),
+                ("client_addr", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("origin", models.CharField(blank=True, max_length=512)),
+                ("webstrate", models.CharField(blank=True, db_index=True, max_length=128)),
+                ("container", models.CharField(blank=True, max_length=64)),
+                ("files_count", models.PositiveIntegerField(default=0)),
+                ("files_bytes", models.PositiveBigIntegerField(default=0)),
+                ("output_name", models.CharField(blank=True, max_length=1024)),
+                ("output_bytes", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("stdout_bytes", models.PositiveBigIntegerField(default=0)),
+                ("stderr_bytes", models.PositiveBigIntegerField(default=0)),
+                ("exit_code", models.IntegerField(blank=True, null=True)),
+                ("timed_out", models.BooleanField(default=False)),
+                ("truncated", models.BooleanField(default=False)),
+                ("duration_ms", models.PositiveIntegerField(default=0)),
+                ("error", models.CharField(blank=True, max_length=255)),
             ],
             options={
-                'ordering': ['-created'],
-                'indexes': [models.Index(fields=['webstrate', '-created'], name='minions_min_webstra_2c3e10_idx')],
+                "ordering": ["-created"],
+                "indexes": [models.Index(fields=["webstrate", "-created"], name="minions_min_webstra_2c3e10_idx")],
             },
         ),
     ]

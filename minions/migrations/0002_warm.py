@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('minions', '0001_initial'),
+        ("minions", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='minionrun',
-            name='warm',
+            model_name="minionrun",
+            name="warm",
             field=models.BooleanField(default=False),
         ),
     ]

@@ -11,27 +11,30 @@ def earlier_runs_ended(apps, schema_editor):
     MinionRun.objects.exclude(error="").update(state="failed", finished=F("created"))
 
 
-
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('minions', '0002_warm'),
+        ("minions", "0002_warm"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='minionrun',
-            name='finished',
+            model_name="minionrun",
+            name="finished",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='minionrun',
-            name='state',
-            field=models.CharField(choices=[('running', 'Running'), ('finished', 'Finished'), ('failed', 'Failed')], db_index=True, default='running', max_length=16),
+            model_name="minionrun",
+            name="state",
+            field=models.CharField(
+                choices=[("running", "Running"), ("finished", "Finished"), ("failed", "Failed")],
+                db_index=True,
+                default="running",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='minionrun',
-            name='stderr_tail',
+            model_name="minionrun",
+            name="stderr_tail",
             field=models.TextField(blank=True),
         ),
         migrations.RunPython(earlier_runs_ended, migrations.RunPython.noop),

@@ -17,8 +17,17 @@ BOB_EMAIL = "bob@herder.test"
 ALICE_CREDITS = 1000
 BOB_CREDITS = 500
 
-__all__ = ["alice_token", "alice", "bob_token", "bob", "alice_client", "bob_client", "anon_client",
-           "staff", "staff_client"]
+__all__ = [
+    "alice_token",
+    "alice",
+    "bob_token",
+    "bob",
+    "alice_client",
+    "bob_client",
+    "anon_client",
+    "staff",
+    "staff_client",
+]
 
 
 @pytest.fixture

@@ -39,8 +39,7 @@ def main(argv: list[str]) -> None:
             try:
                 start.wait()
                 subject = f"worker-{os.getpid()}-{threading.get_ident()}"
-                spent.append(sum(credits_spend(account=account, amount=amount, subject=subject)
-                                 for _ in range(times)))
+                spent.append(sum(credits_spend(account=account, amount=amount, subject=subject) for _ in range(times)))
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(repr(exc))
             finally:
@@ -60,8 +59,15 @@ def main(argv: list[str]) -> None:
         print(sum(spent))
     elif command == "report":
         account = Account.objects.get(email=email)
-        print(json.dumps({"balance": account_balance(account), "ledger": account_ledger_sum(account),
-                          "spends": CreditEntry.objects.filter(account=account, kind="spend").count()}))
+        print(
+            json.dumps(
+                {
+                    "balance": account_balance(account),
+                    "ledger": account_ledger_sum(account),
+                    "spends": CreditEntry.objects.filter(account=account, kind="spend").count(),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def test_a_grant_made_in_the_admin_is_a_ledger_row(staff_client, alice):
     form = staff_client.get("/admin/accounts/creditentry/add/", {"account": alice.pk})
     assert form.status_code == 200
 
-    response = staff_client.post("/admin/accounts/creditentry/add/",
-                                 {"account": alice.pk, "kind": "grant", "amount": "500", "note": "conference"})
+    response = staff_client.post(
+        "/admin/accounts/creditentry/add/",
+        {"account": alice.pk, "kind": "grant", "amount": "500", "note": "conference"},
+    )
 
     assert response.status_code == 302
     entry = CreditEntry.objects.get(kind="grant", note__startswith="conference")
@@ -77,8 +79,9 @@ def test_a_grant_made_in_the_admin_is_a_ledger_row(staff_client, alice):
 
 
 def test_an_adjustment_made_in_the_admin_may_take_credits(staff_client, alice):
-    response = staff_client.post("/admin/accounts/creditentry/add/",
-                                 {"account": alice.pk, "kind": "adjust", "amount": "-200", "note": ""})
+    response = staff_client.post(
+        "/admin/accounts/creditentry/add/", {"account": alice.pk, "kind": "adjust", "amount": "-200", "note": ""}
+    )
 
     assert response.status_code == 302
     assert account_balance(alice) == ALICE_CREDITS - 200 == account_ledger_sum(alice)
@@ -86,16 +89,18 @@ def test_an_adjustment_made_in_the_admin_may_take_credits(staff_client, alice):
 
 @pytest.mark.parametrize("kind,amount", [("adjust", -ALICE_CREDITS - 1), ("grant", -5), ("grant", 0)])
 def test_the_admin_refuses_entries_that_would_break_the_ledger(staff_client, alice, kind, amount):
-    response = staff_client.post("/admin/accounts/creditentry/add/",
-                                 {"account": alice.pk, "kind": kind, "amount": str(amount), "note": ""})
+    response = staff_client.post(
+        "/admin/accounts/creditentry/add/", {"account": alice.pk, "kind": kind, "amount": str(amount), "note": ""}
+    )
 
     assert response.status_code == 200 and response.context["adminform"].form.errors
     assert account_balance(alice) == ALICE_CREDITS and CreditEntry.objects.count() == 1
 
 
 def test_the_admin_cannot_make_spend_entries(staff_client, alice):
-    response = staff_client.post("/admin/accounts/creditentry/add/",
-                                 {"account": alice.pk, "kind": "spend", "amount": "-5", "note": ""})
+    response = staff_client.post(
+        "/admin/accounts/creditentry/add/", {"account": alice.pk, "kind": "spend", "amount": "-5", "note": ""}
+    )
 
     assert response.status_code == 200 and CreditEntry.objects.count() == 1
 

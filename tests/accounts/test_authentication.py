@@ -58,8 +58,7 @@ def hs512_with_public_key(raw: str) -> str:
 
 def other_key(raw: str) -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return sign(payload_of(raw), key=pem)
 
 
@@ -106,8 +105,22 @@ def revoked(raw: str) -> str:
     return raw
 
 
-BAD_TOKENS = [expired, alg_none, hs512_with_public_key, other_key, tampered, truncated_signature, rs256,
-              wrong_issuer, wrong_app, without_credits_claim, never_minted, other_subject, garbage, revoked]
+BAD_TOKENS = [
+    expired,
+    alg_none,
+    hs512_with_public_key,
+    other_key,
+    tampered,
+    truncated_signature,
+    rs256,
+    wrong_issuer,
+    wrong_app,
+    without_credits_claim,
+    never_minted,
+    other_subject,
+    garbage,
+    revoked,
+]
 
 
 @pytest.mark.parametrize("make_bad", BAD_TOKENS)
@@ -168,8 +181,13 @@ class WhoConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         await self.accept()
         if self.scope["account"] is None:
-            await self.send_json({"type": "error", "code": "invalid_token",
-                                  "detail": self.scope["token_error"] or "A token is required."})
+            await self.send_json(
+                {
+                    "type": "error",
+                    "code": "invalid_token",
+                    "detail": self.scope["token_error"] or "A token is required.",
+                }
+            )
             await self.close(code=4401)
             return
         await self.send_json({"email": self.scope["account"].email, "jti": self.scope["token"].jti})

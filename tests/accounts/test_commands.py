@@ -40,11 +40,14 @@ def test_mint_token_takes_credits_and_adds_them_to_the_account():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("args,message", [
-    (["-e", "carol\tnewline"], "control, format or separator"),
-    (["-e", "carol "], "whitespace"),
-    (["-e", "carol@herder.test", "-c", "-5"], "at least 0|from 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-e", "carol\tnewline"], "control, format or separator"),
+        (["-e", "carol "], "whitespace"),
+        (["-e", "carol@herder.test", "-c", "-5"], "at least 0|from 0"),
+    ],
+)
 def test_mint_token_refuses_bad_input_with_a_clear_message(args, message):
     with pytest.raises(CommandError, match=message):
         mint(*args)
@@ -67,8 +70,7 @@ def test_mint_token_refuses_credits_that_are_not_a_number():
 def test_mint_token_works_while_the_herder_holds_the_database(tmp_path):
     """A real manage.py on a fresh data folder (keys made on first start), run
     while another process holds SQLite's write lock, as a busy herder does."""
-    env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'herder.sqlite3'}"}
+    env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'herder.sqlite3'}"}
     for name in ("HERDER_TOKEN_PRIVATE_KEY", "HERDER_TOKEN_PUBLIC_KEY"):
         env.pop(name, None)
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -88,8 +90,14 @@ def test_mint_token_works_while_the_herder_holds_the_database(tmp_path):
     holder.start()
     held.wait()
     started = time.monotonic()
-    result = subprocess.run([*manage, "mint_token", "-e", "carol@herder.test", "-c", "77"],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*manage, "mint_token", "-e", "carol@herder.test", "-c", "77"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     holder.join()
 
     assert result.returncode == 0, result.stderr

@@ -36,8 +36,10 @@ def spend_from_threads(account: Account, amount: int) -> list[int]:
     def spender() -> None:
         try:
             start.wait()
-            mine = sum(credits_spend(account=account, amount=amount, subject=threading.current_thread().name)
-                       for _ in range(SPENDS_EACH))
+            mine = sum(
+                credits_spend(account=account, amount=amount, subject=threading.current_thread().name)
+                for _ in range(SPENDS_EACH)
+            )
             spent.append(mine)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -93,15 +95,19 @@ def worker_env(tmp_path_factory, django_db_setup, django_db_blocker) -> dict:
     memory, so the workers get a file database of their own, migrated here.
     """
     tmp_path = tmp_path_factory.mktemp("workers")
-    env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path),
-           "HERDER_TOKEN_PRIVATE_KEY": settings.HERDER_TOKEN_PRIVATE_KEY,
-           "HERDER_TOKEN_PUBLIC_KEY": settings.HERDER_TOKEN_PUBLIC_KEY}
+    env = {
+        **os.environ,
+        "HERDER_DATA_DIR": str(tmp_path),
+        "HERDER_TOKEN_PRIVATE_KEY": settings.HERDER_TOKEN_PRIVATE_KEY,
+        "HERDER_TOKEN_PUBLIC_KEY": settings.HERDER_TOKEN_PUBLIC_KEY,
+    }
     with django_db_blocker.unblock():
         db = connection.settings_dict
         vendor = connection.vendor
     if vendor == "postgresql":
-        env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
-                               f"{db['PORT'] or 5432}/{db['NAME']}")
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        )
     else:
         env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'herder.sqlite3'}"
         subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, cwd=ROOT, check=True)
@@ -109,12 +115,17 @@ def worker_env(tmp_path_factory, django_db_setup, django_db_blocker) -> dict:
 
 
 def _worker(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.accounts.spend_worker", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.accounts.spend_worker", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def _run_workers(env: dict, email: str, *, processes: int, threads: int, times: int, amount: int,
-                 go: Path) -> int:
+def _run_workers(env: dict, email: str, *, processes: int, threads: int, times: int, amount: int, go: Path) -> int:
     """Start the workers, let them all go at once, and answer what they spent."""
     env = {**env, "HERDER_TEST_GO": str(go)}
     workers = [_worker(env, "spend", email, str(threads), str(times), str(amount)) for _ in range(processes)]
@@ -138,8 +149,7 @@ def _report(env: dict, email: str) -> dict:
 def test_concurrent_spending_from_processes_and_threads_never_overdraws(worker_env, tmp_path):
     assert _worker(worker_env, "setup", "dave@herder.test", str(CREDITS)).wait() == 0
 
-    spent = _run_workers(worker_env, "dave@herder.test", processes=4, threads=3, times=40, amount=9,
-                         go=tmp_path / "go")
+    spent = _run_workers(worker_env, "dave@herder.test", processes=4, threads=3, times=40, amount=9, go=tmp_path / "go")
 
     assert spent == CREDITS  # 4 * 3 * 40 * 9 asked for: only what there was is taken
     report = _report(worker_env, "dave@herder.test")
@@ -150,8 +160,7 @@ def test_concurrent_spending_from_processes_and_threads_never_overdraws(worker_e
 def test_concurrent_spending_from_processes_and_threads_keeps_the_ledger_exact(worker_env, tmp_path):
     assert _worker(worker_env, "setup", "erin@herder.test", str(CREDITS * 10)).wait() == 0
 
-    spent = _run_workers(worker_env, "erin@herder.test", processes=4, threads=3, times=40, amount=7,
-                         go=tmp_path / "go")
+    spent = _run_workers(worker_env, "erin@herder.test", processes=4, threads=3, times=40, amount=7, go=tmp_path / "go")
 
     assert spent == 4 * 3 * 40 * 7
     report = _report(worker_env, "erin@herder.test")

@@ -24,10 +24,21 @@ def password(settings) -> str:
     return PASSWORD
 
 
-@pytest.mark.parametrize("identifier", [
-    "carol", "Carol", "user-1234", "github:Octocat", "https://webstrates.example/alice",
-    "ünïcödé-名前", "a", "x" * 254, "two words", "carol@localhost-without-tld",
-])
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "carol",
+        "Carol",
+        "user-1234",
+        "github:Octocat",
+        "https://webstrates.example/alice",
+        "ünïcödé-名前",
+        "a",
+        "x" * 254,
+        "two words",
+        "carol@localhost-without-tld",
+    ],
+)
 def test_generate_accepts_any_identifier_and_keeps_it_exactly(anon_client, password, identifier):
     response = anon_client.post("/token/v1/generate", {"password": password, "email": identifier, "credits": "5"})
 
@@ -39,26 +50,35 @@ def test_generate_accepts_any_identifier_and_keeps_it_exactly(anon_client, passw
 
 def test_other_identifiers_are_case_sensitive_and_emails_are_not(anon_client, password):
     for name in ("Carol", "carol", "Carol@Herder.Test", "carol@herder.test"):
-        assert anon_client.post("/token/v1/generate", {"password": password, "email": name,
-                                                       "credits": "1"}).status_code == 200
+        assert (
+            anon_client.post("/token/v1/generate", {"password": password, "email": name, "credits": "1"}).status_code
+            == 200
+        )
 
     assert sorted(Account.objects.values_list("email", "balance")) == [
-        ("Carol", 1), ("carol", 1), ("carol@herder.test", 2)]
+        ("Carol", 1),
+        ("carol", 1),
+        ("carol@herder.test", 2),
+    ]
 
 
-@pytest.mark.parametrize("identifier,why", [
-    ("", "required"),
-    ("x" * 255, "at most 254"),
-    (" carol", "whitespace"),
-    ("carol\n", "whitespace"),
-    ("ca\x00rol", "Null characters"),  # DRF refuses it before the service does
-    ("ca\x1brol", "U+001B"),
-    ("ca\u200brol", "U+200B"),  # zero-width space
-    ("ca\u202erol", "U+202E"),  # right-to-left override
-    ("ca\u2028rol", "U+2028"),  # line separator
-])
+@pytest.mark.parametrize(
+    "identifier,why",
+    [
+        ("", "required"),
+        ("x" * 255, "at most 254"),
+        (" carol", "whitespace"),
+        ("carol\n", "whitespace"),
+        ("ca\x00rol", "Null characters"),  # DRF refuses it before the service does
+        ("ca\x1brol", "U+001B"),
+        ("ca\u200brol", "U+200B"),  # zero-width space
+        ("ca\u202erol", "U+202E"),  # right-to-left override
+        ("ca\u2028rol", "U+2028"),  # line separator
+    ],
+)
 def test_generate_refuses_identifiers_that_are_empty_long_or_hold_invisible_characters(
-        anon_client, password, identifier, why):
+    anon_client, password, identifier, why
+):
     response = anon_client.post("/token/v1/generate", {"password": password, "email": identifier})
 
     assert response.status_code == 400, response.content

@@ -96,8 +96,18 @@ def test_the_database_itself_refuses_a_second_grant_row(alice):
 
 
 # Any identifier names an account (tests/accounts/test_identifiers.py); these are not one.
-@pytest.mark.parametrize("email", ["", " alice", "alice@herder.test ", "alice\t", "\u200balice",
-                                   "alice@herder.test\nbcc: x@y.z", "x" * 250 + "@herder.test"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        " alice",
+        "alice@herder.test ",
+        "alice\t",
+        "\u200balice",
+        "alice@herder.test\nbcc: x@y.z",
+        "x" * 250 + "@herder.test",
+    ],
+)
 def test_mint_refuses_a_malformed_identifier_and_creates_nothing(email):
     with pytest.raises(BadInput):
         token_mint(email=email, credits=10)

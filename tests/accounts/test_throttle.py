@@ -49,7 +49,12 @@ def test_a_client_behind_a_trusted_proxy_is_its_forwarded_address(settings):
     proxy = Client(REMOTE_ADDR="127.0.0.1")
     for _ in range(3):
         proxy.post("/token/v1/generate", {"password": "guess"}, HTTP_X_FORWARDED_FOR="203.0.113.7")
-    assert proxy.post("/token/v1/generate", {"password": "guess"},
-                      HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 429
-    assert proxy.post("/token/v1/generate", {"password": PASSWORD, "email": "x@herder.test"},
-                      HTTP_X_FORWARDED_FOR="203.0.113.8").status_code == 200
+    assert (
+        proxy.post("/token/v1/generate", {"password": "guess"}, HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 429
+    )
+    assert (
+        proxy.post(
+            "/token/v1/generate", {"password": PASSWORD, "email": "x@herder.test"}, HTTP_X_FORWARDED_FOR="203.0.113.8"
+        ).status_code
+        == 200
+    )

@@ -50,8 +50,9 @@ def test_generate_refuses_a_missing_password(anon_client, password):
 
 
 def test_generate_with_the_password_in_form_fields(anon_client, password):
-    response = anon_client.post("/token/v1/generate",
-                                {"password": password, "email": "carol@herder.test", "credits": "1234"})
+    response = anon_client.post(
+        "/token/v1/generate", {"password": password, "email": "carol@herder.test", "credits": "1234"}
+    )
 
     assert response.status_code == 200
     body = response.json()
@@ -69,20 +70,26 @@ def test_generate_with_query_parameters(anon_client, password):
 
 
 def test_generate_with_url_encoded_form_fields(anon_client, password):
-    response = anon_client.post("/token/v1/generate", f"password={password}&email=carol%40herder.test&credits=7",
-                                content_type="application/x-www-form-urlencoded")
+    response = anon_client.post(
+        "/token/v1/generate",
+        f"password={password}&email=carol%40herder.test&credits=7",
+        content_type="application/x-www-form-urlencoded",
+    )
 
     assert response.status_code == 200 and response.json()["credits"] == 7
 
 
-@pytest.mark.parametrize("fields,code", [
-    ({"email": "carol\x00"}, "bad_input"),
-    ({"email": " carol"}, "bad_input"),
-    ({"email": "c" * 255}, "bad_input"),
-    ({"email": ""}, "bad_input"),
-    ({"email": "carol@herder.test", "credits": "-1"}, "bad_input"),
-    ({"email": "carol@herder.test", "credits": "lots"}, "bad_input"),
-])
+@pytest.mark.parametrize(
+    "fields,code",
+    [
+        ({"email": "carol\x00"}, "bad_input"),
+        ({"email": " carol"}, "bad_input"),
+        ({"email": "c" * 255}, "bad_input"),
+        ({"email": ""}, "bad_input"),
+        ({"email": "carol@herder.test", "credits": "-1"}, "bad_input"),
+        ({"email": "carol@herder.test", "credits": "lots"}, "bad_input"),
+    ],
+)
 def test_generate_refuses_bad_input_and_mints_nothing(anon_client, password, fields, code):
     response = anon_client.post("/token/v1/generate", {"password": password, **fields})
 
@@ -145,7 +152,8 @@ def test_openapi_schema_lists_the_token_routes_and_the_bearer_scheme(anon_client
 
 
 def test_generate_takes_a_json_body_too(anon_client, password):
-    response = anon_client.post("/token/v1/generate", {"password": password, "email": "carol@herder.test",
-                                                       "credits": 12}, format="json")
+    response = anon_client.post(
+        "/token/v1/generate", {"password": password, "email": "carol@herder.test", "credits": 12}, format="json"
+    )
 
     assert response.status_code == 200 and response.json()["credits"] == 12

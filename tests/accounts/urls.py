@@ -6,7 +6,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import OptionalTokenAuthentication, TokenAuthentication
-from herder.urls import handler400, handler404, handler500, urlpatterns as herder_urlpatterns  # noqa: F401
+from herder.urls import handler400, handler404, handler500  # noqa: F401
+from herder.urls import urlpatterns as herder_urlpatterns
 
 
 class WhoAmIView(APIView):

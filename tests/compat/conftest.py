@@ -45,15 +45,34 @@ class Herd:
         self.server = server
         self.port = free_port()
         extra = {"REDIS_URL": redis_url} if redis_url else {}
-        env = herder_env(data_dir, HERDER_GOLEM_WAIT=str(GOLEM_WAIT),
-                         HERDER_PAIRING_REPLY_TIMEOUT=str(REPLY_TIMEOUT), HERDER_MINION_POOL_SIZE="0", **extra)
+        env = herder_env(
+            data_dir,
+            HERDER_GOLEM_WAIT=str(GOLEM_WAIT),
+            HERDER_PAIRING_REPLY_TIMEOUT=str(REPLY_TIMEOUT),
+            HERDER_MINION_POOL_SIZE="0",
+            **extra,
+        )
         migrate(env)
         self.log = data_dir / "herd.log"
         self._log_file = open(self.log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "herd", "--server", server, "--no-supervisor",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "manage.py",
+                "herd",
+                "--server",
+                server,
+                "--no-supervisor",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_for_port("127.0.0.1", self.port, process=self.process)
         except Exception:
@@ -89,8 +108,10 @@ def herd(request, tmp_path_factory):
     if layer:
         redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
         if not redis_url:
-            pytest.fail("HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
-                        "and export it, as deploy/test.sh does.")
+            pytest.fail(
+                "HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
+                "and export it, as deploy/test.sh does."
+            )
     started = Herd(server, tmp_path_factory.mktemp(f"herd-{server}"), redis_url=redis_url)
     yield started
     started.stop()
@@ -104,8 +125,9 @@ class Client:
 
     def __init__(self, command: list[str], *, cwd: Path | None = None) -> None:
         self.command = command
-        self.process = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self.seen: list[dict] = []
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -122,8 +144,10 @@ class Client:
         except queue.Empty:
             pytest.fail(f"{self.command[0]} said nothing for {timeout} s; it saw {self.seen}")
         if line is None:
-            pytest.fail(f"{self.command[0]} exited ({self.process.wait()}): "
-                        f"{self.process.stderr.read().decode(errors='replace')}; it saw {self.seen}")
+            pytest.fail(
+                f"{self.command[0]} exited ({self.process.wait()}): "
+                f"{self.process.stderr.read().decode(errors='replace')}; it saw {self.seen}"
+            )
         self.seen.append(line)
         return line
 
@@ -171,7 +195,7 @@ class GoClient(Client):
             chunk = base64.b64decode(seen["chunk"])
             self.chunks.append(len(chunk))
             self.stream += chunk
-        head, self.stream = self.stream[:len(data)], self.stream[len(data):]
+        head, self.stream = self.stream[: len(data)], self.stream[len(data) :]
         assert head == data
 
     def expect_event(self, event: dict, timeout: float = 10.0) -> None:
@@ -193,13 +217,16 @@ def node_program() -> list[str]:
 def go_program(tmp_path_factory) -> list[str]:
     go = shutil.which("go")
     if go is None or not (GOCODE / "src" / "golang.org" / "x" / "net" / "websocket").is_dir():
-        pytest.fail("go or golang.org/x/net is missing: run deploy/test.sh "
-                    "(installs Debian's golang-go and golang-golang-x-net-dev).")
+        pytest.fail(
+            "go or golang.org/x/net is missing: run deploy/test.sh "
+            "(installs Debian's golang-go and golang-golang-x-net-dev)."
+        )
     built = tmp_path_factory.mktemp("go")
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{built}{os.pathsep}{GOCODE}", "GOFLAGS": ""}
     env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
-    subprocess.run([go, "build", "-o", str(built / "client"), str(HERE / "go" / "client.go")],
-                   cwd=built, env=env, check=True)
+    subprocess.run(
+        [go, "build", "-o", str(built / "client"), str(HERE / "go" / "client.go")], cwd=built, env=env, check=True
+    )
     return [str(built / "client")]
 
 

@@ -69,10 +69,10 @@ def test_a_node_ws_minion_that_speaks_before_any_golem(herd, clients, node_progr
             assert minion.next() == {"text": "héllo ☃ from the golem"}
             assert minion.next() == {"text": big_text}
             assert minion.next()["binary"] == base64.b64encode(noise).decode()
-            minion.send_text("{\"not\": \"an event\"}")
+            minion.send_text('{"not": "an event"}')
             minion.send_binary(noise[:1000])
             minion.send_text(big_text)
-            assert golem.recv(timeout=10) == "{\"not\": \"an event\"}"
+            assert golem.recv(timeout=10) == '{"not": "an event"}'
             assert golem.recv(timeout=10) == noise[:1000]
             assert golem.recv(timeout=10) == big_text
         # The golem's socket went away: the minion stays, and is told.
@@ -91,8 +91,7 @@ def test_a_node_ws_minion_that_speaks_before_any_golem(herd, clients, node_progr
 def test_a_go_x_net_minion_from_another_origin_reading_512_bytes_at_a_time(herd, clients, go_program):
     webstrate = webstrate_id("go")
     with connect(f"{herd.ws}/golem/v1/connect/{webstrate}") as control:
-        minion = clients(GoClient, [*go_program, f"{herd.ws}/minion/v1/connect/{webstrate}?type=go",
-                                    OTHER_ORIGIN])
+        minion = clients(GoClient, [*go_program, f"{herd.ws}/minion/v1/connect/{webstrate}?type=go", OTHER_ORIGIN])
         assert minion.next() == {"open": True}
         connected = event(control)
         assert connected == {"Event": "minion-connected", "ID": connected["ID"], "Type": "go"}

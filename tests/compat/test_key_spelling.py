@@ -43,6 +43,7 @@ def test_case_clashes_finds_them_at_any_depth():
 
 # --- Every route, from the schema --------------------------------------------
 
+
 def _schema_properties(schema: dict, components: dict, where: str, seen: set[str]) -> list[str]:
     """The clashes among the properties of a response schema, following $ref."""
     if "$ref" in schema:
@@ -73,13 +74,15 @@ def test_no_response_in_the_schema_has_keys_that_differ_only_in_case():
             for status, response in operation.get("responses", {}).items():
                 for content in response.get("content", {}).values():
                     answers += 1
-                    clashes += _schema_properties(content.get("schema", {}), components,
-                                                  f"{method.upper()} {path} {status}", set())
+                    clashes += _schema_properties(
+                        content.get("schema", {}), components, f"{method.upper()} {path} {status}", set()
+                    )
     assert answers >= 8  # the walk did see the answers
     assert clashes == []
 
 
 # --- Real answers ------------------------------------------------------------
+
 
 @pytest.fixture
 def daemons_removed(docker_engine, settings):
@@ -103,14 +106,17 @@ def test_real_answers_of_the_originals_routes_have_one_spelling_per_key(settings
         answers[label] = response.json()
         return answers[label]
 
-    token = answer("token generate", client.post(
-        "/token/v1/generate", {"password": PASSWORD, "email": "keys@herder.test", "credits": "1000"}))["token"]
+    token = answer(
+        "token generate",
+        client.post("/token/v1/generate", {"password": PASSWORD, "email": "keys@herder.test", "credits": "1000"}),
+    )["token"]
     answer("token inspect", client.get(f"/token/v1/inspect/{token}"))
     answer("minion spawn", client.post("/minion/v1/spawn", {"env": "python", "main.py": "print('keys')"}))
 
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    spawned = answer("daemon spawn", client.post(
-        "/daemon/v1/spawn", {"name": "keys", "image": ECHO, "ports": '["8080"]'}))
+    spawned = answer(
+        "daemon spawn", client.post("/daemon/v1/spawn", {"name": "keys", "image": ECHO, "ports": '["8080"]'})
+    )
     listed = answer("daemon ls", client.get("/daemon/v1/ls"))
     answer("daemon kill", client.get("/daemon/v1/kill/keys"))
 

@@ -30,8 +30,7 @@ def echo_image_current():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=root, check=True, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture(autouse=True)

@@ -53,9 +53,14 @@ def test_bulk_deleting_daemons_in_the_admin_stops_them(alice):
     operator = Client()
     operator.login(username="operator", password="pw")
 
-    response = operator.post("/admin/daemons/daemon/", {
-        "action": "delete_selected", "post": "yes",
-        "_selected_action": list(Daemon.objects.values_list("pk", flat=True))})
+    response = operator.post(
+        "/admin/daemons/daemon/",
+        {
+            "action": "delete_selected",
+            "post": "yes",
+            "_selected_action": list(Daemon.objects.values_list("pk", flat=True)),
+        },
+    )
 
     assert response.status_code == 302
     assert not Daemon.objects.exists()

@@ -2,8 +2,8 @@
 
 import json
 import time
-
 import urllib.request
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
@@ -34,15 +34,22 @@ def http_via_proxy(method: str, path: str, body: bytes = b"", chunks: int = 1, h
     from asgiref.testing import ApplicationCommunicator
 
     async def run():
-        scope = {"type": "http", "http_version": "1.1", "method": method, "path": path,
-                 "raw_path": path.encode(), "query_string": b"", "scheme": "http",
-                 "headers": [(b"host", b"herder.test"), *headers], "client": ("127.0.0.7", 5000)}
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "scheme": "http",
+            "headers": [(b"host", b"herder.test"), *headers],
+            "client": ("127.0.0.7", 5000),
+        }
         communicator = ApplicationCommunicator(application, scope)
         size = max(1, len(body) // chunks)
-        parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
+        parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
         for i, part in enumerate(parts):
-            await communicator.send_input({"type": "http.request", "body": part,
-                                           "more_body": i < len(parts) - 1})
+            await communicator.send_input({"type": "http.request", "body": part, "more_body": i < len(parts) - 1})
         start = await communicator.receive_output(10)
         received, messages = bytearray(), 0
         while True:
@@ -86,13 +93,16 @@ def test_spawn_ls_proxy_attach_kill(alice):
     assert answer["Address"] == "127.0.0.1"
 
     listed = alice.client.get("/daemon/v1/ls").json()
-    assert [(d["Name"], d["state"], d["image"]) for d in listed] == [(answer["Name"], "running", "herder/daemon-echo:latest")]
+    assert [(d["Name"], d["state"], d["image"]) for d in listed] == [
+        (answer["Name"], "running", "herder/daemon-echo:latest")
+    ]
 
     status, headers, body, _ = http_via_proxy("GET", f"{answer['ProxyURL']}hello")
     assert (status, body) == (200, b"hello")
 
-    status, _, body, _ = http_via_proxy("GET", f"{answer['ProxyURL']}some/path",
-                                        headers=[(b"connection", b"keep-alive, x-secret"), (b"x-secret", b"1")])
+    status, _, body, _ = http_via_proxy(
+        "GET", f"{answer['ProxyURL']}some/path", headers=[(b"connection", b"keep-alive, x-secret"), (b"x-secret", b"1")]
+    )
     seen = json.loads(body)
     sent = {key.lower(): value for key, value in seen["headers"].items()}
     assert seen["path"] == "/some/path"
@@ -104,9 +114,13 @@ def test_spawn_ls_proxy_attach_kill(alice):
     assert "user-agent" not in sent and "accept-encoding" not in sent
 
     big = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB in 64 parts
-    status, _, body, messages = http_via_proxy("POST", f"{answer['ProxyURL']}echo", big, chunks=64,
-                                               headers=[(b"content-type", b"application/octet-stream"),
-                                                        (b"content-length", str(len(big)).encode())])
+    status, _, body, messages = http_via_proxy(
+        "POST",
+        f"{answer['ProxyURL']}echo",
+        big,
+        chunks=64,
+        headers=[(b"content-type", b"application/octet-stream"), (b"content-length", str(len(big)).encode())],
+    )
     assert status == 200 and body == big
     assert messages > 1, "the response was buffered whole instead of streamed"
 
@@ -171,8 +185,9 @@ def test_a_daemon_is_stopped_when_its_credits_run_out(alice, settings):
     credits_spend(account=alice.account, amount=account_balance(alice.account) - 3)
     spawn_ready(alice, name="poor")
 
-    stopped = wait_until(lambda: (daemon_supervise(), Daemon.objects.get().state)[1] == "out_of_credits",
-                         seconds=15, step=0.5)
+    stopped = wait_until(
+        lambda: (daemon_supervise(), Daemon.objects.get().state)[1] == "out_of_credits", seconds=15, step=0.5
+    )
 
     daemon = Daemon.objects.get()
     assert stopped, daemon.state

@@ -10,7 +10,7 @@ from herder.errors import BadInput
 from herder.schema import DAEMON_NAME_PATTERN, ports_pattern
 
 
-@pytest.mark.parametrize("raw", ['["²"]', '["８０"]', '["٨٠"]', '[80.0]', '["+80"]', '[" 80"]', "\n"])
+@pytest.mark.parametrize("raw", ['["²"]', '["８０"]', '["٨٠"]', "[80.0]", '["+80"]', '[" 80"]', "\n"])
 def test_ports_that_are_not_ascii_whole_numbers_are_bad_input(raw):
     with pytest.raises(BadInput):
         parse_ports(raw)

@@ -39,30 +39,41 @@ class LiveHerder:
         self.data_dir = data_dir
         self.env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         self.env.update(
-            HERDER_DATA_DIR=str(data_dir), HERDER_INSTANCE=self.instance, HERDER_LOG_LEVEL="WARNING",
-            HERDER_DAEMON_IMAGES=ECHO, HERDER_PUBLIC_URL=self.base, PYTHONUNBUFFERED="1",
+            HERDER_DATA_DIR=str(data_dir),
+            HERDER_INSTANCE=self.instance,
+            HERDER_LOG_LEVEL="WARNING",
+            HERDER_DAEMON_IMAGES=ECHO,
+            HERDER_PUBLIC_URL=self.base,
+            PYTHONUNBUFFERED="1",
             HERDER_DAEMON_ORIGIN=f"http://{{name}}.daemons.localhost:{self.port}",
-            DJANGO_SUPERUSER_PASSWORD="operator-pw", DJANGO_ALLOW_ASYNC_UNSAFE="",
+            DJANGO_SUPERUSER_PASSWORD="operator-pw",
+            DJANGO_ALLOW_ASYNC_UNSAFE="",
         )
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("createsuperuser", "--noinput", "--username", "operator", "--email", "op@herder.test")
         self.log = open(data_dir / "herd.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "herd", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_port("127.0.0.1", self.port, process=self.process)
 
     def manage(self, *args: str) -> str:
-        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     def token(self, email: str) -> str:
         return self.manage("mint_token", "-e", email, "-c", "100000")
 
     def call(self, method: str, path: str, token: str, fields: dict | None = None) -> tuple[int, dict]:
         data = urllib.parse.urlencode(fields).encode() if fields is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return answer.status, json.loads(answer.read())
@@ -70,8 +81,7 @@ class LiveHerder:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def spawn(self, token: str, name: str, **files: str) -> tuple[int, dict]:
-        return self.call("POST", "/daemon/v1/spawn", token,
-                         {"name": name, "image": ECHO, "ports": "[8080]", **files})
+        return self.call("POST", "/daemon/v1/spawn", token, {"name": name, "image": ECHO, "ports": "[8080]", **files})
 
     def wait_ready(self, answer: dict) -> None:
         """Until the daemon answers on its origin (Python's resolver knows no
@@ -190,8 +200,10 @@ def test_a_daemon_page_cannot_read_or_use_the_operators_admin_session(live, brow
         assert session
         csrf = {c["name"]: c["value"] for c in context.cookies(live.base)}.get("csrftoken")
 
-        for url in (f"{live.base}{answer['ProxyURL']}pages/attack.html",  # the path route, sandboxed
-                    f"{answer['URL']}pages/attack.html"):                 # the daemon's own origin
+        for url in (
+            f"{live.base}{answer['ProxyURL']}pages/attack.html",  # the path route, sandboxed
+            f"{answer['URL']}pages/attack.html",
+        ):  # the daemon's own origin
             page = context.new_page()
             page.goto(url)
             page.wait_for_function("document.title === 'done'", timeout=15000)
@@ -202,8 +214,10 @@ def test_a_daemon_page_cannot_read_or_use_the_operators_admin_session(live, brow
                 assert "Site administration" not in result[key] and "operator" not in result[key], (url, key)
 
         # The daemon's Set-Cookie, on either route, never lands on the herder.
-        for url in (f"{live.base}{answer['ProxyURL']}set-cookie?cookie=sessionid%3Dplanted%3B%20Path%3D%2F",
-                    f"{answer['URL']}set-cookie?cookie=sessionid%3Dplanted%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F"):
+        for url in (
+            f"{live.base}{answer['ProxyURL']}set-cookie?cookie=sessionid%3Dplanted%3B%20Path%3D%2F",
+            f"{answer['URL']}set-cookie?cookie=sessionid%3Dplanted%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F",
+        ):
             page = context.new_page()
             page.goto(url)
             page.close()

@@ -24,8 +24,9 @@ PROBE = (
 
 
 def probe(daemon: Daemon, host: str, port: int) -> str:
-    code, output = get_runtime().exec(Handle(id=daemon.container_id, name=daemon.full_name),
-                                      ["python3", "-c", PROBE, host, str(port)])
+    code, output = get_runtime().exec(
+        Handle(id=daemon.container_id, name=daemon.full_name), ["python3", "-c", PROBE, host, str(port)]
+    )
     assert code == 0, output
     return output.decode().split()[0]
 
@@ -116,8 +117,15 @@ def test_runtime_networks_are_idempotent_and_kept_while_in_use(docker_engine):
         assert runtime.network_create(name, kind="daemon") == name
         assert runtime.network_create(name, kind="daemon") == name  # exists: reused
         assert [n.name for n in runtime.networks(kind="daemon", ours=True)].count(name) == 1
-        handle = runtime.start(ContainerSpec(kind="daemon", owner="herder-test", image="herder/daemon-echo:latest",
-                                             name="herder-test-daemon-net-c", network=name))
+        handle = runtime.start(
+            ContainerSpec(
+                kind="daemon",
+                owner="herder-test",
+                image="herder/daemon-echo:latest",
+                name="herder-test-daemon-net-c",
+                network=name,
+            )
+        )
         assert runtime.network_remove(name) is False  # a container is attached
         runtime.remove(handle)
         handle = None

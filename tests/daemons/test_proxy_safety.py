@@ -24,9 +24,17 @@ ORIGIN = "http://{name}.daemons.localhost:8000"
 def scope_of(method: str, raw_path: str, host: str = "herder.test", headers=(), query: bytes = b"") -> dict:
     from urllib.parse import unquote
 
-    return {"type": "http", "http_version": "1.1", "method": method, "path": unquote(raw_path),
-            "raw_path": raw_path.encode("latin-1"), "query_string": query, "scheme": "http",
-            "headers": [(b"host", host.encode()), *headers], "client": ("127.0.0.7", 5000)}
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("latin-1"),
+        "query_string": query,
+        "scheme": "http",
+        "headers": [(b"host", host.encode()), *headers],
+        "client": ("127.0.0.7", 5000),
+    }
 
 
 async def _request(scope: dict, timeout: float = 30):
@@ -66,8 +74,11 @@ def test_path_route_forwards_no_cookie_sets_none_and_is_sandboxed(alice):
     answer = spawn_ready(alice, name="web")
     prefix = answer["ProxyURL"].rstrip("/")
 
-    status, headers, body = request("GET", f"{prefix}/seen", headers=[
-        (b"cookie", b"sessionid=operator-session; csrftoken=operator-csrf"), (b"authorization", b"Bearer x")])
+    status, headers, body = request(
+        "GET",
+        f"{prefix}/seen",
+        headers=[(b"cookie", b"sessionid=operator-session; csrftoken=operator-csrf"), (b"authorization", b"Bearer x")],
+    )
     assert status == 200
     seen = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
     assert "cookie" not in seen, "the herder's cookies reached the daemon"
@@ -75,8 +86,7 @@ def test_path_route_forwards_no_cookie_sets_none_and_is_sandboxed(alice):
     assert csp.startswith(b"sandbox ") and b"allow-scripts" in csp and b"allow-same-origin" not in csp
     assert header_values(headers, b"x-content-type-options") == [b"nosniff"]
 
-    status, headers, _ = request("GET", f"{prefix}/set-cookie",
-                                 query=b"cookie=sessionid%3Dplanted%3B%20Path%3D%2F")
+    status, headers, _ = request("GET", f"{prefix}/set-cookie", query=b"cookie=sessionid%3Dplanted%3B%20Path%3D%2F")
     assert status == 200 and header_values(headers, b"set-cookie") == []
 
 
@@ -94,8 +104,12 @@ def test_daemon_origin_routes_by_host_and_keeps_its_own_cookies(alice, settings)
     assert header_values(headers, b"content-security-policy") == []
 
     # Its cookies come back, but never with a Domain that could cover the herder.
-    status, headers, _ = request("GET", "/set-cookie", host=host,
-                                 query=b"cookie=sessionid%3Dx%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F%3B%20HttpOnly")
+    status, headers, _ = request(
+        "GET",
+        "/set-cookie",
+        host=host,
+        query=b"cookie=sessionid%3Dx%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F%3B%20HttpOnly",
+    )
     assert header_values(headers, b"set-cookie") == [b"sessionid=x; Path=/; HttpOnly"]
 
     # An unknown daemon name on the daemons' domain is a 404, not the herder.
@@ -117,10 +131,21 @@ def test_daemon_origin_routes_by_host_and_keeps_its_own_cookies(alice, settings)
     async_to_sync(websocket_on_origin)()
 
 
-@pytest.mark.parametrize("bad", [
-    "/x%0D%0AHost:%20evil", "/a%2Fb", "/a%3Fb", "/a%00b", "/a%23b", "/a%5Cb", "/a/../b", "/a/%2e%2E/b", "/a/./b",
-    "/a\\b",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/x%0D%0AHost:%20evil",
+        "/a%2Fb",
+        "/a%3Fb",
+        "/a%00b",
+        "/a%23b",
+        "/a%5Cb",
+        "/a/../b",
+        "/a/%2e%2E/b",
+        "/a/./b",
+        "/a\\b",
+    ],
+)
 def test_paths_that_change_meaning_upstream_are_400(alice, settings, bad):
     settings.HERDER_DAEMON_ORIGIN = ORIGIN
     answer = spawn_ready(alice, name="paths")
@@ -150,8 +175,10 @@ def test_a_hanging_daemon_is_504_after_the_read_timeout_and_others_are_served(al
             # Its slots taken by slow requests, a third is refused at once...
             settings.HERDER_PROXY_READ_TIMEOUT = 20.0
             await close_upstream_session()  # the timeouts are the session's
-            slow = [asyncio.ensure_future(_request(scope_of("GET", f"{hanging}/sleep", query=b"seconds=3")))
-                    for _ in range(2)]
+            slow = [
+                asyncio.ensure_future(_request(scope_of("GET", f"{hanging}/sleep", query=b"seconds=3")))
+                for _ in range(2)
+            ]
             await asyncio.sleep(1.0)
             status, headers, body = await _request(scope_of("GET", f"{hanging}/hello"))
             assert status == 429 and json.loads(body)["code"] == "too_many_requests"
@@ -176,11 +203,19 @@ def test_the_proxy_follows_a_daemon_docker_restarted_on_new_ports(alice):
     assert request("GET", f"{answer['ProxyURL']}hello")[2] == b"hello"
 
     # Its process dies; Docker's on-failure policy starts it again, published anew.
-    get_runtime().exec(handle, ["python3", "-c", (
-        "import os, signal\n"
-        "for p in os.listdir('/proc'):\n"
-        "    if p.isdigit() and int(p) != os.getpid() and b'daemon-echo' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
-        "        os.kill(int(p), signal.SIGKILL)\n")])
+    get_runtime().exec(
+        handle,
+        [
+            "python3",
+            "-c",
+            (
+                "import os, signal\n"
+                "for p in os.listdir('/proc'):\n"
+                "    if p.isdigit() and int(p) != os.getpid() and b'daemon-echo' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
+                "        os.kill(int(p), signal.SIGKILL)\n"
+            ),
+        ],
+    )
     assert wait_until(lambda: get_runtime().published_ports(handle).get(8080) not in (None, before))
     after = get_runtime().published_ports(handle)[8080]
     assert wait_until(lambda: _answers(after))
@@ -223,8 +258,9 @@ def test_the_supervisor_adopts_a_container_its_spawn_never_recorded(alice):
     daemon = Daemon.objects.get()
     container = daemon.container_id
     # The herder died after starting the container, before recording it.
-    Daemon.objects.filter(pk=daemon.pk).update(state="starting", container_id="", claim="x",
-                                               claimed=timezone.now() - timedelta(minutes=5))
+    Daemon.objects.filter(pk=daemon.pk).update(
+        state="starting", container_id="", claim="x", claimed=timezone.now() - timedelta(minutes=5)
+    )
 
     daemon_supervise()
 
@@ -239,8 +275,9 @@ def test_an_idle_websocket_is_closed_and_frees_its_slot(alice, settings):
     answer = spawn_ready(alice, name="quiet")
 
     async def run():
-        communicator = WebsocketCommunicator(application, f"{answer['ProxyURL']}ws",
-                                             headers=[(b"host", b"herder.test")])
+        communicator = WebsocketCommunicator(
+            application, f"{answer['ProxyURL']}ws", headers=[(b"host", b"herder.test")]
+        )
         connected, _ = await communicator.connect(timeout=10)
         assert connected
         # Its one slot is taken: a second socket is refused.
@@ -262,8 +299,11 @@ def test_the_path_route_websocket_forwards_no_cookie(alice):
     answer = spawn_ready(alice, name="wsc")
 
     async def run():
-        communicator = WebsocketCommunicator(application, f"{answer['ProxyURL']}ws", headers=[
-            (b"host", b"herder.test"), (b"cookie", b"sessionid=operator-session")])
+        communicator = WebsocketCommunicator(
+            application,
+            f"{answer['ProxyURL']}ws",
+            headers=[(b"host", b"herder.test"), (b"cookie", b"sessionid=operator-session")],
+        )
         connected, _ = await communicator.connect(timeout=10)
         assert connected
         await communicator.disconnect()

@@ -30,8 +30,9 @@ def test_a_spawn_in_progress_makes_another_409_daemon_busy(alice):
 def test_a_claim_left_by_a_dead_herder_is_taken_over(alice):
     spawn_ready(alice, name="stale")
     before = Daemon.objects.get()
-    Daemon.objects.filter(pk=before.pk).update(state="starting", claim="dead-process", container_id="",
-                                               claimed=timezone.now() - timedelta(minutes=5))
+    Daemon.objects.filter(pk=before.pk).update(
+        state="starting", claim="dead-process", container_id="", claimed=timezone.now() - timedelta(minutes=5)
+    )
 
     spawn_ready(alice, name="stale")
 
@@ -49,8 +50,9 @@ def test_a_kill_takes_the_claim_of_a_spawn_in_progress(alice):
     # (conditional on its claim) finds nothing and it removes its container.
     from daemons.services import daemon_stop
 
-    Daemon.objects.filter(pk=daemon.pk).update(state="starting", claim="spawning", container_id="",
-                                               claimed=timezone.now())
+    Daemon.objects.filter(pk=daemon.pk).update(
+        state="starting", claim="spawning", container_id="", claimed=timezone.now()
+    )
     daemon_stop(daemon, state="killed")
     recorded = Daemon.objects.filter(pk=daemon.pk, claim="spawning", state="starting").update(state="running")
     assert recorded == 0

@@ -29,8 +29,9 @@ class RemovalUnderWay(DockerRuntime):
 @pytest.mark.docker
 def test_free_name_waits_for_a_removal_under_way(docker_engine):
     name = f"herder-test-free-{uuid.uuid4().hex[:8]}"
-    handle = docker_engine.start(ContainerSpec(kind="daemon", owner="test", image="herder/daemon-echo:latest",
-                                               name=name, network="none"))
+    handle = docker_engine.start(
+        ContainerSpec(kind="daemon", owner="test", image="herder/daemon-echo:latest", name=name, network="none")
+    )
     try:
         runtime = RemovalUnderWay()
         _free_name(runtime, name)

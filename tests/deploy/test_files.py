@@ -14,9 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def rendered(name: str, tmp_path) -> dict:
-    done = subprocess.run(["docker", "stack", "config", "-c", f"deploy/{name}"], cwd=ROOT, capture_output=True,
-                          text=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HERDER_SECRETS_DIR": str(tmp_path),
-                                          "HOME": str(tmp_path)}, timeout=60, check=False)
+    done = subprocess.run(
+        ["docker", "stack", "config", "-c", f"deploy/{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HERDER_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)},
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 

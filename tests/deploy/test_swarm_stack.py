@@ -33,10 +33,13 @@ LOCK = "/tmp/herder-test-swarm.lock"
 
 
 def sh(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False, env={**os.environ, **(env or {})}
+    )
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done.stdout.strip()
 
 
@@ -56,8 +59,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, path: str, *, data: dict | None = None, method: str | None = None,
-            timeout: float = 30) -> tuple[int, bytes]:
+def request(
+    port: int, path: str, *, data: dict | None = None, method: str | None = None, timeout: float = 30
+) -> tuple[int, bytes]:
     body = urllib.parse.urlencode(data).encode() if data is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
     try:
@@ -75,31 +79,56 @@ class Stack:
 
     def both_answer(self) -> bool:
         """Both replicas serve (after one was killed, its successor takes a moment)."""
-        return bool(wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200
-                                           for p in self.ports.values()), 120, 1))
+        return bool(
+            wait_until(
+                lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200 for p in self.ports.values()), 120, 1
+            )
+        )
 
     def containers(self, service: str) -> list[str]:
-        return sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}").split()
+        return sh(
+            "docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_{service}"
+        ).split()
 
     def address(self, container: str) -> str:
-        return sh("docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{self.name}").IPAddress}}}}',
-                  container)
+        return sh(
+            "docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{self.name}").IPAddress}}}}', container
+        )
 
     def lease_holder(self) -> str:
         """The overlay address of the herder process holding the supervisor's
         lease (herder/lease.py: a PostgreSQL session advisory lock)."""
         key = ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF
-        query = ("SELECT a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                 f"WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {key >> 32} "
-                 f"AND l.objid = {key & 0xFFFFFFFF} AND l.objsubid = 1")
+        query = (
+            "SELECT a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {key >> 32} "
+            f"AND l.objid = {key & 0xFFFFFFFF} AND l.objsubid = 1"
+        )
         postgres = self.containers("postgres")[0]
-        return sh("docker", "exec", postgres, "su", "postgres", "-s", "/bin/sh", "-c",
-                  f'/usr/lib/postgresql/15/bin/psql -h /run/postgresql -p 5432 -XAtq -d herder -c "{query}"',
-                  check=False)
+        return sh(
+            "docker",
+            "exec",
+            postgres,
+            "su",
+            "postgres",
+            "-s",
+            "/bin/sh",
+            "-c",
+            f'/usr/lib/postgresql/15/bin/psql -h /run/postgresql -p 5432 -XAtq -d herder -c "{query}"',
+            check=False,
+        )
 
     def services(self, kind: str) -> list[dict]:
-        ids = sh("docker", "service", "ls", "-q", "--filter", f"label=herder.kind={kind}",
-                 "--filter", f"label=herder.instance={self.name}").split()
+        ids = sh(
+            "docker",
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            f"label=herder.kind={kind}",
+            "--filter",
+            f"label=herder.instance={self.name}",
+        ).split()
         return json.loads(sh("docker", "service", "inspect", *ids)) if ids else []
 
 
@@ -118,19 +147,44 @@ def stack(tmp_path_factory):
     had_gwbridge = bool(sh("docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$"))
     relay = f"{name}-relay"
     front_port = free_port()
-    env = {"HERDER_SECRETS_DIR": str(secrets_dir), "HERDER_SWARM_NETWORK": name, "HERDER_INSTANCE": name,
-           "HERDER_PORT": str(front_port), "HERDER_REPLICAS": "2",
-           # No webstrates server here: the golem's page never loads, its service runs all the same.
-           "HERDER_GOLEM_CHECK_EXISTS": "false"}
+    env = {
+        "HERDER_SECRETS_DIR": str(secrets_dir),
+        "HERDER_SWARM_NETWORK": name,
+        "HERDER_INSTANCE": name,
+        "HERDER_PORT": str(front_port),
+        "HERDER_REPLICAS": "2",
+        # No webstrates server here: the golem's page never loads, its service runs all the same.
+        "HERDER_GOLEM_CHECK_EXISTS": "false",
+    }
     sh("bash", "deploy/secrets.sh", env=env)
     sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
     try:
         sh("docker", "stack", "deploy", "-c", "deploy/stack.yml", name, env=env)
-        sh("docker", "run", "-d", "--name", relay, "--network", name, "--label", f"herder.instance={name}",
-           "-p", "127.0.0.1::9001", "-p", "127.0.0.1::9002", "--entrypoint", "python3", "herder/herder:latest",
-           "/app/deploy/herder/relay.py", "9001=tasks.herder:8000#0", "9002=tasks.herder:8000#1")
-        ports = {key: int(sh("docker", "port", relay, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
-                 for key, port in (("a", 9001), ("b", 9002))}
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            relay,
+            "--network",
+            name,
+            "--label",
+            f"herder.instance={name}",
+            "-p",
+            "127.0.0.1::9001",
+            "-p",
+            "127.0.0.1::9002",
+            "--entrypoint",
+            "python3",
+            "herder/herder:latest",
+            "/app/deploy/herder/relay.py",
+            "9001=tasks.herder:8000#0",
+            "9002=tasks.herder:8000#1",
+        )
+        ports = {
+            key: int(sh("docker", "port", relay, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
+            for key, port in (("a", 9001), ("b", 9002))
+        }
         up = wait_until(lambda: all(request(p, "/golem/v1/ls", timeout=5)[0] == 200 for p in ports.values()), 240, 2)
         assert up, diagnose(name)
         yield Stack(name, ports, (secrets_dir / "token_password").read_text(), front_port)
@@ -142,10 +196,12 @@ def stack(tmp_path_factory):
 def diagnose(name: str) -> str:
     """The stack's tasks and the last lines of each of its containers' output."""
     lines = [sh("docker", "stack", "ps", "--no-trunc", name, check=False)]
-    for container in sh("docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}",
-                        check=False).split():
-        done = subprocess.run(["docker", "logs", "--tail", "25", container], capture_output=True, text=True,
-                              check=False)
+    for container in sh(
+        "docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}", check=False
+    ).split():
+        done = subprocess.run(
+            ["docker", "logs", "--tail", "25", container], capture_output=True, text=True, check=False
+        )
         lines.append(f"--- {container}\n{done.stdout[-2500:]}{done.stderr[-2500:]}")
     return "\n".join(lines)
 
@@ -154,21 +210,42 @@ def _teardown(name: str, relay: str, had_gwbridge: bool) -> None:
     sh("docker", "rm", "-f", relay, check=False)
     sh("docker", "stack", "rm", name, check=False)
     # The herder's own services (daemons, golems) carry its instance label.
-    for service in sh("docker", "service", "ls", "-q", "--filter", f"label=herder.instance={name}", check=False).split():
+    for service in sh(
+        "docker", "service", "ls", "-q", "--filter", f"label=herder.instance={name}", check=False
+    ).split():
         sh("docker", "service", "rm", service, check=False)
-    wait_until(lambda: not sh("docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}",
-                              check=False), 60)
+    wait_until(
+        lambda: not sh("docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}", check=False), 60
+    )
     # Minion containers the replicas left (a killed replica cannot clean up).
     for container in sh("docker", "ps", "-aq", "--filter", f"label=herder.instance={name}", check=False).split():
         sh("docker", "rm", "-f", container, check=False)
-    wait_until(lambda: not sh("docker", "ps", "-aq", "--filter", "label=com.docker.swarm.service.name",
-                              "--filter", f"label=herder.instance={name}", check=False), 30)
+    wait_until(
+        lambda: (
+            not sh(
+                "docker",
+                "ps",
+                "-aq",
+                "--filter",
+                "label=com.docker.swarm.service.name",
+                "--filter",
+                f"label=herder.instance={name}",
+                check=False,
+            )
+        ),
+        30,
+    )
     sh("docker", "swarm", "leave", "--force", check=False)
     wait_until(lambda: not sh("docker", "network", "ls", "-q", "--filter", f"name=^{name}$", check=False), 20)
     sh("docker", "network", "rm", name, check=False)
     if not had_gwbridge:
-        wait_until(lambda: sh("docker", "network", "rm", "docker_gwbridge", check=False) is not None
-                   and not sh("docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$", check=False), 20)
+        wait_until(
+            lambda: (
+                sh("docker", "network", "rm", "docker_gwbridge", check=False) is not None
+                and not sh("docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$", check=False)
+            ),
+            20,
+        )
     for volume in sh("docker", "volume", "ls", "-q", "--filter", f"name={name}", check=False).split():
         sh("docker", "volume", "rm", "-f", volume, check=False)
 
@@ -180,8 +257,11 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
     # The stack's own entry point (front, published in mode host) reaches them too.
     assert wait_until(lambda: request(stack.front, "/golem/v1/ls", timeout=5)[0] == 200, 30)
 
-    status, body = request(a, "/token/v1/generate", data={"password": stack.token_password,
-                                                            "email": "swarm@example.org", "credits": "100000"})
+    status, body = request(
+        a,
+        "/token/v1/generate",
+        data={"password": stack.token_password, "email": "swarm@example.org", "credits": "100000"},
+    )
     assert status == 200, body
     token = json.loads(body)["token"]
 
@@ -195,22 +275,26 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
     # A daemon spawned through replica A runs as a Swarm service on the overlay,
     # publishes no host port, and is proxied by replica B.
     daemon = f"web{secrets.token_hex(3)}"
-    status, body = request(a, f"/daemon/v1/spawn?token={token}",
-                           data={"name": daemon, "image": "herder/daemon-echo:latest", "ports": '["8080"]',
-                                 "data/kept.txt": "kept"})
+    status, body = request(
+        a,
+        f"/daemon/v1/spawn?token={token}",
+        data={"name": daemon, "image": "herder/daemon-echo:latest", "ports": '["8080"]', "data/kept.txt": "kept"},
+    )
     assert status == 200, body
     answer = json.loads(body)
     services = stack.services("daemon")
     assert len(services) == 1
     spec = services[0]["Spec"]
     assert spec["EndpointSpec"]["Mode"] == "dnsrr" and not services[0]["Endpoint"].get("Ports")
-    assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 512 * 1024 ** 2
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 512 * 1024**2
     assert [n["Target"] for n in spec["TaskTemplate"]["Networks"]] == [
-        sh("docker", "network", "inspect", "-f", "{{.Id}}", stack.name)]
+        sh("docker", "network", "inspect", "-f", "{{.Id}}", stack.name)
+    ]
     proxied = f"{answer['ProxyURL']}hello"
     for port in (b, a):
-        assert wait_until(lambda port=port: request(port, proxied, timeout=5) == (200, b"hello"), 60), \
-            request(port, proxied)
+        assert wait_until(lambda port=port: request(port, proxied, timeout=5) == (200, b"hello"), 60), request(
+            port, proxied
+        )
     # The files went into its volume before it started.
     assert json.loads(request(b, f"{answer['ProxyURL']}files")[1]) == ["data/kept.txt"]
 
@@ -219,6 +303,7 @@ def test_stack_minions_daemon_and_a_replica_killed(stack):
         status, body = request(b, f"/daemon/v1/ls?token={token}")
         rows = json.loads(body) if status == 200 else []
         return rows[0]["credits_used"] if rows else 0
+
     assert wait_until(lambda: used() >= 2, 60, 1), used()
 
     # Kill the replica holding the supervisor's lease, hard: the lease moves to
@@ -291,8 +376,9 @@ def test_ad_hoc_minion_pairs_across_replicas(stack):
         with connect(f"ws://127.0.0.1:{b}/minion/v1/connect/{webstrate}?type=t", open_timeout=15) as minion:
             connected = event(control)
             assert connected["Event"] == "minion-connected", connected
-            with connect(f"ws://127.0.0.1:{a}/golem/v1/connect-to/{webstrate}/{connected['ID']}",
-                         open_timeout=15) as golem:
+            with connect(
+                f"ws://127.0.0.1:{a}/golem/v1/connect-to/{webstrate}/{connected['ID']}", open_timeout=15
+            ) as golem:
                 assert event(minion) == {"Event": "golem-connected"}
                 minion.send("from the minion on B")
                 assert golem.recv(timeout=15) == "from the minion on B"
@@ -310,16 +396,24 @@ def test_swarm_runtime_service_lifecycle(stack, settings):
     settings.HERDER_SWARM_NETWORK = stack.name
     runtime = SwarmRuntime()
     name = f"herder-daemon-{stack.name}-lifecycle"
-    spec = ContainerSpec(kind="daemon", owner="lifecycle@example.org", image="herder/daemon-echo:latest",
-                         name=name, ports={8080: None}, memory="64m", pids=32, network=name,
-                         tmpfs={"/tmp": "size=8m,mode=1777"}, restart="on-failure")
+    spec = ContainerSpec(
+        kind="daemon",
+        owner="lifecycle@example.org",
+        image="herder/daemon-echo:latest",
+        name=name,
+        ports={8080: None},
+        memory="64m",
+        pids=32,
+        network=name,
+        tmpfs={"/tmp": "size=8m,mode=1777"},
+        restart="on-failure",
+    )
     handle = runtime.start(spec)
     try:
         assert handle.name == name and len(handle.id) == 25
         listed = runtime.list(kind="daemon", owner="lifecycle@example.org", ours=True)
         assert [i.handle for i in listed] == [handle]
-        assert wait_until(lambda: runtime.list(kind="daemon", owner="lifecycle@example.org")[0].status == "running",
-                          30)
+        assert wait_until(lambda: runtime.list(kind="daemon", owner="lifecycle@example.org")[0].status == "running", 30)
         assert runtime.poll(handle) is None
         assert runtime.published_ports(handle) == {8080: 8080}
         assert runtime.address(handle, 8080, published=8080, host="127.0.0.1") == (name, 8080)

@@ -74,8 +74,9 @@ def wait_for_port(host: str, port: int, *, process: subprocess.Popen, seconds: f
 class Herder:
     """A herder process (Daphne) on a free loopback port."""
 
-    def __init__(self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path, port: int | None = None,
-                 herd: bool = False) -> None:
+    def __init__(
+        self, *, env: dict[str, str], host: str = "127.0.0.1", log: Path, port: int | None = None, herd: bool = False
+    ) -> None:
         """Daphne alone, or with `herd` the whole herder (`manage.py herd`: its
         default server and the supervisor)."""
         self.host = host
@@ -85,10 +86,15 @@ class Herder:
         if herd:
             command = [sys.executable, "manage.py", "herd", "--host", host, "--port", str(self.port)]
         else:
-            command = [str(ROOT / ".venv" / "bin" / "daphne"), "-b", host, "-p", str(self.port),
-                       "herder.asgi:application"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT)
+            command = [
+                str(ROOT / ".venv" / "bin" / "daphne"),
+                "-b",
+                host,
+                "-p",
+                str(self.port),
+                "herder.asgi:application",
+            ]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
         wait_for_port(host, self.port, process=self.process)
 
     @property
@@ -119,13 +125,16 @@ class Herder:
 def herder_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a herder process with its own data folder (SQLite file)."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(HERDER_DATA_DIR=str(data_dir), HERDER_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
-               # tests/golems/test_admission.py checks the webstrates server's answer.
-               HERDER_GOLEM_CHECK_EXISTS="false")
+    env.update(
+        HERDER_DATA_DIR=str(data_dir),
+        HERDER_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+        # tests/golems/test_admission.py checks the webstrates server's answer.
+        HERDER_GOLEM_CHECK_EXISTS="false",
+    )
     env.update(extra)
     return env
 
 
 def migrate(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)

@@ -114,6 +114,7 @@ class WebstratesServer:
                 self.answer(True)
 
             if head:
+
                 def do_HEAD(self):
                     self.answer(False)
 
@@ -199,8 +200,7 @@ class ProbingRuntime(DockerRuntime):
                 with connection.cursor() as cursor:
                     cursor.execute("PRAGMA busy_timeout = 0")
             now = timezone.now()
-            GolemPresence.objects.create(webstrate=f"probe-{len(cls.probes)}", channel="probe",
-                                         connected=now, seen=now)
+            GolemPresence.objects.create(webstrate=f"probe-{len(cls.probes)}", channel="probe", connected=now, seen=now)
             cls.probes.append(("wrote", Golem.objects.get(webstrate=webstrate).state))
         except OperationalError as exc:
             cls.probes.append(("failed", str(exc)))
@@ -239,7 +239,8 @@ def test_a_start_that_lost_its_claim_removes_its_container(docker_engine, probin
     resurrect the golem, and what it started is removed."""
     webstrate = webstrate_id("lost-claim")
     probing_runtime.during_start = lambda owner: Golem.objects.filter(webstrate=owner).update(
-        state=Golem.State.KILLED, stopped=timezone.now())
+        state=Golem.State.KILLED, stopped=timezone.now()
+    )
     golem = golem_spawn(webstrate=webstrate)
     assert golem.state == Golem.State.KILLED and golem.container_id == ""
     assert docker_engine.list(kind="golem", owner=webstrate) == []

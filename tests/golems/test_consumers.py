@@ -74,9 +74,9 @@ def test_minion_is_announced_paired_and_relayed_both_ways():
         # Binary frames stay binary, text stays text, and order holds both ways.
         payload = bytes(range(256)) * 4
         await golem.send_to(bytes_data=payload)
-        await golem.send_to(text_data="{\"not\": \"an event\"}")
+        await golem.send_to(text_data='{"not": "an event"}')
         assert await minion.receive_from(5) == payload
-        assert await minion.receive_from(5) == "{\"not\": \"an event\"}"
+        assert await minion.receive_from(5) == '{"not": "an event"}'
         for i in range(300):
             await minion.send_to(text_data=str(i))
             await golem.send_to(bytes_data=i.to_bytes(2, "big"))
@@ -212,8 +212,11 @@ def test_bad_webstrate_ids_are_refused_on_every_socket(bad):
     minion_id = "0b7e4a52-6d0a-4c1e-9a7e-3c1f5d2e8b90"
 
     async def scenario():
-        for path in (f"/golem/v1/connect/{bad}", f"/minion/v1/connect/{bad}?type=x",
-                     f"/golem/v1/connect-to/{bad}/{minion_id}"):
+        for path in (
+            f"/golem/v1/connect/{bad}",
+            f"/minion/v1/connect/{bad}?type=x",
+            f"/golem/v1/connect-to/{bad}/{minion_id}",
+        ):
             error, code = await refused(path)
             assert (error["type"], error["code"], code) == ("error", "bad_webstrate_id", 4400), path
 
@@ -284,10 +287,12 @@ def test_two_peers_streaming_at_each_other_do_not_wait_on_each_other(settings, l
         redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
         if not redis_url:
             pytest.fail("HERDER_TEST_REDIS_URL is not set (deploy/test.sh sets it).")
-        settings.CHANNEL_LAYERS = {"default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
-        }}
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
+            }
+        }
     count = 5000
 
     async def scenario():
@@ -310,8 +315,9 @@ def test_a_control_socket_that_lost_its_claim_is_closed(settings):
     async def scenario():
         control = await connect("/golem/v1/connect/ws1")
         await asyncio.sleep(0.1)
-        await database_sync_to_async(
-            GolemPresence.objects.filter(webstrate="ws1").update)(channel="specific.other!socket")
+        await database_sync_to_async(GolemPresence.objects.filter(webstrate="ws1").update)(
+            channel="specific.other!socket"
+        )
         error = await event(control)
         assert (error["type"], error["code"]) == ("error", "golem_connected")
         assert await close_code(control) == 4409

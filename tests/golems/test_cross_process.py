@@ -22,10 +22,11 @@ def herders(tmp_path):
     """Two herder processes on one Redis and one SQLite file."""
     redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
     if not redis_url:
-        pytest.fail("HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
-                    "and export it, as deploy/test.sh does.")
-    env = herder_env(tmp_path, REDIS_URL=redis_url, HERDER_PAIRING_HEARTBEAT=str(HEARTBEAT),
-                     HERDER_GOLEM_WAIT="5")
+        pytest.fail(
+            "HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
+            "and export it, as deploy/test.sh does."
+        )
+    env = herder_env(tmp_path, REDIS_URL=redis_url, HERDER_PAIRING_HEARTBEAT=str(HEARTBEAT), HERDER_GOLEM_WAIT="5")
     migrate(env)
     started = []
     try:

@@ -63,9 +63,13 @@ control.onmessage = function (message) {
 
 def webstrate_page(herder_url: str, other_url: str, leak_url: str, host_port_url: str, stun: str) -> bytes:
     herder_host = herder_url.rsplit(":", 1)[0]
-    golem_code = (GOLEM_CODE.replace("__OTHER__", other_url).replace("__LEAK__", leak_url)
-                  .replace("__HOST_PORT__", host_port_url).replace("__HERDER_HOST__", herder_host)
-                  .replace("__STUN__", stun))
+    golem_code = (
+        GOLEM_CODE.replace("__OTHER__", other_url)
+        .replace("__LEAK__", leak_url)
+        .replace("__HOST_PORT__", host_port_url)
+        .replace("__HERDER_HOST__", herder_host)
+        .replace("__STUN__", stun)
+    )
     return f"""<!doctype html>
 <html><head><title>a webstrate</title>
 <script src="{herder_url}/golem/v1/"></script></head>
@@ -160,8 +164,10 @@ for environ in glob.glob("/proc/[0-9]*/environ"):
 PTRACE = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.syscall(101, 0, 0, 0, 0))"
 # A new user namespace (Chromium's sandbox needs it), then a mount namespace in it:
 # the kernel would allow that, the golem's profile does not (EPERM).
-NAMESPACES = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
-              "print(libc.unshare(0x10000000), libc.unshare(0x00020000), ctypes.get_errno())")
+NAMESPACES = (
+    "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+    "print(libc.unshare(0x10000000), libc.unshare(0x00020000), ctypes.get_errno())"
+)
 
 
 def frames_until_close(url: str) -> list:
@@ -205,16 +211,18 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
     webstrate = webstrate_id(f"e2e-{server}-{network}")
     golem_network = f"herder-test-golems-{webstrate}"
     extra = {"HERDER_GOLEM_NETWORK": golem_network} if network == "bridge" else {}
-    env = herder_env(tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=f"http://{page_host}:{page_port}",
-                     **extra)
+    env = herder_env(
+        tmp_path, HERDER_PUBLIC_URL=herder_url, HERDER_WEBSTRATES_URL=f"http://{page_host}:{page_port}", **extra
+    )
     migrate(env)
     herder = Herder(env=env, host=host, log=tmp_path / "herder.log", port=herder_port, herd=server == "herd")
     squatter = None
     try:
         # Someone opens the control socket before the golem exists (allowed: no golem container yet).
         squatted: list = []
-        squatter = threading.Thread(target=lambda: squatted.extend(
-            frames_until_close(f"{herder.ws}/golem/v1/connect/{webstrate}")))
+        squatter = threading.Thread(
+            target=lambda: squatted.extend(frames_until_close(f"{herder.ws}/golem/v1/connect/{webstrate}"))
+        )
         squatter.start()
         time.sleep(0.5)
 
@@ -251,8 +259,13 @@ def test_golem_answers_an_ad_hoc_minion_in_real_chromium(tmp_path, docker_engine
         while len(reports) < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
             reports = dict(p.split("?", 1)[1].split("=", 1) for p in webstrates.requests if p.startswith("/report?"))
-        assert reports == {"ls": "200", "admin": "blocked", "port": "blocked", "redis": "blocked",
-                           "postgres": "blocked"}
+        assert reports == {
+            "ls": "200",
+            "admin": "blocked",
+            "port": "blocked",
+            "redis": "blocked",
+            "postgres": "blocked",
+        }
         udp_packets = []
         for _ in range(15):
             try:

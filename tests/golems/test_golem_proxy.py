@@ -95,19 +95,28 @@ def test_only_allowed_host_ports_are_forwarded_and_admin_never(servers, capfd):
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"allowed")
         assert b"Connection: close" in answer
         # Another port of the same host, an admin path of the herder: closed without an answer.
-        for target in (f"127.0.0.1:{forbidden.port}/x", f"localhost:{herder.port}/admin/login/",
-                       f"localhost:{herder.port}/ADMIN", f"127.0.0.1:{herder.port}/"):
+        for target in (
+            f"127.0.0.1:{forbidden.port}/x",
+            f"localhost:{herder.port}/admin/login/",
+            f"localhost:{herder.port}/ADMIN",
+            f"127.0.0.1:{herder.port}/",
+        ):
             assert await exchange(port, f"GET http://{target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()) == b""
         # Only http:// in absolute form; CONNECT only to allowed pairs.
         assert await exchange(port, b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n") == b""
         refused = await exchange(port, f"CONNECT 127.0.0.1:{forbidden.port} HTTP/1.1\r\n\r\n".encode())
         assert refused.startswith(b"HTTP/1.1 403")
-        tunnel = await exchange(port, f"CONNECT localhost:{herder.port} HTTP/1.1\r\n\r\n"
-                                      f"GET /golem/v1/ls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        tunnel = await exchange(
+            port,
+            f"CONNECT localhost:{herder.port} HTTP/1.1\r\n\r\n"
+            f"GET /golem/v1/ls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode(),
+        )
         assert tunnel.startswith(b"HTTP/1.1 200 Connection established") and tunnel.endswith(b"herder")
         # A second request on a forwarded connection never reaches another host.
-        two = (f"GET http://127.0.0.1:{allowed.port}/one HTTP/1.1\r\nHost: x\r\n\r\n"
-               f"GET http://127.0.0.1:{forbidden.port}/two HTTP/1.1\r\nHost: x\r\n\r\n")
+        two = (
+            f"GET http://127.0.0.1:{allowed.port}/one HTTP/1.1\r\nHost: x\r\n\r\n"
+            f"GET http://127.0.0.1:{forbidden.port}/two HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         await exchange(port, two.encode())
 
     run_with_proxy(pairs, ("localhost", herder.port), scenario)
@@ -121,11 +130,16 @@ def test_only_allowed_host_ports_are_forwarded_and_admin_never(servers, capfd):
 
 def test_the_proof_cookie_is_httponly_and_bound_to_the_control_socket_path():
     cookie = golem_start.proof_cookie("wss://herder.example/golem/v1/connect/w1", "s")
-    assert cookie == {"name": "herder_golem_proof", "value": "s",
-                      "url": "https://herder.example/golem/v1/connect/w1", "path": "/golem/v1/connect/w1",
-                      "httpOnly": True, "secure": True, "sameSite": "None"}
+    assert cookie == {
+        "name": "herder_golem_proof",
+        "value": "s",
+        "url": "https://herder.example/golem/v1/connect/w1",
+        "path": "/golem/v1/connect/w1",
+        "httpOnly": True,
+        "secure": True,
+        "sameSite": "None",
+    }
     # Plain http: Secure only where Chromium allows it (loopback), else a same-site cookie.
     assert golem_start.proof_cookie("ws://127.0.0.1:8000/golem/v1/connect/w1", "s")["secure"]
     plain = golem_start.proof_cookie("ws://172.17.0.1:8000/golem/v1/connect/w1", "s")
     assert not plain["secure"] and "sameSite" not in plain and plain["httpOnly"]
-

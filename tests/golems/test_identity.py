@@ -17,8 +17,9 @@ GENERATION = "0123456789abcdef"
 
 def golem_container(webstrate: str, generation: str = GENERATION) -> Golem:
     """A golem row with a container, as golem_spawn leaves it (no Docker needed here)."""
-    return Golem.objects.create(webstrate=webstrate, state=Golem.State.RUNNING,
-                                container_id="c" * 64, generation=generation)
+    return Golem.objects.create(
+        webstrate=webstrate, state=Golem.State.RUNNING, container_id="c" * 64, generation=generation
+    )
 
 
 async def control(webstrate: str, proof: str | None = None) -> WebsocketCommunicator:
@@ -42,8 +43,7 @@ def test_the_right_proof_opens_the_control_socket_of_a_golem_with_a_container():
         minion = await connect("/minion/v1/connect/id-right?type=python")
         connected = await event(golem)
         assert connected["Event"] == "minion-connected"
-        assert await database_sync_to_async(
-            lambda: GolemPresence.objects.get(webstrate="id-right").proven)()
+        assert await database_sync_to_async(lambda: GolemPresence.objects.get(webstrate="id-right").proven)()
         for communicator in (minion, golem):
             await communicator.disconnect()
 
@@ -54,8 +54,13 @@ def test_a_wrong_or_missing_proof_is_refused_while_a_golem_container_exists():
     golem_container("id-wrong")
 
     async def scenario():
-        for proof in (None, "", "0" * 64, golem_proof("id-wrong", "another-generation"),
-                      golem_proof("another-webstrate", GENERATION)):
+        for proof in (
+            None,
+            "",
+            "0" * 64,
+            golem_proof("id-wrong", "another-generation"),
+            golem_proof("another-webstrate", GENERATION),
+        ):
             socket = await control("id-wrong", proof)
             assert await refused_with(socket) == ("golem_proof_required", 4403), proof
         assert not await database_sync_to_async(GolemPresence.objects.exists)()

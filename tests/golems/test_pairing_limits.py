@@ -62,6 +62,7 @@ def test_an_unpaired_minion_sending_1_mib_frames_hits_the_byte_cap(settings):
 def test_a_paired_socket_holds_at_most_its_byte_cap_for_a_slow_peer(settings):
     """The relay's own queue: while the peer takes nothing, puts past the byte
     cap wait (the consumer stops reading its client); once it takes, all flows."""
+
     async def scenario():
         delivered: list[int] = []
         go = asyncio.Event()
@@ -72,8 +73,7 @@ def test_a_paired_socket_holds_at_most_its_byte_cap_for_a_slow_peer(settings):
 
         pairing.local_sockets["test.slow-peer"] = slow_peer
         failed = []
-        outbox = pairing.Outbox(get_channel_layer(), size=1000, max_bytes=3 * MiB,
-                                on_fail=lambda: failed.append(True))
+        outbox = pairing.Outbox(get_channel_layer(), size=1000, max_bytes=3 * MiB, on_fail=lambda: failed.append(True))
         outbox.start("test.slow-peer")
         try:
             sender = asyncio.create_task(_put_all(outbox, 10))
@@ -129,7 +129,8 @@ def test_pairing_database_calls_do_not_queue_behind_the_shared_thread():
             control = await connect("/golem/v1/connect/unshared")
             for _ in range(100):
                 claimed = await sync_to_async(
-                    GolemPresence.objects.filter(webstrate="unshared").exists, thread_sensitive=False)()
+                    GolemPresence.objects.filter(webstrate="unshared").exists, thread_sensitive=False
+                )()
                 if claimed:
                     break
                 await asyncio.sleep(0.05)

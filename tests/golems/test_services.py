@@ -15,8 +15,8 @@ from golems.models import Golem
 from golems.services import (
     LABEL_INSTANCE,
     golem_container_spec,
-    golem_proof,
     golem_kill,
+    golem_proof,
     golem_reap_idle,
     golem_reconcile,
     golem_reset,
@@ -90,15 +90,18 @@ def test_golem_container_is_confined_and_resolves_only_allowed_hosts(settings):
     settings.HERDER_GOLEM_ALLOWED_HOSTS = ["fonts.example", "api.example:8443"]
     spec = golem_container_spec(W_SPEC, "generation-1")
     assert spec.command[-1] == f"https://webstrates.example/{W_SPEC}/"
-    assert spec.command[0] == ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE webstrates.example, "
-                               "EXCLUDE herder.example, EXCLUDE fonts.example, EXCLUDE api.example, "
-                               "EXCLUDE 127.0.0.1")
+    assert spec.command[0] == (
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE webstrates.example, "
+        "EXCLUDE herder.example, EXCLUDE fonts.example, EXCLUDE api.example, "
+        "EXCLUDE 127.0.0.1"
+    )
     assert "--no-sandbox" not in spec.command and spec.security_opt[0].startswith("seccomp={")
     # Its own isolated bridge (created at start), reaching the host as host.docker.internal.
     assert spec.network == "herder-golems" and spec.extra_hosts == {"host.docker.internal": "host-gateway"}
     # Chromium's proxy connects to these pairs only.
     assert spec.environment["HERDER_GOLEM_ALLOW"] == (
-        "webstrates.example:443,herder.example:443,fonts.example:80,fonts.example:443,api.example:8443")
+        "webstrates.example:443,herder.example:443,fonts.example:80,fonts.example:443,api.example:8443"
+    )
     # The proof of this generation, for the control socket's URL; the generation on a label.
     assert spec.environment["HERDER_GOLEM_PROOF"] == golem_proof(W_SPEC, "generation-1")
     assert spec.environment["HERDER_GOLEM_PROOF_URL"] == f"wss://herder.example/golem/v1/connect/{W_SPEC}"

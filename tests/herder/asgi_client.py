@@ -10,15 +10,34 @@ from prometheus_client.parser import text_string_to_metric_families
 from herder.asgi import application
 
 
-async def ahttp(method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
-                client: str = "127.0.0.1", query: str = "", timeout: float = 60) -> dict:
+async def ahttp(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    client: str = "127.0.0.1",
+    query: str = "",
+    timeout: float = 60,
+) -> dict:
     """One request; its status, headers (a dict, lower-case names) and body."""
     raw = [(name.lower().encode(), value.encode("latin-1")) for name, value in (headers or {}).items()]
     if body and not any(name == b"content-length" for name, _ in raw):
         raw.append((b"content-length", str(len(body)).encode()))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
-             "root_path": "", "headers": raw, "client": (client, 40000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": raw,
+        "client": (client, 40000),
+        "server": ("127.0.0.1", 8000),
+    }
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
     start = await communicator.receive_output(timeout)

@@ -63,8 +63,8 @@ def test_dashboard_console_and_buttons_in_chromium(live, browser, tmp_path):  # 
     status, answer = live.spawn(token, "console")
     assert status == 200, answer
     live.wait_ready(answer)
-    (daemon_pk,), = query(live, "select id from daemons_daemon")
-    (failed_pk,), = query(live, "select id from minions_minionrun where exit_code != 0")
+    ((daemon_pk,),) = query(live, "select id from daemons_daemon")
+    ((failed_pk,),) = query(live, "select id from minions_minionrun where exit_code != 0")
 
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     try:
@@ -87,7 +87,7 @@ def test_dashboard_console_and_buttons_in_chromium(live, browser, tmp_path):  # 
         assert "echo: hello from the admin" in type_and_read_back(page, "hello from the admin")
         page.screenshot(path=str(tmp_path / "console.png"))
 
-        (volume,), = query(live, "select volume from daemons_daemon")
+        ((volume,),) = query(live, "select volume from daemons_daemon")
         page.goto(f"{live.base}/admin/daemons/daemon/volumes/")
         row = page.locator("tr.volume", has_text=volume)
         assert "alice@herder.test" in row.inner_text() and "running" in row.inner_text()
@@ -106,7 +106,9 @@ def test_dashboard_console_and_buttons_in_chromium(live, browser, tmp_path):  # 
     finally:
         context.close()
     assert sorted(query(live, "select change_message from django_admin_log")) == [
-        ("Stopped (volume kept)",), (f"Wiped volume {volume}",)]
+        ("Stopped (volume kept)",),
+        (f"Wiped volume {volume}",),
+    ]
 
 
 def test_the_token_holders_console_in_chromium(live, browser, tmp_path):  # noqa: F811

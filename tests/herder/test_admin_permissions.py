@@ -57,12 +57,24 @@ def rows():
     alice = Account.objects.get()
     now = timezone.now()
     MinionRun.objects.create(env="python", image="herder/minion-python:latest", exit_code=0)
-    Golem.objects.create(webstrate="herder-test-admin", state=Golem.State.RUNNING,
-                         container_id="0" * 64, container_name="herder-golem-herder-test-admin", started=now)
+    Golem.objects.create(
+        webstrate="herder-test-admin",
+        state=Golem.State.RUNNING,
+        container_id="0" * 64,
+        container_name="herder-golem-herder-test-admin",
+        started=now,
+    )
     GolemPresence.objects.create(webstrate="herder-test-admin", channel="x", connected=now, seen=now)
-    Daemon.objects.create(owner=alice, name="web", full_name="web-jti", image="herder/daemon-echo:latest",
-                          state=Daemon.State.RUNNING, container_id="0" * 64, volume="herder-test-admin-vol",
-                          started=now)
+    Daemon.objects.create(
+        owner=alice,
+        name="web",
+        full_name="web-jti",
+        image="herder/daemon-echo:latest",
+        state=Daemon.State.RUNNING,
+        container_id="0" * 64,
+        volume="herder-test-admin-vol",
+        started=now,
+    )
 
 
 def _snapshot() -> dict:
@@ -83,30 +95,41 @@ def test_every_custom_action_is_offered_to_superusers_and_hidden_from_viewers(vi
         assert not _custom_actions(model_admin, viewer), model.__name__
         assert "delete_selected" not in model_admin.get_actions(_request(viewer)), model.__name__
     # A new action lands here and in the test below.
-    assert offered == {"Account": set(), "Token": {"revoke"}, "CreditEntry": set(), "MinionRun": set(),
-                       "Golem": {"reset_golems", "kill_golems"}, "GolemPresence": set(),
-                       "Daemon": {"stop_daemons"}}
+    assert offered == {
+        "Account": set(),
+        "Token": {"revoke"},
+        "CreditEntry": set(),
+        "MinionRun": set(),
+        "Golem": {"reset_golems", "kill_golems"},
+        "GolemPresence": set(),
+        "Daemon": {"stop_daemons"},
+    }
 
 
-@pytest.mark.parametrize("url,action", [
-    ("/admin/accounts/token/", "revoke"),
-    ("/admin/golems/golem/", "reset_golems"),
-    ("/admin/golems/golem/", "kill_golems"),
-    ("/admin/daemons/daemon/", "stop_daemons"),
-    ("/admin/minions/minionrun/", "delete_selected"),
-    ("/admin/accounts/creditentry/", "delete_selected"),
-    ("/admin/daemons/daemon/", "delete_selected"),
-    ("/admin/golems/golem/", "delete_selected"),
-])
+@pytest.mark.parametrize(
+    "url,action",
+    [
+        ("/admin/accounts/token/", "revoke"),
+        ("/admin/golems/golem/", "reset_golems"),
+        ("/admin/golems/golem/", "kill_golems"),
+        ("/admin/daemons/daemon/", "stop_daemons"),
+        ("/admin/minions/minionrun/", "delete_selected"),
+        ("/admin/accounts/creditentry/", "delete_selected"),
+        ("/admin/daemons/daemon/", "delete_selected"),
+        ("/admin/golems/golem/", "delete_selected"),
+    ],
+)
 def test_a_viewer_posting_an_action_changes_nothing(viewer, rows, url, action):
     client = _client(viewer)
     assert client.get(url).status_code == 200
-    model = {"token": Token, "golem": Golem, "daemon": Daemon, "minionrun": MinionRun,
-             "creditentry": CreditEntry}[url.rstrip("/").rsplit("/", 1)[-1]]
+    model = {"token": Token, "golem": Golem, "daemon": Daemon, "minionrun": MinionRun, "creditentry": CreditEntry}[
+        url.rstrip("/").rsplit("/", 1)[-1]
+    ]
     before = _snapshot()
 
-    response = client.post(url, {"action": action, "_selected_action": list(model.objects.values_list("pk", flat=True)),
-                                 "post": "yes"})
+    response = client.post(
+        url, {"action": action, "_selected_action": list(model.objects.values_list("pk", flat=True)), "post": "yes"}
+    )
 
     assert response.status_code in (200, 302, 403)
     assert _snapshot() == before
@@ -117,8 +140,9 @@ def test_a_viewer_cannot_grant_credits(viewer, rows):
     client = _client(viewer)
     before = _snapshot()
 
-    response = client.post("/admin/accounts/creditentry/add/",
-                           {"account": alice.pk, "kind": "grant", "amount": "500", "note": ""})
+    response = client.post(
+        "/admin/accounts/creditentry/add/", {"account": alice.pk, "kind": "grant", "amount": "500", "note": ""}
+    )
 
     assert response.status_code == 403
     assert _snapshot() == before and account_balance(alice) == 100
@@ -126,7 +150,9 @@ def test_a_viewer_cannot_grant_credits(viewer, rows):
 
 @pytest.mark.parametrize("path", ["minions/minionrun", "golems/golem", "golems/golempresence", "daemons/daemon"])
 def test_a_viewer_cannot_delete_through_the_delete_page(viewer, rows, path):
-    model = {"minionrun": MinionRun, "golem": Golem, "golempresence": GolemPresence, "daemon": Daemon}[path.split("/")[1]]
+    model = {"minionrun": MinionRun, "golem": Golem, "golempresence": GolemPresence, "daemon": Daemon}[
+        path.split("/")[1]
+    ]
     before = _snapshot()
 
     response = _client(viewer).post(f"/admin/{path}/{model.objects.get().pk}/delete/", {"post": "yes"})

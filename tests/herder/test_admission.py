@@ -2,6 +2,7 @@
 
 import pytest
 from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 
 from herder.admission import Rate, Slots, client_address, client_of, rate_check, recent_refusals
 from herder.errors import TooManyRequests
@@ -35,7 +36,7 @@ def test_rates_parse():
     assert Rate.parse("20/h") == Rate(20, 3600)
     assert Rate.parse("5/10s") == Rate(5, 10)
     assert Rate.parse("") is None and Rate.parse("0") is None
-    with pytest.raises(Exception):
+    with pytest.raises(ImproperlyConfigured):
         Rate.parse("lots")
 
 
@@ -79,8 +80,14 @@ def queued(settings):
     settings.HERDER_TEST_TOTAL = 2
     settings.HERDER_TEST_QUEUE = 2
     settings.HERDER_TEST_WAIT = 5
-    return Slots("thing", per_client="HERDER_TEST_PER_CLIENT", per_account="HERDER_TEST_PER_ACCOUNT",
-                 total="HERDER_TEST_TOTAL", queue="HERDER_TEST_QUEUE", queue_wait="HERDER_TEST_WAIT")
+    return Slots(
+        "thing",
+        per_client="HERDER_TEST_PER_CLIENT",
+        per_account="HERDER_TEST_PER_ACCOUNT",
+        total="HERDER_TEST_TOTAL",
+        queue="HERDER_TEST_QUEUE",
+        queue_wait="HERDER_TEST_WAIT",
+    )
 
 
 async def started(coro) -> asyncio.Task:
@@ -219,8 +226,9 @@ def test_a_test_client_request_has_a_scope_with_its_token_and_forwarded_for():
 
     from herder.admission import request_scope
 
-    request = RequestFactory().post("/x?token=abc", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="1.2.3.4",
-                                    HTTP_AUTHORIZATION="Bearer t")
+    request = RequestFactory().post(
+        "/x?token=abc", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="1.2.3.4", HTTP_AUTHORIZATION="Bearer t"
+    )
     scope = request_scope(request)
     assert scope["client"][0] == "10.0.0.1" and scope["query_string"] == b"token=abc"
     assert dict(scope["headers"]) == {b"x-forwarded-for": b"1.2.3.4", b"authorization": b"Bearer t"}

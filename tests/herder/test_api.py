@@ -13,8 +13,9 @@ def test_unknown_route_is_a_json_404():
 
 
 def test_cors_is_open_on_api_routes():
-    response = Client().options("/minion/v1/spawn", HTTP_ORIGIN="https://webstrates.example",
-                                HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
+    response = Client().options(
+        "/minion/v1/spawn", HTTP_ORIGIN="https://webstrates.example", HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST"
+    )
     assert response["Access-Control-Allow-Origin"] == "*"
 
 

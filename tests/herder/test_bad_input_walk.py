@@ -39,6 +39,7 @@ HTML_PREFIXES = ("/admin/", "/api/docs/")
 
 # --- The ASGI driver ---------------------------------------------------------
 
+
 class Answer:
     def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
@@ -50,10 +51,18 @@ class Answer:
 async def _call(app, method: str, raw_path: bytes, query: bytes, headers: list, body: bytes) -> Answer:
     # As uvicorn builds it: `path` is the percent-decoded raw path (UTF-8, errors replaced).
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path,
-        "root_path": "", "query_string": query, "headers": headers,
-        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "root_path": "",
+        "query_string": query,
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
     }
     comm = ApplicationCommunicator(app, scope)
     await comm.send_input({"type": "http.request", "body": body, "more_body": False})
@@ -69,8 +78,15 @@ async def _call(app, method: str, raw_path: bytes, query: bytes, headers: list, 
     return Answer(start["status"], dict(start.get("headers", [])), b"".join(chunks))
 
 
-def request(method: str, path: str | bytes, *, query: bytes = b"", headers: list | None = None,
-            body: bytes = b"", content_type: bytes | None = None) -> Answer:
+def request(
+    method: str,
+    path: str | bytes,
+    *,
+    query: bytes = b"",
+    headers: list | None = None,
+    body: bytes = b"",
+    content_type: bytes | None = None,
+) -> Answer:
     from herder.asgi import application
 
     raw_path = path if isinstance(path, bytes) else path.encode()
@@ -106,6 +122,7 @@ def check(answer: Answer, what: str) -> None:
 
 # --- The routes --------------------------------------------------------------
 
+
 def _walk_resolver(patterns, prefix: str = "") -> list[str]:
     routes = []
     for pattern in patterns:
@@ -137,9 +154,21 @@ def all_routes() -> list[str]:
 
 def test_the_walk_covers_every_route_the_brief_names():
     routes = all_routes()
-    for expected in ("/minion/v1/spawn", "/token/v1/generate", "/token/v1/inspect/{}", "/daemon/v1/spawn",
-                     "/daemon/v1/ls", "/daemon/v1/kill/{}", "/golem/v1/spawn/{}", "/golem/v1/reset/{}",
-                     "/golem/v1/kill/{}", "/golem/v1/ls", "/", "/api/schema/", "/daemon/v1/proxy/{}/"):
+    for expected in (
+        "/minion/v1/spawn",
+        "/token/v1/generate",
+        "/token/v1/inspect/{}",
+        "/daemon/v1/spawn",
+        "/daemon/v1/ls",
+        "/daemon/v1/kill/{}",
+        "/golem/v1/spawn/{}",
+        "/golem/v1/reset/{}",
+        "/golem/v1/kill/{}",
+        "/golem/v1/ls",
+        "/",
+        "/api/schema/",
+        "/daemon/v1/proxy/{}/",
+    ):
         assert expected in routes
 
 
@@ -148,8 +177,22 @@ def test_the_walk_covers_every_route_the_brief_names():
 # A webstrate id, a daemon name, a token: well-formed, so the request goes as far as it can.
 GOOD_PARAM = "herder-test-walk"
 PARAMS = [
-    GOOD_PARAM, "a" * 5000, "%00", "a%00b", "%C3%BC", "%F0%9F%92%A9", "..", ".", "a.b", "%2e%2e", "%ff%fe",
-    "%0d%0aX-Injected:%201", "a%2fb", "-", "%20", "'%22%3Cscript%3E",
+    GOOD_PARAM,
+    "a" * 5000,
+    "%00",
+    "a%00b",
+    "%C3%BC",
+    "%F0%9F%92%A9",
+    "..",
+    ".",
+    "a.b",
+    "%2e%2e",
+    "%ff%fe",
+    "%0d%0aX-Injected:%201",
+    "a%2fb",
+    "-",
+    "%20",
+    "'%22%3Cscript%3E",
 ]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "FOO"]
 
@@ -162,10 +205,16 @@ BODIES: list[tuple[str, bytes | None, bytes]] = [
     ("json float", b"application/json", b"1e999"),
     ("json null", b"application/json", b"null"),
     ("json true", b"application/json", b"true"),
-    ("json nested", b"application/json", json.dumps(
-        {"password": PASSWORD, "email": {"a": {"b": [1, {}]}}, "credits": [1], "env": {"x": 1}}).encode()),
-    ("json fields of other types", b"application/json", json.dumps(
-        {"password": PASSWORD, "email": None, "credits": 1.5, "name": True, "image": 3}).encode()),
+    (
+        "json nested",
+        b"application/json",
+        json.dumps({"password": PASSWORD, "email": {"a": {"b": [1, {}]}}, "credits": [1], "env": {"x": 1}}).encode(),
+    ),
+    (
+        "json fields of other types",
+        b"application/json",
+        json.dumps({"password": PASSWORD, "email": None, "credits": 1.5, "name": True, "image": 3}).encode(),
+    ),
     ("json deep", b"application/json", _nested),
     ("json broken", b"application/json", b'{"email": '),
     ("json invalid utf-8", b"application/json", b'{"email": "\xff\xfe"}'),
@@ -174,23 +223,38 @@ BODIES: list[tuple[str, bytes | None, bytes]] = [
     ("form unknown charset", b"application/x-www-form-urlencoded; charset=klingon", b"email=a"),
     ("form invalid utf-8", b"application/x-www-form-urlencoded", b"email=%ff%fe&password=\xff&\xff=1"),
     ("form nul", b"application/x-www-form-urlencoded", b"email=a%00b&password=%00&env=%00&name=%00"),
-    ("form huge value", b"application/x-www-form-urlencoded", b"password=" + PASSWORD.encode() + b"&email="
-     + b"a" * 3_000_000),
+    (
+        "form huge value",
+        b"application/x-www-form-urlencoded",
+        b"password=" + PASSWORD.encode() + b"&email=" + b"a" * 3_000_000,
+    ),
     ("form many fields", b"application/x-www-form-urlencoded", b"&".join(b"f%d=1" % i for i in range(2000))),
-    ("form password, odd credits", b"application/x-www-form-urlencoded",
-     b"password=" + PASSWORD.encode() + b"&email=a%40b.example&credits=1e3"),
-    ("form password, huge credits", b"application/x-www-form-urlencoded",
-     b"password=" + PASSWORD.encode() + b"&email=a%40b.example&credits=" + b"9" * 5000),
+    (
+        "form password, odd credits",
+        b"application/x-www-form-urlencoded",
+        b"password=" + PASSWORD.encode() + b"&email=a%40b.example&credits=1e3",
+    ),
+    (
+        "form password, huge credits",
+        b"application/x-www-form-urlencoded",
+        b"password=" + PASSWORD.encode() + b"&email=a%40b.example&credits=" + b"9" * 5000,
+    ),
     ("form daemon", b"application/x-www-form-urlencoded", b"name=web&image=x&ports=%5B%22a%22%5D"),
     ("form daemon ports", b"application/x-www-form-urlencoded", b"name=web&image=x&ports=" + b"[" * 5000),
     ("form minion", b"application/x-www-form-urlencoded", b"env=python&main.py=print(1)&output=%00"),
     ("multipart broken boundary", b"multipart/form-data; boundary=xyz", b"--abc\r\nnot a part\r\n--abc--\r\n"),
     ("multipart no boundary", b"multipart/form-data", b"--x\r\n\r\n"),
     ("multipart bad boundary", b"multipart/form-data; boundary=" + b"\xff" * 80, b"--\xff\r\n"),
-    ("multipart truncated", b"multipart/form-data; boundary=b",
-     b'--b\r\nContent-Disposition: form-data; name="env"\r\n\r\npython'),
-    ("multipart odd disposition", b"multipart/form-data; boundary=b",
-     b'--b\r\nContent-Disposition: form-data; name="\xff\x00"; filename="../\x00"\r\n\r\nx\r\n--b--\r\n'),
+    (
+        "multipart truncated",
+        b"multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="env"\r\n\r\npython',
+    ),
+    (
+        "multipart odd disposition",
+        b"multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="\xff\x00"; filename="../\x00"\r\n\r\nx\r\n--b--\r\n',
+    ),
     ("text", b"text/plain", b"hello"),
     ("xml", b"application/xml", b"<a/>"),
     ("odd content type", b";;;=; =", b"x"),
@@ -222,8 +286,16 @@ HEADERS: list[tuple[str, list]] = [
     ("range garbage", [(b"range", b"bytes=9-1,x")]),
 ]
 
-QUERIES = [b"token=%ff", b"token=" + b"a" * 10_000, b"%00=%00", b"wipe=%ff&format=xml", b"format=json",
-           b"a=1&a=2&" + b"&".join(b"q%d=1" % i for i in range(2000)), b"\xff=\xff", b"password=" + PASSWORD.encode()]
+QUERIES = [
+    b"token=%ff",
+    b"token=" + b"a" * 10_000,
+    b"%00=%00",
+    b"wipe=%ff&format=xml",
+    b"format=json",
+    b"a=1&a=2&" + b"&".join(b"q%d=1" % i for i in range(2000)),
+    b"\xff=\xff",
+    b"password=" + PASSWORD.encode(),
+]
 
 
 @pytest.fixture
@@ -260,8 +332,7 @@ def _walk(cases) -> list[str]:
             label = re.search(r"\[(.*?)\]", what)
             key = re.sub(r" \[.*?\]", "", message)[:300]
             failures.setdefault(key, []).append(label[1] if label else what)
-    return [f"{key}  <- {', '.join(labels[:8])}{' ...' if len(labels) > 8 else ''}"
-            for key, labels in failures.items()]
+    return [f"{key}  <- {', '.join(labels[:8])}{' ...' if len(labels) > 8 else ''}" for key, labels in failures.items()]
 
 
 def test_malformed_bodies_on_every_route(walk_settings, token):
@@ -272,8 +343,14 @@ def test_malformed_bodies_on_every_route(walk_settings, token):
                 for name, content_type, body in BODIES:
                     for who, auth in _auths(token):
                         what = f"{method} {path.decode()} [{name}, {who}]"
-                        cases.append((what, lambda m=method, p=path, a=auth, c=content_type, b=body:
-                                      request(m, p, headers=a, body=b, content_type=c)))
+                        cases.append(
+                            (
+                                what,
+                                lambda m=method, p=path, a=auth, c=content_type, b=body: request(
+                                    m, p, headers=a, body=b, content_type=c
+                                ),
+                            )
+                        )
     failures = _walk(cases)
     assert not failures, "\n".join(failures)
     # Nothing started: every valid-looking spawn met the missing engine.
@@ -292,8 +369,16 @@ def test_odd_paths_and_methods_on_every_route(walk_settings, token):
                         what = f"{method} {path.decode('latin-1')[:120]} [{who}]"
                         cases.append((what, lambda m=method, p=path, a=auth: request(m, p, headers=a)))
     # Odd paths that match no route at all.
-    for raw in (b"/%00", b"/golem/v1/%ff", b"/" + b"a" * 10_000, b"/token/v1/inspect/", b"//golem/v1/ls",
-                b"/golem/v1/ls/..%2f..%2fadmin", b"/daemon/v1/proxy/", b"/daemon/v1/proxy/%00/%ff"):
+    for raw in (
+        b"/%00",
+        b"/golem/v1/%ff",
+        b"/" + b"a" * 10_000,
+        b"/token/v1/inspect/",
+        b"//golem/v1/ls",
+        b"/golem/v1/ls/..%2f..%2fadmin",
+        b"/daemon/v1/proxy/",
+        b"/daemon/v1/proxy/%00/%ff",
+    ):
         cases.append((f"GET {raw.decode('latin-1')[:80]} [anonymous]", lambda p=raw: request("GET", p)))
     failures = _walk(cases)
     assert not failures, "\n".join(failures)
@@ -306,9 +391,18 @@ def test_odd_headers_and_queries_on_every_route(walk_settings, token):
             for method in ("GET", "POST"):
                 for name, headers in HEADERS:
                     what = f"{method} {path.decode()} [{name}]"
-                    cases.append((what, lambda m=method, p=path, h=headers:
-                                  request(m, p, headers=h, body=b"a=1" if m == "POST" else b"",
-                                          content_type=b"application/x-www-form-urlencoded")))
+                    cases.append(
+                        (
+                            what,
+                            lambda m=method, p=path, h=headers: request(
+                                m,
+                                p,
+                                headers=h,
+                                body=b"a=1" if m == "POST" else b"",
+                                content_type=b"application/x-www-form-urlencoded",
+                            ),
+                        )
+                    )
                 for query in QUERIES:
                     what = f"{method} {path.decode()}?{query[:40]!r}"
                     cases.append((what, lambda m=method, p=path, q=query: request(m, p, query=q)))
@@ -319,8 +413,12 @@ def test_odd_headers_and_queries_on_every_route(walk_settings, token):
 def test_generate_with_a_json_list_is_a_400_not_a_500(walk_settings):
     """The reproduction from main: a JSON body that is not an object (500 there)."""
     for body in (b"[1]", b'"x"', b"1", b"null", b"[]", b"true"):
-        answer = request("POST", "/token/v1/generate", query=b"password=" + PASSWORD.encode(), body=body,
-                         content_type=b"application/json")
+        answer = request(
+            "POST",
+            "/token/v1/generate",
+            query=b"password=" + PASSWORD.encode(),
+            body=body,
+            content_type=b"application/json",
+        )
         assert answer.status == 400, answer
         assert json.loads(answer.body)["code"] == "bad_input"
-

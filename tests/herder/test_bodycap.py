@@ -108,8 +108,11 @@ def test_small_routes_have_small_caps(settings):
 def test_the_daemon_proxy_is_left_to_stream():
     server = Server(chunks=400)  # 25 MiB, past every cap
     app = Echo()
-    run(BodyCap(app, skip=("/daemon/v1/proxy/",)),
-        scope("/daemon/v1/proxy/web-1/upload", (b"transfer-encoding", b"chunked")), server)
+    run(
+        BodyCap(app, skip=("/daemon/v1/proxy/",)),
+        scope("/daemon/v1/proxy/web-1/upload", (b"transfer-encoding", b"chunked")),
+        server,
+    )
 
     assert server.status == 200 and len(app.body) == 400 * CHUNK
 
@@ -126,21 +129,35 @@ def test_a_chunked_form_is_parsed_like_any_other():
     form (here a missing env names the env sent, so the form was read)."""
     from herder.asgi import application
 
-    body = (b"--B\r\nContent-Disposition: form-data; name=\"env\"\r\n\r\ncobol\r\n"
-            b"--B\r\nContent-Disposition: form-data; name=\"main.py\"\r\n\r\nprint(1)\r\n--B--\r\n")
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="env"\r\n\r\ncobol\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="main.py"\r\n\r\nprint(1)\r\n--B--\r\n'
+    )
     server = Server(chunks=0)
-    messages = [{"type": "http.request", "body": body[:10], "more_body": True},
-                {"type": "http.request", "body": body[10:], "more_body": False}]
+    messages = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.request", "body": body[10:], "more_body": False},
+    ]
 
     async def receive():
         if messages:
             return messages.pop(0)
         await asyncio.sleep(3600)
 
-    request = {**scope("/minion/v1/spawn", (b"transfer-encoding", b"chunked"),
-                       (b"content-type", b"multipart/form-data; boundary=B")),
-               "query_string": b"", "server": ("127.0.0.1", 80), "scheme": "http", "asgi": {"version": "3.0"},
-               "http_version": "1.1", "raw_path": b"/minion/v1/spawn", "root_path": ""}
+    request = {
+        **scope(
+            "/minion/v1/spawn",
+            (b"transfer-encoding", b"chunked"),
+            (b"content-type", b"multipart/form-data; boundary=B"),
+        ),
+        "query_string": b"",
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "raw_path": b"/minion/v1/spawn",
+        "root_path": "",
+    }
     asyncio.run(asyncio.wait_for(application(request, receive, server.send), 10))
 
     assert server.status == 400
@@ -160,8 +177,9 @@ def test_large_bodies_in_progress_are_bounded_per_client(settings):
             message = await stalled.receive()
             return dict(message, more_body=True)
 
-        first = asyncio.ensure_future(app(scope("/minion/v1/spawn", (b"transfer-encoding", b"chunked")),
-                                          one_chunk_then_quiet, stalled.send))
+        first = asyncio.ensure_future(
+            app(scope("/minion/v1/spawn", (b"transfer-encoding", b"chunked")), one_chunk_then_quiet, stalled.send)
+        )
         await asyncio.sleep(0.05)
         second = Server(chunks=1)
         await app(scope("/minion/v1/spawn", (b"content-length", b"100000")), second.receive, second.send)

@@ -18,8 +18,11 @@ from tests.herder.asgi_client import http, scrape, value
 
 
 def events(caplog, name: str) -> list[dict]:
-    return [{**record.fields, "level": record.levelname} for record in caplog.records
-            if getattr(record, "event", None) == name]
+    return [
+        {**record.fields, "level": record.levelname}
+        for record in caplog.records
+        if getattr(record, "event", None) == name
+    ]
 
 
 @pytest.mark.docker
@@ -27,8 +30,12 @@ def events(caplog, name: str) -> list[dict]:
 def test_golem_stops_are_one_line_each(docker_engine, settings, caplog):
     caplog.set_level(logging.INFO, logger="herder.events")
     Golem.objects.create(webstrate="obs-kill", state=Golem.State.RUNNING, container_id="k" * 12)
-    Golem.objects.create(webstrate="obs-idle", state=Golem.State.RUNNING, container_id="i" * 12,
-                         last_active=timezone.now() - timedelta(hours=2))
+    Golem.objects.create(
+        webstrate="obs-idle",
+        state=Golem.State.RUNNING,
+        container_id="i" * 12,
+        last_active=timezone.now() - timedelta(hours=2),
+    )
     settings.HERDER_GOLEM_IDLE_TIMEOUT = 3600
 
     golem_kill(webstrate="obs-kill")
@@ -53,22 +60,25 @@ def test_a_golem_start_is_one_line(docker_engine, settings, caplog):
     finally:
         golem_kill(webstrate=webstrate)
 
-    assert events(caplog, "golem.start") == [{"webstrate": webstrate, "container": golem.container_name,
-                                              "restarts": 0, "level": "INFO"}]
+    assert events(caplog, "golem.start") == [
+        {"webstrate": webstrate, "container": golem.container_name, "restarts": 0, "level": "INFO"}
+    ]
     assert [line["state"] for line in events(caplog, "golem.stop")] == ["killed"]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_daemon_starts_and_stops_are_told_once_committed(alice, caplog):
+def test_daemon_starts_and_stops_are_told_once_committed(alice, caplog):  # noqa: F811 (the fixture)
     caplog.set_level(logging.INFO, logger="herder.events")
-    daemon = Daemon.objects.create(owner=alice, name="web", full_name="web-jti", image="herder/daemon-echo:latest",
-                                   volume="herder-test-obs")
+    daemon = Daemon.objects.create(
+        owner=alice, name="web", full_name="web-jti", image="herder/daemon-echo:latest", volume="herder-test-obs"
+    )
     with transaction.atomic():
         daemon.state, daemon.container_id = Daemon.State.RUNNING, "d" * 64
         daemon.save()
         assert events(caplog, "daemon.start") == []  # not before it commits
     assert events(caplog, "daemon.start") == [
-        {"daemon": "web-jti", "image": "herder/daemon-echo:latest", "container": "d" * 12, "level": "INFO"}]
+        {"daemon": "web-jti", "image": "herder/daemon-echo:latest", "container": "d" * 12, "level": "INFO"}
+    ]
 
     daemon.metered_until = timezone.now()
     daemon.save(update_fields=["metered_until"])  # metering says nothing
@@ -87,7 +97,13 @@ def test_the_daemon_proxy_is_timed_and_counted_by_route():
     assert answer["headers"]["x-request-id"]
     after = scrape()
 
-    assert value(after, "herder_proxy_request_duration_seconds_count") - \
-        value(before, "herder_proxy_request_duration_seconds_count") == 1
-    assert value(after, "herder_http_requests_total", route="daemon-proxy", code="404") - \
-        value(before, "herder_http_requests_total", route="daemon-proxy", code="404") == 1
+    assert (
+        value(after, "herder_proxy_request_duration_seconds_count")
+        - value(before, "herder_proxy_request_duration_seconds_count")
+        == 1
+    )
+    assert (
+        value(after, "herder_http_requests_total", route="daemon-proxy", code="404")
+        - value(before, "herder_http_requests_total", route="daemon-proxy", code="404")
+        == 1
+    )

@@ -22,10 +22,20 @@ def post(path: str, *headers, query: bytes = b"", client: str = "198.51.100.1"):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": query,
-             "headers": [(b"content-length", b"0"), *headers], "client": (client, 1),
-             "server": ("127.0.0.1", 80), "scheme": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "headers": [(b"content-length", b"0"), *headers],
+        "client": (client, 1),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "root_path": "",
+    }
     asyncio.run(asyncio.wait_for(application(scope, receive, send), 10))
     return sent[0]["status"], dict(sent[0]["headers"]), json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 

@@ -34,8 +34,12 @@ def readyz() -> tuple[int, dict]:
 @pytest.mark.django_db
 def test_healthz_answers_even_when_everything_else_is_down(settings, fresh_channel_layer):
     settings.DOCKER_HOST = "unix:///nonexistent/herder-test-docker.sock"
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
     answer = http("GET", "/healthz")
     assert answer["status"] == 200
     assert json.loads(answer["body"]) == {"status": "ok"}
@@ -70,8 +74,12 @@ def test_readyz_names_the_engine_when_it_is_unreachable(settings, fresh_channel_
 @pytest.mark.docker
 @pytest.mark.django_db
 def test_readyz_names_redis_when_it_is_unreachable(settings, docker_engine, fresh_channel_layer):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
     status, body = readyz()
 
     assert status == 503

@@ -41,8 +41,10 @@ def test_an_advisory_lease_passes_when_its_session_ends(database):
     # The holder's session dies (its process killed): the server frees the lock.
     with database() as admin:
         # Only this test's database: other runs may share the server.
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                      "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
     assert second.hold()
     assert not first.hold(), "a lease whose session died is not held"
     second.release()
@@ -52,10 +54,18 @@ def test_an_advisory_lease_passes_when_its_session_ends(database):
 
 def test_only_the_holder_runs_the_deployments_duties(tmp_path):
     calls = []
-    holder = Supervisor(interval=1, duties=[lambda: calls.append("a: shared")],
-                        local_duties=[lambda: calls.append("a: local")], lease=FileLease(tmp_path / "lock"))
-    other = Supervisor(interval=1, duties=[lambda: calls.append("b: shared")],
-                       local_duties=[lambda: calls.append("b: local")], lease=FileLease(tmp_path / "lock"))
+    holder = Supervisor(
+        interval=1,
+        duties=[lambda: calls.append("a: shared")],
+        local_duties=[lambda: calls.append("a: local")],
+        lease=FileLease(tmp_path / "lock"),
+    )
+    other = Supervisor(
+        interval=1,
+        duties=[lambda: calls.append("b: shared")],
+        local_duties=[lambda: calls.append("b: local")],
+        lease=FileLease(tmp_path / "lock"),
+    )
     holder.run_once()
     other.run_once()
     assert calls == ["a: local", "a: shared", "b: local"]

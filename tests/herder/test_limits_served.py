@@ -39,18 +39,31 @@ def herd(tmp_path_factory, docker_engine):
     data = tmp_path_factory.mktemp("herd-limits")
     tmp = data / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "HERDER_DATA_DIR": str(data), "DJANGO_SETTINGS_MODULE": "herder.settings",
-           # Where Django would spool bodies: watched by the tests.
-           "TMPDIR": str(tmp),
-           "HERDER_MINION_MAX_BYTES": str(MAX_BYTES), "HERDER_MINION_MAX_PER_CLIENT": "1",
-           "HERDER_MINION_MAX_PER_ACCOUNT": "2", "HERDER_MINION_MAX_RUNNING": "2",
-           "HERDER_MINION_QUEUE": "1", "HERDER_MINION_QUEUE_WAIT": "30",
-           "HERDER_TRUSTED_PROXIES": "127.0.0.1", "HERDER_MINION_POOL_SIZE": "2"}
+    env = {
+        **os.environ,
+        "HERDER_DATA_DIR": str(data),
+        "DJANGO_SETTINGS_MODULE": "herder.settings",
+        # Where Django would spool bodies: watched by the tests.
+        "TMPDIR": str(tmp),
+        "HERDER_MINION_MAX_BYTES": str(MAX_BYTES),
+        "HERDER_MINION_MAX_PER_CLIENT": "1",
+        "HERDER_MINION_MAX_PER_ACCOUNT": "2",
+        "HERDER_MINION_MAX_RUNNING": "2",
+        "HERDER_MINION_QUEUE": "1",
+        "HERDER_MINION_QUEUE_WAIT": "30",
+        "HERDER_TRUSTED_PROXIES": "127.0.0.1",
+        "HERDER_MINION_POOL_SIZE": "2",
+    }
     env.pop("DATABASE_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port), "--server", "uvicorn"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--server", "uvicorn"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -68,8 +81,9 @@ def herd(tmp_path_factory, docker_engine):
 def spawn(herd, program: str, *, client: str, token: str | None = None) -> tuple[int, dict, dict]:
     """A python run as `client` (its X-Forwarded-For): status, JSON, headers."""
     body = urllib.parse.urlencode({"env": "python", "main.py": program}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{herd.port}/minion/v1/spawn", data=body,
-                                     headers={"X-Forwarded-For": client})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{herd.port}/minion/v1/spawn", data=body, headers={"X-Forwarded-For": client}
+    )
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -128,10 +142,14 @@ def read_answer(sock: socket.socket) -> bytes:
 
 # --- Body caps ----------------------------------------------------------------
 
+
 def test_a_declared_8_gib_body_is_refused_at_once_without_sending_it(herd):
     started = time.monotonic()
-    sock = raw(herd, b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
-                     + f"Content-Length: {8 * 1024**3}\r\n\r\n".encode())
+    sock = raw(
+        herd,
+        b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+        + f"Content-Length: {8 * 1024**3}\r\n\r\n".encode(),
+    )
     answer = read_answer(sock)
     sock.close()
 
@@ -142,8 +160,11 @@ def test_a_declared_8_gib_body_is_refused_at_once_without_sending_it(herd):
 
 def test_a_chunked_100_mib_stream_is_cut_off_near_the_cap(herd):
     before = dir_bytes(herd.data)
-    sock = raw(herd, b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+    sock = raw(
+        herd,
+        b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n",
+    )
     chunk = b"x" * 65536
     frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
     sent = 0
@@ -166,13 +187,18 @@ def test_a_chunked_100_mib_stream_is_cut_off_near_the_cap(herd):
 
 
 def test_a_small_chunked_multipart_form_runs(herd):
-    body = (b"--B\r\nContent-Disposition: form-data; name=\"env\"\r\n\r\npython\r\n"
-            b"--B\r\nContent-Disposition: form-data; name=\"main.py\"\r\n\r\nprint('chunked')\r\n--B--\r\n")
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="env"\r\n\r\npython\r\n'
+        b"--B\r\nContent-Disposition: form-data; name=\"main.py\"\r\n\r\nprint('chunked')\r\n--B--\r\n"
+    )
     half = len(body) // 2
-    sock = raw(herd, b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
-                     b"Content-Type: multipart/form-data; boundary=B\r\n\r\n"
-                     + b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:half], body[half:]))
-                     + b"0\r\n\r\n")
+    sock = raw(
+        herd,
+        b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n"
+        + b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:half], body[half:]))
+        + b"0\r\n\r\n",
+    )
     sock.settimeout(60)
     answer = b""
     while chunk := sock.recv(65536):
@@ -224,8 +250,14 @@ def test_runs_past_the_limits_wait_or_get_429_and_others_are_still_served(herd):
 
 
 def test_a_token_holder_counts_by_account_with_its_own_limit(herd):
-    token = subprocess.run([sys.executable, "manage.py", "mint_token", "-e", "limits@herder.test", "-c", "0"],
-                           cwd=ROOT, env=herd.env, check=True, capture_output=True, text=True).stdout.strip()
+    token = subprocess.run(
+        [sys.executable, "manage.py", "mint_token", "-e", "limits@herder.test", "-c", "0"],
+        cwd=ROOT,
+        env=herd.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # Two at once from one address: the account's limit is 2, an address's 1.
     first = Background(herd, SLOW, "198.51.100.9", token)
     second = Background(herd, SLOW, "198.51.100.9", token)
@@ -253,9 +285,11 @@ def test_a_waiting_run_holds_no_thread_and_leaves_the_queue_when_its_client_does
     threads = len(os.listdir(f"/proc/{herd.pid}/task"))
 
     body = urllib.parse.urlencode({"env": "python", "main.py": QUICK}).encode()
-    waiting = raw(herd, b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.20\r\n"
-                        b"Content-Type: application/x-www-form-urlencoded\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    waiting = raw(
+        herd,
+        b"POST /minion/v1/spawn HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.20\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body,
+    )
     assert wait_for(lambda: pressure(herd)["minions"]["queued"] == 1)
     assert len(os.listdir(f"/proc/{herd.pid}/task")) <= threads
 

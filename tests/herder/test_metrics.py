@@ -22,8 +22,8 @@ from django.utils import timezone
 from golems.models import Golem
 from golems.services import golem_control_admit, golem_proof
 from herder import admission
-from herder.runtime import get_runtime
 from herder.asgi import application
+from herder.runtime import get_runtime
 from tests.herder.asgi_client import ahttp, http, samples, scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,20 +56,32 @@ def test_minion_runs_move_runs_and_durations_by_env_and_outcome(docker_engine, s
     after = scrape()
     for outcome, runs in (("ok", 2), ("oom", 1), ("timeout", 1), ("error", 0)):
         labels = {"env": "python", "outcome": outcome}
-        assert value(after, "herder_minion_runs_total", **labels) - \
-            value(before, "herder_minion_runs_total", **labels) == runs, outcome
-        assert value(after, "herder_minion_run_duration_seconds_count", **labels) - \
-            value(before, "herder_minion_run_duration_seconds_count", **labels) == runs, outcome
+        assert (
+            value(after, "herder_minion_runs_total", **labels) - value(before, "herder_minion_runs_total", **labels)
+            == runs
+        ), outcome
+        assert (
+            value(after, "herder_minion_run_duration_seconds_count", **labels)
+            - value(before, "herder_minion_run_duration_seconds_count", **labels)
+            == runs
+        ), outcome
     timeout = {"env": "python", "outcome": "timeout"}
-    assert value(after, "herder_minion_run_duration_seconds_sum", **timeout) - \
-        value(before, "herder_minion_run_duration_seconds_sum", **timeout) >= 2
+    assert (
+        value(after, "herder_minion_run_duration_seconds_sum", **timeout)
+        - value(before, "herder_minion_run_duration_seconds_sum", **timeout)
+        >= 2
+    )
     # Nothing else moved: other envs stay where they were (and exist at 0 before any run).
     assert ("herder_minion_runs_total", ("env", "ruby"), ("outcome", "ok")) in before
-    assert value(after, "herder_minion_runs_total", env="ruby", outcome="ok") == \
-        value(before, "herder_minion_runs_total", env="ruby", outcome="ok")
+    assert value(after, "herder_minion_runs_total", env="ruby", outcome="ok") == value(
+        before, "herder_minion_runs_total", env="ruby", outcome="ok"
+    )
     # Two minion spawns answered 200 by their route's name.
-    assert value(after, "herder_http_requests_total", route="minion-spawn", code="200") - \
-        value(before, "herder_http_requests_total", route="minion-spawn", code="200") == 4
+    assert (
+        value(after, "herder_http_requests_total", route="minion-spawn", code="200")
+        - value(before, "herder_http_requests_total", route="minion-spawn", code="200")
+        == 4
+    )
     # One structured line per run.
     lines = [r for r in caplog.records if getattr(r, "event", None) == "minion.run"]
     assert [r.fields["outcome"] for r in lines] == ["ok", "ok", "oom", "timeout"]
@@ -166,10 +178,16 @@ def test_a_refused_golem_spawn_is_counted_by_reason_and_route(settings):
     assert answer["status"] == 429, answer
 
     after = scrape()
-    assert value(after, "herder_refused_total", reason="golem_total") - \
-        value(before, "herder_refused_total", reason="golem_total") == 1
-    assert value(after, "herder_http_requests_total", route="golem-spawn", code="429") - \
-        value(before, "herder_http_requests_total", route="golem-spawn", code="429") == 1
+    assert (
+        value(after, "herder_refused_total", reason="golem_total")
+        - value(before, "herder_refused_total", reason="golem_total")
+        == 1
+    )
+    assert (
+        value(after, "herder_http_requests_total", route="golem-spawn", code="429")
+        - value(before, "herder_http_requests_total", route="golem-spawn", code="429")
+        == 1
+    )
     # Database gauges at scrape time: every state present, the row counted.
     assert value(after, "herder_golems", state="running") == 1
     assert value(after, "herder_golems", state="crashed") == 0
@@ -188,17 +206,24 @@ def test_refused_minions_count_as_refused_runs_and_series_exist_up_front():
     admission.refuse("minion_total", "The herder is at its limit.")
 
     after = scrape()
-    assert value(after, "herder_refused_total", reason="minion_total") - \
-        value(before, "herder_refused_total", reason="minion_total") == 1
-    assert value(after, "herder_minion_runs_total", env="unknown", outcome="refused") - \
-        value(before, "herder_minion_runs_total", env="unknown", outcome="refused") == 1
+    assert (
+        value(after, "herder_refused_total", reason="minion_total")
+        - value(before, "herder_refused_total", reason="minion_total")
+        == 1
+    )
+    assert (
+        value(after, "herder_minion_runs_total", env="unknown", outcome="refused")
+        - value(before, "herder_minion_runs_total", env="unknown", outcome="refused")
+        == 1
+    )
 
 
 @pytest.mark.django_db
 def test_a_golem_is_ready_when_its_chromium_connects_with_its_proof_timed_once():
     started = timezone.now() - timedelta(seconds=3)
-    golem = Golem.objects.create(webstrate="obs-ready", state=Golem.State.RUNNING, container_id="c" * 12,
-                                 generation="g" * 32, started=started)
+    golem = Golem.objects.create(
+        webstrate="obs-ready", state=Golem.State.RUNNING, container_id="c" * 12, generation="g" * 32, started=started
+    )
     before = scrape()
 
     assert golem_control_admit(webstrate=golem.webstrate, proof=golem_proof(golem.webstrate, golem.generation))
@@ -234,8 +259,11 @@ def test_engine_errors_are_counted(settings):
         get_runtime().image_exists("herder/golem:latest")
 
     after = scrape()
-    assert value(after, "herder_engine_errors_total", reason="unreachable") - \
-        value(before, "herder_engine_errors_total", reason="unreachable") >= 1
+    assert (
+        value(after, "herder_engine_errors_total", reason="unreachable")
+        - value(before, "herder_engine_errors_total", reason="unreachable")
+        >= 1
+    )
 
 
 @pytest.mark.django_db
@@ -246,13 +274,19 @@ def test_requests_are_counted_by_route_name_not_path():
     http("GET", "/no/such/route")
     after = scrape()
 
-    moved = {key: after[key] - before.get(key, 0) for key in after
-             if key[0] == "herder_http_requests_total" and after[key] != before.get(key, 0)}
+    moved = {
+        key: after[key] - before.get(key, 0)
+        for key in after
+        if key[0] == "herder_http_requests_total" and after[key] != before.get(key, 0)
+    }
     routes = {dict(key[1:])["route"] for key in moved}
     assert "token-inspect" in routes and "unmatched" in routes
     assert not any("not-a-token" in str(key) for key in after)
-    assert value(after, "herder_http_requests_total", route="unmatched", code="404") - \
-        value(before, "herder_http_requests_total", route="unmatched", code="404") == 1
+    assert (
+        value(after, "herder_http_requests_total", route="unmatched", code="404")
+        - value(before, "herder_http_requests_total", route="unmatched", code="404")
+        == 1
+    )
 
 
 @pytest.mark.django_db
@@ -266,8 +300,11 @@ def test_the_route_django_resolved_is_used_not_resolved_again(monkeypatch):
     before = scrape()
     assert http("GET", "/golem/v1/ls")["status"] == 200
     after = scrape()
-    assert value(after, "herder_http_requests_total", route="golem-list", code="200") - \
-        value(before, "herder_http_requests_total", route="golem-list", code="200") == 1
+    assert (
+        value(after, "herder_http_requests_total", route="golem-list", code="200")
+        - value(before, "herder_http_requests_total", route="golem-list", code="200")
+        == 1
+    )
 
 
 # --- Who may scrape ---------------------------------------------------------------------------
@@ -283,10 +320,14 @@ def test_scraping_is_for_loopback_or_the_token(settings):
     assert stranger["status"] == 403
     assert json.loads(stranger["body"])["code"] == "forbidden"
     assert b"herder_" not in stranger["body"]
-    assert http("GET", "/metrics", client="203.0.113.9",
-                headers={"authorization": "Bearer s3cret-scraper"})["status"] == 200
-    assert http("GET", "/metrics", client="203.0.113.9",
-                headers={"authorization": "Bearer s3cret-scrapes"})["status"] == 403
+    assert (
+        http("GET", "/metrics", client="203.0.113.9", headers={"authorization": "Bearer s3cret-scraper"})["status"]
+        == 200
+    )
+    assert (
+        http("GET", "/metrics", client="203.0.113.9", headers={"authorization": "Bearer s3cret-scrapes"})["status"]
+        == 403
+    )
     assert http("POST", "/metrics", client="127.0.0.1")["status"] == 405
 
 
@@ -331,8 +372,7 @@ print(generate_latest(metrics.registry()).decode())
 
 
 def _python(code: str, env: dict) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -340,8 +380,12 @@ def _python(code: str, env: dict) -> str:
 def test_with_a_multiprocess_folder_a_scrape_sums_every_process(tmp_path):
     folder = tmp_path / "prometheus"
     folder.mkdir()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "herder.settings", "PROMETHEUS_MULTIPROC_DIR": str(folder),
-           "HERDER_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "herder.settings",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "HERDER_DATA_DIR": str(tmp_path / "data"),
+    }
     _python(_COUNT, env)
     _python(_COUNT, env)
     scraped = samples(_python(_RENDER, env))
@@ -363,8 +407,18 @@ def test_with_a_multiprocess_folder_a_scrape_sums_every_process(tmp_path):
 
 
 def test_a_bad_allowed_network_stops_the_start(tmp_path):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "herder.settings", "HERDER_DATA_DIR": str(tmp_path),
-           "HERDER_METRICS_ALLOWED": "127.0.0.1,not-a-network"}
-    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "herder.settings",
+        "HERDER_DATA_DIR": str(tmp_path),
+        "HERDER_METRICS_ALLOWED": "127.0.0.1,not-a-network",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "HERDER_METRICS_ALLOWED" in done.stderr

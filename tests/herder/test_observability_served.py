@@ -30,16 +30,25 @@ def free_port() -> int:
 
 @pytest.fixture(params=["uvicorn", "daphne"])
 def herd(request, tmp_path):
-    env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "herder.settings",
-           "HERDER_LOG_FORMAT": "json", "HERDER_WS_MAX_PER_CLIENT": "1"}
+    env = {
+        **os.environ,
+        "HERDER_DATA_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "herder.settings",
+        "HERDER_LOG_FORMAT": "json",
+        "HERDER_WS_MAX_PER_CLIENT": "1",
+    }
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
     output = open(tmp_path / "herd.log", "w+b")
-    process = subprocess.Popen([sys.executable, "manage.py", "herd", "--port", str(port), "--server",
-                                request.param, "--no-supervisor"], cwd=ROOT, env=env, stdout=output,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--server", request.param, "--no-supervisor"],
+        cwd=ROOT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -112,7 +121,8 @@ def test_ids_lines_and_metrics_through_a_real_server(herd):
     assert not_found["request_id"] == missing["X-Request-Id"]
     assert (not_found["status"], not_found["method"], not_found["client"]) == (404, "GET", "127.0.0.1")
     # Django's own line about that 404 carries the same id.
-    assert any(line.get("logger") == "django.request" and line["request_id"] == missing["X-Request-Id"]
-               for line in lines)
+    assert any(
+        line.get("logger") == "django.request" and line["request_id"] == missing["X-Request-Id"] for line in lines
+    )
     sockets = [line for line in lines if line.get("event") == "websocket"]
     assert sockets and sockets[0]["kind"] == "minion"

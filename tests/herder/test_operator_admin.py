@@ -42,10 +42,12 @@ def viewer(db) -> User:
 
 def runs(db) -> None:
     now = timezone.now()
-    for i, (env, exit_code, state) in enumerate([("python", 0, "finished"), ("python", 1, "finished"),
-                                                 ("node", 0, "finished"), ("python", None, "running")]):
-        MinionRun.objects.create(env=env, image=f"herder/minion-{env}", exit_code=exit_code, state=state,
-                                 duration_ms=100 + i * 50)
+    for i, (env, exit_code, state) in enumerate(
+        [("python", 0, "finished"), ("python", 1, "finished"), ("node", 0, "finished"), ("python", None, "running")]
+    ):
+        MinionRun.objects.create(
+            env=env, image=f"herder/minion-{env}", exit_code=exit_code, state=state, duration_ms=100 + i * 50
+        )
     MinionRun.objects.update(created=now - timedelta(minutes=1))
 
 
@@ -54,8 +56,9 @@ def test_the_dashboard_draws_runs_latency_credits_and_running(operator):
     runs(None)
     token_mint(email="spender@herder.test", credits=100)
     credits_spend(account=Account.objects.get(), amount=30, subject="web-x", note="30 s running")
-    Golem.objects.create(webstrate="w1", state="running", container_id="c" * 64,
-                         started=timezone.now() - timedelta(minutes=30))
+    Golem.objects.create(
+        webstrate="w1", state="running", container_id="c" * 64, started=timezone.now() - timedelta(minutes=30)
+    )
 
     page = login(operator).get("/admin/dashboard/").content.decode()
 
@@ -113,8 +116,9 @@ def test_revoking_in_the_admin_is_in_the_admins_log(operator):
 def test_running_golems_come_first_and_times_have_seconds_and_zone(viewer):
     for i in range(5):
         Golem.objects.create(webstrate=f"a{i}", state="killed", started=timezone.now())
-    Golem.objects.create(webstrate="zz-running", state="running", container_id="c" * 64,
-                         started=timezone.now().replace(microsecond=0))
+    Golem.objects.create(
+        webstrate="zz-running", state="running", container_id="c" * 64, started=timezone.now().replace(microsecond=0)
+    )
     page = login(viewer).get("/admin/golems/golem/").content.decode()
     assert page.index(">zz-running<") < page.index(">a0<")
     assert timezone.now().strftime("%Y-%m-%d") in page and " UTC" in page
@@ -126,8 +130,13 @@ def test_running_golems_come_first_and_times_have_seconds_and_zone(viewer):
 @pytest.mark.docker
 @pytest.mark.django_db
 def test_the_golem_page_kills_through_the_service_and_logs_it(operator, docker_engine):
-    golem = Golem.objects.create(webstrate="herder-test-killed", state="running", container_id="0" * 64,
-                                 container_name="herder-golem-herder-test-killed", started=timezone.now())
+    golem = Golem.objects.create(
+        webstrate="herder-test-killed",
+        state="running",
+        container_id="0" * 64,
+        container_name="herder-golem-herder-test-killed",
+        started=timezone.now(),
+    )
     client = login(operator)
     assert b'id="golem-kill"' in client.get(f"/admin/golems/golem/{golem.pk}/change/").content
     assert client.post(f"/admin/golems/golem/{golem.pk}/kill/").status_code == 302
@@ -158,17 +167,20 @@ def session_cookie(user: User) -> bytes:
 def test_the_staff_console_socket_wants_a_staff_session_from_the_herders_own_origin(operator, viewer, settings):
     settings.HERDER_PUBLIC_URL = "https://herder.example"
     token_mint(email="alice@herder.test", credits=5)
-    daemon = Daemon.objects.create(owner=Account.objects.get(), name="web", full_name="web-x", image="i",
-                                   state="killed", volume="herder-test-none")
+    daemon = Daemon.objects.create(
+        owner=Account.objects.get(), name="web", full_name="web-x", image="i", state="killed", volume="herder-test-none"
+    )
     path = f"/admin/daemons/daemon/{daemon.pk}/attach"
     own = [(b"host", b"herder.test"), (b"origin", b"http://herder.test")]
     cookie = session_cookie(operator)
 
-    for headers in ([(b"host", b"herder.test"), (b"origin", b"http://web-x.daemons.herder.test"), (b"cookie", cookie)],
-                    [(b"host", b"herder.test"), (b"origin", b"null"), (b"cookie", cookie)],
-                    [(b"host", b"herder.test"), (b"cookie", cookie)],
-                    own,  # no session
-                    [*own, (b"cookie", session_cookie(viewer))]):  # staff who may only view
+    for headers in (
+        [(b"host", b"herder.test"), (b"origin", b"http://web-x.daemons.herder.test"), (b"cookie", cookie)],
+        [(b"host", b"herder.test"), (b"origin", b"null"), (b"cookie", cookie)],
+        [(b"host", b"herder.test"), (b"cookie", cookie)],
+        own,  # no session
+        [*own, (b"cookie", session_cookie(viewer))],
+    ):  # staff who may only view
         message, code = attach(path, headers)
         assert (message["code"], code) == ("permission_denied", 4403), headers
     # The operator from the admin's own origin gets through to the daemon (not running here).
@@ -177,8 +189,10 @@ def test_the_staff_console_socket_wants_a_staff_session_from_the_herders_own_ori
     # Behind a proxy that rewrites Host, the public URL's origin is the herder's own.
     proxied = [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://herder.example"), (b"cookie", cookie)]
     assert attach(path, proxied)[1] == 4409
-    assert attach(path, [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://evil.example"),
-                         (b"cookie", cookie)])[1] == 4403
+    assert (
+        attach(path, [(b"host", b"127.0.0.1:8000"), (b"origin", b"https://evil.example"), (b"cookie", cookie)])[1]
+        == 4403
+    )
 
 
 @pytest.mark.django_db

@@ -30,13 +30,16 @@ def lines(caplog, logger: str = "herder.request") -> list[dict]:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("method, path, headers, status", [
-    ("GET", "/healthz", {}, 200),
-    ("GET", "/no/such/route", {}, 404),
-    ("POST", "/golem/v1/ls", {}, 405),
-    ("POST", "/minion/v1/spawn", {"content-length": "12abc"}, 400),  # answered by RawInputGuard
-    ("GET", "/metrics", {}, 403),
-])
+@pytest.mark.parametrize(
+    "method, path, headers, status",
+    [
+        ("GET", "/healthz", {}, 200),
+        ("GET", "/no/such/route", {}, 404),
+        ("POST", "/golem/v1/ls", {}, 405),
+        ("POST", "/minion/v1/spawn", {"content-length": "12abc"}, 400),  # answered by RawInputGuard
+        ("GET", "/metrics", {}, 403),
+    ],
+)
 def test_every_answer_carries_a_request_id(method, path, headers, status):
     client = "203.0.113.7" if path == "/metrics" else "127.0.0.1"
     answer = http(method, path, headers=headers, client=client)
@@ -56,8 +59,7 @@ def test_each_request_gets_its_own_id_and_one_json_line(caplog):
     line = logged[0]
     assert line["request_id"] == first["headers"]["x-request-id"]
     assert line["event"] == "http.request"
-    assert (line["method"], line["route"], line["status"], line["client"]) == \
-        ("GET", "unmatched", 404, "198.51.100.4")
+    assert (line["method"], line["route"], line["status"], line["client"]) == ("GET", "unmatched", 404, "198.51.100.4")
     assert isinstance(line["duration_ms"], float)
     assert (logged[1]["route"], logged[1]["status"]) == ("golem-list", 200)
 
@@ -88,7 +90,7 @@ def test_an_incoming_id_is_kept_only_from_a_trusted_proxy_and_only_when_safe(set
 
     settings.HERDER_TRUSTED_PROXIES = ["127.0.0.1"]
     assert http("GET", "/healthz", headers=sent)["headers"]["x-request-id"] == "edge-1234.abc"
-    for unsafe in ("x" * 65, "two words", "quote\"d", "new\nline", ""):
+    for unsafe in ("x" * 65, "two words", 'quote"d', "new\nline", ""):
         answered = http("GET", "/healthz", headers={"x-request-id": unsafe})["headers"]["x-request-id"]
         assert GENERATED.fullmatch(answered), unsafe
     # Only one X-Request-Id goes out, ours.
@@ -104,8 +106,14 @@ def test_a_websocket_handshake_carries_the_id_and_is_logged(caplog):
     caplog.set_level(logging.INFO, logger="herder.request")
 
     async def scenario():
-        scope = {"type": "websocket", "path": "/minion/v1/connect/obs-log", "query_string": b"type=python",
-                 "headers": [], "client": ("127.0.0.1", 40001), "subprotocols": []}
+        scope = {
+            "type": "websocket",
+            "path": "/minion/v1/connect/obs-log",
+            "query_string": b"type=python",
+            "headers": [],
+            "client": ("127.0.0.1", 40001),
+            "subprotocols": [],
+        }
         communicator = ApplicationCommunicator(application, scope)
         await communicator.send_input({"type": "websocket.connect"})
         accept = await communicator.receive_output(5)
@@ -126,8 +134,14 @@ def test_an_inner_layer_that_fails_is_a_json_500_with_the_id(caplog):
         raise RuntimeError("boom")
 
     async def scenario():
-        scope = {"type": "http", "method": "GET", "path": "/healthz", "query_string": b"", "headers": [],
-                 "client": ("127.0.0.1", 1)}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/healthz",
+            "query_string": b"",
+            "headers": [],
+            "client": ("127.0.0.1", 1),
+        }
         communicator = ApplicationCommunicator(RequestLog(broken), scope)
         await communicator.send_input({"type": "http.request", "body": b""})
         start = await communicator.receive_output(5)
@@ -166,10 +180,18 @@ def test_text_lines_name_the_request_and_quote_what_needs_it():
 
 
 def _settings_log(env: dict) -> subprocess.CompletedProcess:
-    code = ("import django, logging; django.setup(); "
-            "from herder.logs import log_event; log_event(logging.getLogger('herder.x'), 'hello', n=1)")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "herder.settings", **env})
+    code = (
+        "import django, logging; django.setup(); "
+        "from herder.logs import log_event; log_event(logging.getLogger('herder.x'), 'hello', n=1)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "herder.settings", **env},
+    )
 
 
 def test_log_format_is_a_setting(tmp_path):

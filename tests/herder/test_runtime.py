@@ -16,8 +16,14 @@ OWNER = "herder-test-runtime"
 
 
 def spec(**overrides) -> ContainerSpec:
-    values = dict(kind="minion", owner=OWNER, image=IMAGE, command=["sleep", "30"],
-                  user="65534:65534", name=f"herder-test-{time.monotonic_ns()}")
+    values = dict(
+        kind="minion",
+        owner=OWNER,
+        image=IMAGE,
+        command=["sleep", "30"],
+        user="65534:65534",
+        name=f"herder-test-{time.monotonic_ns()}",
+    )
     values.update(overrides)
     return ContainerSpec(**values)
 
@@ -64,17 +70,34 @@ def test_files_go_in_and_come_out_through_the_api(runtime):
 
 
 def test_attached_run_sees_all_output_from_the_start(runtime):
-    handle, attachment = runtime.start_attached(spec(command=["--serve"], stdin=True, auto_remove=True, user="0:0",
-                                                     cap_add=["SETUID", "SETGID", "KILL"],
-                                                     read_only=True, keep_logs=False,
-                                                     tmpfs={"/minion": "size=8m,uid=65534,mode=0755"}))
+    handle, attachment = runtime.start_attached(
+        spec(
+            command=["--serve"],
+            stdin=True,
+            auto_remove=True,
+            user="0:0",
+            cap_add=["SETUID", "SETGID", "KILL"],
+            read_only=True,
+            keep_logs=False,
+            tmpfs={"/minion": "size=8m,uid=65534,mode=0755"},
+        )
+    )
     try:
         assert runner.await_ready(attachment, timeout=10), "no ready signal from the runner"
         nonce = runner.new_nonce()
         outcome = runner.exchange(
-            attachment, nonce=nonce, deadline=time.monotonic() + 20, output_cap=1024, file_cap=1024,
-            request=runner.encode_request(nonce=nonce, output="r.txt", timeout=10, file_cap=1024,
-                                          files={"main.sh": b"echo out; echo err >&2; echo file > r.txt"}),
+            attachment,
+            nonce=nonce,
+            deadline=time.monotonic() + 20,
+            output_cap=1024,
+            file_cap=1024,
+            request=runner.encode_request(
+                nonce=nonce,
+                output="r.txt",
+                timeout=10,
+                file_cap=1024,
+                files={"main.sh": b"echo out; echo err >&2; echo file > r.txt"},
+            ),
         )
     finally:
         attachment.close()

@@ -60,12 +60,17 @@ def test_schema_says_what_routes_take_and_answer():
             for status, answer in operation["responses"].items():
                 if int(status) >= 400:
                     # Every error in the one shape; every 429 says when to come back.
-                    assert answer["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/Error"}, (method, path, status)
+                    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                        method,
+                        path,
+                        status,
+                    )
                 if status == "429":
                     assert answer["headers"]["Retry-After"]["required"], (method, path)
-    for path, name, pattern in (("/golem/v1/spawn/{webstrate}", "webstrate", WEBSTRATE_ID_PATTERN),
-                                ("/daemon/v1/kill/{name}", "name", DAEMON_NAME_OR_FULL_PATTERN)):
+    for path, name, pattern in (
+        ("/golem/v1/spawn/{webstrate}", "webstrate", WEBSTRATE_ID_PATTERN),
+        ("/daemon/v1/kill/{name}", "name", DAEMON_NAME_OR_FULL_PATTERN),
+    ):
         parameters = {p["name"]: p for p in paths[path]["get"]["parameters"]}
         assert parameters[name]["in"] == "path" and parameters[name]["schema"]["pattern"] == pattern
     spawn = paths["/minion/v1/spawn"]["post"]
@@ -77,7 +82,9 @@ def test_schema_says_what_routes_take_and_answer():
     assert paths["/daemon/v1/ls"]["get"]["security"] == [{"token": []}, {"tokenQuery": []}]
     assert {"/", "/golem/v1/", "/pressure"} <= set(paths)
     assert {socket["path"] for socket in schema["x-websockets"]} >= {
-        "/golem/v1/connect/{webstrate}", "/minion/v1/connect/{webstrate}"}
+        "/golem/v1/connect/{webstrate}",
+        "/minion/v1/connect/{webstrate}",
+    }
 
 
 @pytest.mark.parametrize("path", ["/", "/golem/v1/", "/pressure"])
@@ -93,8 +100,7 @@ def test_routes_taking_no_post_answer_405(path):
 @pytest.fixture
 def echo_image_current():
     """The daemon-echo image as this tree describes it (a no-op when it is)."""
-    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["bash", "deploy/build-images.sh", "daemon-echo"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -103,16 +109,27 @@ def herd(tmp_path, docker_engine, echo_image_current):
     data = tmp_path / "data"
     data.mkdir()
     env = herder_env(
-        data, HERDER_INSTANCE=instance, HERDER_DAEMON_IMAGES=ECHO,
-        HERDER_GOLEM_MAX="1", HERDER_GOLEM_CHECK_EXISTS="false",
-        HERDER_TOKEN_PASSWORD=uuid.uuid4().hex, HERDER_MINION_POOL_SIZE="1",
+        data,
+        HERDER_INSTANCE=instance,
+        HERDER_DAEMON_IMAGES=ECHO,
+        HERDER_GOLEM_MAX="1",
+        HERDER_GOLEM_CHECK_EXISTS="false",
+        HERDER_TOKEN_PASSWORD=uuid.uuid4().hex,
+        HERDER_MINION_POOL_SIZE="1",
         HERDER_DAEMON_MEMORY="64m",
         # Token generation's logic, not only its guessing throttle (which
         # tests/accounts/test_throttle.py covers), is what the run should reach.
-        HERDER_TOKEN_GENERATE_RATE="1000/m")
+        HERDER_TOKEN_GENERATE_RATE="1000/m",
+    )
     migrate(env)
-    minted = subprocess.run([sys.executable, "manage.py", "mint_token", "-e", "schemathesis@example.org",
-                             "-c", "1000000"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    minted = subprocess.run(
+        [sys.executable, "manage.py", "mint_token", "-e", "schemathesis@example.org", "-c", "1000000"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     token = minted.stdout.strip().split()[-1]
     server = Herder(env=env, log=tmp_path / "herd.log", herd=True)
     server.database = data / "herder.sqlite3"
@@ -152,10 +169,24 @@ def test_schemathesis_finds_nothing(herd, tmp_path):
     server, token = herd
     workdir = tmp_path / "schemathesis"
     workdir.mkdir()
-    env = {**os.environ, "HERDER_SCHEMATHESIS_URL": server.http, "HERDER_SCHEMATHESIS_TOKEN": token,
-           "HERDER_SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"), "NO_COLOR": "1"}
-    command = [str(ROOT / ".venv" / "bin" / "schemathesis"), "--config-file", str(HERE / "schemathesis.toml"),
-               "run", f"{server.http}/api/schema/", "--checks", "all", "-H", f"Authorization: Bearer {token}"]
+    env = {
+        **os.environ,
+        "HERDER_SCHEMATHESIS_URL": server.http,
+        "HERDER_SCHEMATHESIS_TOKEN": token,
+        "HERDER_SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"),
+        "NO_COLOR": "1",
+    }
+    command = [
+        str(ROOT / ".venv" / "bin" / "schemathesis"),
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        f"{server.http}/api/schema/",
+        "--checks",
+        "all",
+        "-H",
+        f"Authorization: Bearer {token}",
+    ]
     try:
         # In a folder of its own: Schemathesis keeps its cache (.schemathesis/) there.
         run = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)

@@ -43,13 +43,16 @@ def test_concurrent_first_writers_all_read_the_same_secret(tmp_path):
 
 
 def _start_settings(data_dir: Path) -> subprocess.Popen:
-    code = ("import django; django.setup(); from django.conf import settings as s; "
-            "print(s.SECRET_KEY); print(s.HERDER_TOKEN_PRIVATE_KEY.strip().splitlines()[1])")
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.SECRET_KEY); print(s.HERDER_TOKEN_PRIVATE_KEY.strip().splitlines()[1])"
+    )
     env = {**os.environ, "HERDER_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "herder.settings"}
     for name in ("HERDER_SECRET_KEY", "HERDER_TOKEN_PRIVATE_KEY", "HERDER_TOKEN_PUBLIC_KEY", "DATABASE_URL"):
         env.pop(name, None)
-    return subprocess.Popen([PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_two_herders_starting_at_once_get_the_same_keys_all_private(tmp_path):
@@ -107,9 +110,11 @@ def test_a_writer_killed_before_its_write_completes_leaves_no_key(tmp_path):
     disk: os.fsync made to hang in that process), and no key file exists; the next
     start makes a whole one."""
     path = tmp_path / "secret"
-    code = ("import os, time, sys; from pathlib import Path; "
-            "os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600)); "
-            "from herder.secretfiles import create_once; create_once(Path(sys.argv[1]), b'x' * 64)")
+    code = (
+        "import os, time, sys; from pathlib import Path; "
+        "os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600)); "
+        "from herder.secretfiles import create_once; create_once(Path(sys.argv[1]), b'x' * 64)"
+    )
     proc = subprocess.Popen([PYTHON, "-c", code, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"

@@ -13,8 +13,11 @@ def test_orphaned_minion_containers_are_reaped(docker_engine, settings):
     settings.HERDER_MINION_TIMEOUT = 0.5
     settings.HERDER_MINION_REAP_GRACE = 0
     settings.HERDER_MINION_RUNS_PER_CONTAINER = 1
-    orphan = docker_engine.start(ContainerSpec(kind="minion", owner="herder-test-orphan",
-                                               image="herder/minion-python:latest", command=["sleep", "60"]))
+    orphan = docker_engine.start(
+        ContainerSpec(
+            kind="minion", owner="herder-test-orphan", image="herder/minion-python:latest", command=["sleep", "60"]
+        )
+    )
 
     time.sleep(4)  # older than time limit + backstop; the engine counts in whole seconds
     calls = []
@@ -28,8 +31,11 @@ def test_orphaned_minion_containers_are_reaped(docker_engine, settings):
 
 def test_runs_in_progress_are_not_reaped(docker_engine, settings):
     settings.HERDER_MINION_REAP_GRACE = 0
-    young = docker_engine.start(ContainerSpec(kind="minion", owner="herder-test-young",
-                                              image="herder/minion-python:latest", command=["sleep", "60"]))
+    young = docker_engine.start(
+        ContainerSpec(
+            kind="minion", owner="herder-test-young", image="herder/minion-python:latest", command=["sleep", "60"]
+        )
+    )
     try:
         assert minion_reap_orphans() == 0
         assert len(docker_engine.list(owner="herder-test-young")) == 1

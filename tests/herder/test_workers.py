@@ -58,9 +58,22 @@ class Herd:
         self.log = log
         self._log_file = open(log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "herd", "--port", str(self.port), "--workers", str(workers),
-             "--server", server],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "manage.py",
+                "herd",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--server",
+                server,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_port("127.0.0.1", self.port, process=self.process, seconds=30)
 
     @property
@@ -105,19 +118,25 @@ class Deployment:
         redis.Redis.from_url(self.redis_url).flushdb()
         with psycopg.connect(POSTGRES, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.database}"')
-        self.database_url = urllib.parse.urlunsplit(
-            urllib.parse.urlsplit(POSTGRES)._replace(path=f"/{self.database}"))
+        self.database_url = urllib.parse.urlunsplit(urllib.parse.urlsplit(POSTGRES)._replace(path=f"/{self.database}"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDER_", "DATABASE_URL", "REDIS_URL"))}
         env.update(
-            DJANGO_SETTINGS_MODULE="herder.settings", PYTHONUNBUFFERED="1",
-            HERDER_DATA_DIR=str(tmp_path / "data"), DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
-            HERDER_INSTANCE=self.instance, HERDER_LOG_LEVEL="INFO",
-            HERDER_SUPERVISOR_INTERVAL=str(INTERVAL), HERDER_PAIRING_HEARTBEAT="0.5", HERDER_GOLEM_WAIT="10",
-            HERDER_GOLEM_CHECK_EXISTS="false", HERDER_MINION_POOL_SIZE="0", HERDER_DAEMON_IMAGES=ECHO,
+            DJANGO_SETTINGS_MODULE="herder.settings",
+            PYTHONUNBUFFERED="1",
+            HERDER_DATA_DIR=str(tmp_path / "data"),
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
+            HERDER_INSTANCE=self.instance,
+            HERDER_LOG_LEVEL="INFO",
+            HERDER_SUPERVISOR_INTERVAL=str(INTERVAL),
+            HERDER_PAIRING_HEARTBEAT="0.5",
+            HERDER_GOLEM_WAIT="10",
+            HERDER_GOLEM_CHECK_EXISTS="false",
+            HERDER_MINION_POOL_SIZE="0",
+            HERDER_DAEMON_IMAGES=ECHO,
         )
         self.env = env
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                       cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
         self.herds: list[Herd] = []
 
     def start(self, name: str, *, workers: int = 1, server: str = "uvicorn", **extra: str) -> Herd:
@@ -158,6 +177,7 @@ def deployment(tmp_path, docker_engine):
 
 # --- clients -----------------------------------------------------------------
 
+
 def event(ws, timeout: float = 10) -> dict:
     return json.loads(ws.recv(timeout=timeout))
 
@@ -182,8 +202,11 @@ def post(url: str, fields: dict, **headers) -> tuple[int, dict]:
 
 
 def run_minion(herd: Herd, text: str) -> tuple[int, dict]:
-    return post(f"{herd.http}/minion/v1/spawn", {"env": "python", "main.py": f"print({text!r})"},
-                Referer="http://webstrates.test/herder-test-workers/")
+    return post(
+        f"{herd.http}/minion/v1/spawn",
+        {"env": "python", "main.py": f"print({text!r})"},
+        Referer="http://webstrates.test/herder-test-workers/",
+    )
 
 
 def pair_and_relay(control_at: Herd, minion_at: Herd, golem_at: Herd, webstrate: str, minions: int = 1) -> None:
@@ -229,12 +252,18 @@ def alive(pid: int) -> bool:
 
 
 def mint(deployment: Deployment, credits: int) -> str:
-    return subprocess.run([sys.executable, "manage.py", "mint_token", "-e", "herder-test@workers.test",
-                           "-c", str(credits)], cwd=ROOT, env=deployment.env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "manage.py", "mint_token", "-e", "herder-test@workers.test", "-c", str(credits)],
+        cwd=ROOT,
+        env=deployment.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 # --- two herd processes ------------------------------------------------------
+
 
 def test_two_herd_processes_pair_run_and_hand_the_lease_on(deployment):
     a = deployment.start("a")
@@ -266,9 +295,11 @@ def test_metering_across_a_failover_charges_every_second_once(deployment):
     [leader] = lease_takers(a) + lease_takers(b)
     first, second = (a, b) if leader == a.pid else (b, a)
 
-    status, answer = post(f"{second.http}/daemon/v1/spawn",
-                          {"name": "metered", "image": ECHO, "ports": '["8080"]'},
-                          Authorization=f"Bearer {token}")
+    status, answer = post(
+        f"{second.http}/daemon/v1/spawn",
+        {"name": "metered", "image": ECHO, "ports": '["8080"]'},
+        Authorization=f"Bearer {token}",
+    )
     assert status == 200, answer
     time.sleep(3 * INTERVAL)
     first.stop(kill=True)  # the leader, mid-metering for all we know
@@ -280,7 +311,8 @@ def test_metering_across_a_failover_charges_every_second_once(deployment):
         "SELECT started, metered_until, credits_used, now(),"
         " (SELECT -COALESCE(SUM(amount), 0) FROM accounts_creditentry WHERE subject = d.full_name),"
         " (SELECT COUNT(*) FROM accounts_creditentry WHERE subject = d.full_name)"
-        " FROM daemons_daemon d")
+        " FROM daemons_daemon d"
+    )
     seconds = (metered_until - started).total_seconds()
     assert seconds == int(seconds)
     # Every charged second is in the ledger once, and the daemon's mark agrees.
@@ -294,6 +326,7 @@ def test_metering_across_a_failover_charges_every_second_once(deployment):
 
 
 # --- workers of one herd --------------------------------------------------------
+
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_two_workers_pair_and_run(deployment, server):
@@ -328,8 +361,7 @@ def test_a_worker_killed_with_9_while_the_other_serves(deployment):
     assert wait_for(lambda: [pid for pid in lease_takers(herd) if pid != leader], 4 * INTERVAL)
     assert time.monotonic() - killed_at <= 2 * INTERVAL + 0.5
     # ...and the parent starts a worker in the dead one's place.
-    assert wait_for(lambda: len([p for p in herd.children() if alive(p)]) == 2
-                    and set(herd.children()) != before, 15)
+    assert wait_for(lambda: len([p for p in herd.children() if alive(p)]) == 2 and set(herd.children()) != before, 15)
     status, answer = run_minion(herd, "after the kill")
     assert status == 200 and answer["StdOut"] == "after the kill\n"
     pair_and_relay(herd, herd, herd, f"herder-test-killed-{uuid.uuid4().hex[:6]}", minions=3)
@@ -348,9 +380,15 @@ def test_sigterm_drains_every_worker(deployment):
 
     # Six runs that would last a minute, usually spread over both workers.
     with ThreadPoolExecutor(6) as pool:
-        pending = [pool.submit(post, f"{herd.http}/minion/v1/spawn",
-                               {"env": "python", "main.py": "import time; time.sleep(60)"},
-                               Referer="http://webstrates.test/herder-test-drain/") for _ in range(6)]
+        pending = [
+            pool.submit(
+                post,
+                f"{herd.http}/minion/v1/spawn",
+                {"env": "python", "main.py": "import time; time.sleep(60)"},
+                Referer="http://webstrates.test/herder-test-drain/",
+            )
+            for _ in range(6)
+        ]
         assert wait_for(lambda: len(ours()) == 6, 30), "the runs never started"
 
         herd.process.send_signal(signal.SIGTERM)
@@ -366,13 +404,20 @@ def test_sigterm_drains_every_worker(deployment):
 def test_workers_refused_without_redis(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDER_", "DATABASE_URL", "REDIS_URL"))}
     env.update(HERDER_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="herder.settings")
-    result = subprocess.run([sys.executable, "manage.py", "herd", "--workers", "2", "--port", str(free_port())],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "herd", "--workers", "2", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "--workers above 1 needs REDIS_URL" in result.stderr
 
 
 # --- long-lived sockets ------------------------------------------------------------
+
 
 def test_a_minion_connected_past_the_group_expiry_is_still_found(deployment):
     """channels-redis drops group members after group_expiry: a minion that
@@ -380,8 +425,10 @@ def test_a_minion_connected_past_the_group_expiry_is_still_found(deployment):
     a = deployment.start("a", HERDER_GROUP_EXPIRY="2")
     b = deployment.start("b", HERDER_GROUP_EXPIRY="2")
     webstrate = f"herder-test-expiry-{uuid.uuid4().hex[:6]}"
-    with connect(f"{a.ws}/golem/v1/connect/{webstrate}") as control, \
-            connect(f"{b.ws}/minion/v1/connect/{webstrate}?type=python") as minion:
+    with (
+        connect(f"{a.ws}/golem/v1/connect/{webstrate}") as control,
+        connect(f"{b.ws}/minion/v1/connect/{webstrate}?type=python") as minion,
+    ):
         connected = event(control)
         time.sleep(6)  # three expiries
         with connect(f"{a.ws}/golem/v1/connect-to/{webstrate}/{connected['ID']}") as golem:
@@ -399,9 +446,15 @@ def test_a_minion_connected_past_the_group_expiry_is_still_found(deployment):
 def test_on_sqlite_the_file_lease_moves_when_its_holder_is_killed(tmp_path):
     """Two herd processes on one SQLite file: the flock in the data folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDER_", "DATABASE_URL", "REDIS_URL"))}
-    env.update(DJANGO_SETTINGS_MODULE="herder.settings", PYTHONUNBUFFERED="1", HERDER_DATA_DIR=str(tmp_path / "data"),
-               HERDER_INSTANCE=f"herder-test-{uuid.uuid4().hex[:8]}", HERDER_LOG_LEVEL="INFO",
-               HERDER_SUPERVISOR_INTERVAL=str(INTERVAL), HERDER_MINION_POOL_SIZE="0")
+    env.update(
+        DJANGO_SETTINGS_MODULE="herder.settings",
+        PYTHONUNBUFFERED="1",
+        HERDER_DATA_DIR=str(tmp_path / "data"),
+        HERDER_INSTANCE=f"herder-test-{uuid.uuid4().hex[:8]}",
+        HERDER_LOG_LEVEL="INFO",
+        HERDER_SUPERVISOR_INTERVAL=str(INTERVAL),
+        HERDER_MINION_POOL_SIZE="0",
+    )
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     herds = [Herd(env, tmp_path / f"herd-{name}.log", workers=1) for name in "ab"]
     try:

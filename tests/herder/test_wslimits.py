@@ -61,9 +61,12 @@ def test_sockets_are_limited_per_client_and_in_total_on_every_route(settings):
         a1 = await opened(a, "/minion/v1/connect/limits-one?type=python")
         a2 = await opened(a, "/golem/v1/connect/limits-two")
         assert snapshot()["in_use"] == 2
-        for path in ("/daemon/v1/attach/web", "/minion/v1/connect/limits-one",
-                     "/golem/v1/connect-to/limits-one/00000000-0000-0000-0000-000000000000",
-                     "/daemon/v1/proxy/web-x/"):
+        for path in (
+            "/daemon/v1/attach/web",
+            "/minion/v1/connect/limits-one",
+            "/golem/v1/connect-to/limits-one/00000000-0000-0000-0000-000000000000",
+            "/daemon/v1/proxy/web-x/",
+        ):
             error, code = await refused(a, path)
             assert (error["type"], error["code"], code) == ("error", "too_many_requests", 4429), path
         # Another client is not affected, up to the total.
@@ -109,8 +112,7 @@ def run(scenario) -> None:
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_the_real_servers_refuse_past_the_limit_and_cap_frames(tmp_path, docker_engine, server):
     cap = 64 * 1024
-    env = herder_env(tmp_path, HERDER_SERVER=server, HERDER_WS_MAX_PER_CLIENT="2",
-                     HERDER_WS_MAX_FRAME=str(cap))
+    env = herder_env(tmp_path, HERDER_SERVER=server, HERDER_WS_MAX_PER_CLIENT="2", HERDER_WS_MAX_FRAME=str(cap))
     migrate(env)
     herder = Herder(env=env, log=tmp_path / "herder.log", herd=True)
     url = f"{herder.ws}/minion/v1/connect/limits-real?type=python"

@@ -29,8 +29,7 @@ def test_bad_file_names_are_refused(name):
 
 def test_a_nul_byte_in_an_uploaded_name_is_refused():
     # Form encoding can carry a NUL that a multipart header cannot.
-    response = Client().post("/minion/v1/spawn", "env=python&a%00b=x",
-                             content_type="application/x-www-form-urlencoded")
+    response = Client().post("/minion/v1/spawn", "env=python&a%00b=x", content_type="application/x-www-form-urlencoded")
     assert_error(response, 400, "bad_file_name")
 
 

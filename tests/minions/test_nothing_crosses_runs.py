@@ -90,16 +90,16 @@ class Trace:
 TRACES = [
     Trace(
         "posix_message_queue",
-        leave=r'''
+        leave=r"""
 libc.mq_open.restype = ctypes.c_int
 q = libc.mq_open(b"/herder-leak", os.O_CREAT | os.O_RDWR, 0o666, None)
 assert q >= 0, err()
 assert libc.mq_send(q, b"secret", 6, 0) == 0, err()
 os.close(os.open("/dev/mqueue/herder-leak-2", os.O_CREAT | os.O_RDWR, 0o666))
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 print(sorted(os.listdir("/dev/mqueue")))
 libc.mq_open.restype = ctypes.c_int
 q = libc.mq_open(b"/herder-leak", os.O_RDWR | os.O_NONBLOCK)
@@ -109,11 +109,11 @@ else:
     buf = ctypes.create_string_buffer(8192)
     n = libc.mq_receive(q, buf, 8192, None)
     print("received", buf.raw[:n] if n >= 0 else err())
-''',
+""",
     ),
     Trace(
         "sysv_ipc",
-        leave=r'''
+        leave=r"""
 class Msg(ctypes.Structure):
     _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 16)]
 
@@ -128,37 +128,37 @@ libc.shmat.restype = ctypes.c_void_p
 at = libc.shmat(shm, None, 0)
 ctypes.memmove(at, b"secret", 6)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 for kind in ("shm", "msg", "sem"):
     with open(f"/proc/sysvipc/{kind}") as f:
         print(kind, len(f.read().splitlines()) - 1)
 print("shmget", "found" if libc.shmget(KEY, 0, 0) >= 0 else err())
 print("msgget", "found" if libc.msgget(KEY, 0) >= 0 else err())
 print("semget", "found" if libc.semget(KEY, 0, 0) >= 0 else err())
-''',
+""",
     ),
     Trace(
         "posix_shm_and_named_semaphore",
-        leave=r'''
+        leave=r"""
 fd = libc.shm_open(b"/herder-leak", os.O_CREAT | os.O_RDWR, 0o666)
 assert fd >= 0, err()
 os.write(fd, b"secret")
 libc.sem_open.restype = ctypes.c_void_p
 assert libc.sem_open(b"/herder-leak", os.O_CREAT, 0o666, 3), err()
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 print(sorted(os.listdir("/dev/shm")))
 fd = libc.shm_open(b"/herder-leak", os.O_RDONLY, 0)
 print("shm_open", os.read(fd, 16) if fd >= 0 else err())
-''',
+""",
     ),
     Trace(
         "abstract_and_path_unix_sockets",
-        leave=r'''
+        leave=r"""
 def serve(ready):
     abstract = socket.socket(socket.AF_UNIX)
     abstract.bind(b"\0herder-leak")
@@ -176,9 +176,9 @@ def serve(ready):
 
 daemon(serve)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(b"\0herder-leak")
@@ -187,11 +187,11 @@ except OSError as e:
     print("connect", errno.errorcode[e.errno])
 with open("/proc/net/unix") as f:
     print("sockets", sorted(l.split()[-1] for l in f.read().splitlines()[1:] if len(l.split()) > 7))
-''',
+""",
     ),
     Trace(
         "loopback_tcp_and_udp",
-        leave=r'''
+        leave=r"""
 def serve(ready):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,9 +211,9 @@ client = socket.create_connection(("127.0.0.1", 4242))
 assert client.recv(16) == b"secret"
 client.close()
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 try:
     s = socket.create_connection(("127.0.0.1", 4242), timeout=2)
     print("connected", s.recv(16))
@@ -222,12 +222,12 @@ except OSError as e:
 for table in ("tcp", "tcp6", "udp", "udp6"):
     with open(f"/proc/net/{table}") as f:
         print(table, len(f.read().splitlines()) - 1)
-''',
+""",
         retires=True,
     ),
     Trace(
         "keyrings",
-        leave=r'''
+        leave=r"""
 SYS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[os.uname().machine]
 add_key, request_key, keyctl = SYS
 answers = []
@@ -237,9 +237,9 @@ for ring in (-4, -3, -5):  # the user, session and user-session keyrings
 r = libc.syscall(keyctl, 1, b"herder-leak")  # KEYCTL_JOIN_SESSION_KEYRING
 answers.append("joined" if r >= 0 else err())
 print("refused:", *answers)
-''',
+""",
         says="refused: EPERM EPERM EPERM EPERM",
-        look=r'''
+        look=r"""
 SYS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[os.uname().machine]
 add_key, request_key, keyctl = SYS
 r = libc.syscall(request_key, b"user", b"herder-leak", None, 0)
@@ -250,12 +250,12 @@ try:
     print("/proc/keys", open("/proc/keys").read())
 except OSError as e:
     print("/proc/keys", errno.errorcode[e.errno])
-''',
+""",
         refused=True,
     ),
     Trace(
         "file_locks",
-        leave=r'''
+        leave=r"""
 def hold(ready):
     fd = os.open("/etc/passwd", os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -265,9 +265,9 @@ def hold(ready):
 
 daemon(hold)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 fd = os.open("/etc/passwd", os.O_RDONLY)
 try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -278,11 +278,11 @@ other = os.open("/etc/group", os.O_RDONLY)
 probe = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
 kind = struct.unpack("hhqqi", fcntl.fcntl(other, fcntl.F_GETLK, probe))[0]
 print("lock on /etc/group", "none" if kind == fcntl.F_UNLCK else kind)
-''',
+""",
     ),
     Trace(
         "processes_timers_and_children",
-        leave=r'''
+        leave=r"""
 import subprocess
 
 def linger(ready):
@@ -296,15 +296,15 @@ daemon(linger)
 subprocess.Popen(["sh", "-c", "trap '' TERM HUP; while :; do sleep 1; done"], start_new_session=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 print("others", others())
-''',
+""",
     ),
     Trace(
         "files_in_every_writable_place",
-        leave=r'''
+        leave=r"""
 wrote = set()
 for top in ("/", "/sys/fs/cgroup"):
     for folder, dirs, _ in os.walk(top):
@@ -332,9 +332,9 @@ for place in ("/minion", "/tmp", "/dev/shm"):
     os.close(os.open(os.path.join(place, ".herder-noperm"), os.O_CREAT | os.O_WRONLY, 0))
 os.chmod("/minion/main.py", 0)
 print("wrote:", " ".join(sorted(wrote)))
-''',
+""",
         says="wrote: /dev/mqueue /dev/shm /minion /tmp",
-        look=r'''
+        look=r"""
 found = []
 for top in ("/", "/sys/fs/cgroup"):
     for folder, dirs, files in os.walk(top):
@@ -344,11 +344,11 @@ for top in ("/", "/sys/fs/cgroup"):
 print("found", sorted(found))
 for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
     print(place, sorted(os.listdir(place)))
-''',
+""",
     ),
     Trace(
         "attributes_of_the_writable_folders",
-        leave=r'''
+        leave=r"""
 changed = []
 for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
     for what, change in (("xattr", lambda: os.setxattr(place, "user.herder-leak", b"secret")),
@@ -360,9 +360,9 @@ for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
         except OSError:
             pass
 print("changed:", *changed)
-''',
+""",
         says="changed:",
-        look=r'''
+        look=r"""
 for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
     st = os.stat(place)
     try:
@@ -370,12 +370,12 @@ for place in ("/minion", "/tmp", "/dev/shm", "/dev/mqueue"):
     except OSError as e:
         attrs = errno.errorcode[e.errno]
     print(place, oct(st.st_mode), st.st_uid, attrs)
-''',
+""",
         refused=True,
     ),
     Trace(
         "terminals",
-        leave=r'''
+        leave=r"""
 def hold(ready):
     global pty
     pty = os.openpty()
@@ -383,15 +383,15 @@ def hold(ready):
 
 daemon(hold)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 print(sorted(os.listdir("/dev/pts")))
-''',
+""",
     ),
     Trace(
         "hostname_and_sysctls",
-        leave=r'''
+        leave=r"""
 answers = []
 answers.append("set" if libc.sethostname(b"herder-leak", 11) == 0 else err())
 answers.append("set" if libc.setdomainname(b"herder-leak", 11) == 0 else err())
@@ -404,19 +404,19 @@ for folder, _, files in os.walk("/proc/sys"):
         except OSError:
             pass
 print("refused:", *answers, "writable sysctls:", writable)
-''',
+""",
         says="refused: EPERM EPERM writable sysctls: 0",
-        look=r'''
+        look=r"""
 print(socket.gethostname(), open("/proc/sys/kernel/domainname").read().strip())
 for name in ("fs/mqueue/msg_max", "fs/mqueue/queues_max", "kernel/shmmax", "kernel/msgmax", "kernel/sem",
              "net/ipv4/ip_local_port_range", "net/ipv4/ping_group_range", "net/core/somaxconn"):
     print(name, open("/proc/sys/" + name).read().split())
-''',
+""",
         refused=True,
     ),
     Trace(
         "environment_cwd_limits_and_the_runner",
-        leave=r'''
+        leave=r"""
 import resource
 tried = refused = 0
 roots = [int(p) for p in filter(str.isdigit, os.listdir("/proc"))
@@ -438,9 +438,9 @@ for pid in roots:
     tried += 1
     refused += libc.ptrace(16, pid, None, None) != 0  # PTRACE_ATTACH
 print("refused", "all" if tried == refused and tried > 0 else f"{refused} of {tried}")
-''',
+""",
         says="refused all",
-        look=r'''
+        look=r"""
 import resource
 print("cwd", os.getcwd(), "umask", oct(os.umask(0)))
 print("ids", os.getuid(), os.getgid(), os.getgroups())
@@ -448,12 +448,12 @@ print("nice", os.getpriority(os.PRIO_PROCESS, 0))
 print("env", sorted(os.environ.items()))
 limits = [n for n in dir(resource) if n.startswith("RLIMIT_")]
 print("limits", [(n, resource.getrlimit(getattr(resource, n))) for n in sorted(limits)])
-''',
+""",
         refused=True,
     ),
     Trace(
         "memory_and_pids_held_by_leftovers",
-        leave=r'''
+        leave=r"""
 for place, mib in (("/minion", 100), ("/tmp", 50), ("/dev/shm", 50)):
     with open(os.path.join(place, "ballast"), "wb") as f:
         for _ in range(mib):
@@ -471,14 +471,14 @@ def hold(ready):
 
 daemon(hold)
 print("left")
-''',
+""",
         says="left",
-        look=r'''
+        look=r"""
 cg = "/sys/fs/cgroup"
 print("pids", open(f"{cg}/pids/pids.current").read().strip())
 usage = int(open(f"{cg}/memory/memory.usage_in_bytes").read())
 print("memory under 96 MiB", usage < 96 << 20)
-''',
+""",
     ),
 ]
 

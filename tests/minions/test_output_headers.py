@@ -65,14 +65,18 @@ def test_a_file_name_cannot_break_out_of_the_disposition_header():
 
 @pytest.mark.docker
 @pytest.mark.django_db
-@pytest.mark.parametrize(("name", "content_type", "disposition"), [
-    ("x.html", "text/html", 'attachment; filename="x.html"'),
-    ("x.svg", "image/svg+xml", 'attachment; filename="x.svg"'),
-    ("out/x.png", "image/png", 'inline; filename="x.png"'),
-])
+@pytest.mark.parametrize(
+    ("name", "content_type", "disposition"),
+    [
+        ("x.html", "text/html", 'attachment; filename="x.html"'),
+        ("x.svg", "image/svg+xml", 'attachment; filename="x.svg"'),
+        ("out/x.png", "image/png", 'inline; filename="x.png"'),
+    ],
+)
 def test_the_spawn_answer_carries_the_headers(name, content_type, disposition):
-    answer = Client().post("/minion/v1/spawn", {"env": "python", "main.py": "pass", "output": name,
-                                                name: "<script>alert(1)</script>"})
+    answer = Client().post(
+        "/minion/v1/spawn", {"env": "python", "main.py": "pass", "output": name, name: "<script>alert(1)</script>"}
+    )
 
     assert answer.status_code == 200
     assert answer.content == b"<script>alert(1)</script>"
@@ -85,8 +89,9 @@ def test_the_spawn_answer_carries_the_headers(name, content_type, disposition):
 @pytest.mark.docker
 @pytest.mark.django_db
 def test_the_json_answer_is_not_sniffed():
-    answer = Client().post("/minion/v1/spawn", {"env": "python", "main.py": "print('<script>')",
-                                                "output": "missing.html"})
+    answer = Client().post(
+        "/minion/v1/spawn", {"env": "python", "main.py": "print('<script>')", "output": "missing.html"}
+    )
 
     assert answer.json()["StdOut"] == "<script>\n"
     assert answer["Content-Type"] == "application/json"

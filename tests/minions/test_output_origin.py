@@ -80,9 +80,21 @@ def herder(tmp_path_factory, docker_engine):
     # Every run cold: the process leaves no warm container behind.
     env = herder_env(data, HERDER_MINION_POOL_SIZE="0")
     migrate(env)
-    subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", OPERATOR,
-                    "--email", "operator@example.org"], cwd=ROOT, check=True,
-                   env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD})
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            OPERATOR,
+            "--email",
+            "operator@example.org",
+        ],
+        cwd=ROOT,
+        check=True,
+        env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+    )
     process = Herder(env=env, log=data / "herder.log")
     process.database = data / "herder.sqlite3"
     yield process
@@ -116,9 +128,11 @@ def attack_page(herder_url: str, name: str) -> str:
         f'<textarea name="{key}">{value.replace("&", "&amp;").replace("<", "&lt;")}</textarea>'
         for key, value in fields.items()
     )
-    return (f'<!doctype html><title>attacker</title>'
-            f'<form id="f" method="post" action="{herder_url}/minion/v1/spawn">{inputs}'
-            f'<button id="go">go</button></form>')
+    return (
+        f"<!doctype html><title>attacker</title>"
+        f'<form id="f" method="post" action="{herder_url}/minion/v1/spawn">{inputs}'
+        f'<button id="go">go</button></form>'
+    )
 
 
 def marker_on_herder_origin(context, herder) -> str | None:

@@ -92,9 +92,15 @@ def test_a_container_whose_minion_folder_is_the_user_s_serves_one_run_only():
     try:
         nonce = runner.new_nonce()
         outcome = runner.exchange(
-            warm.attachment, nonce=nonce, deadline=time.monotonic() + 20, output_cap=1024, file_cap=1024,
-            request=runner.encode_request(nonce=nonce, output=None, timeout=10, file_cap=1024,
-                                          files={"main.sh": b"stat -c '%U %a' /minion"}))
+            warm.attachment,
+            nonce=nonce,
+            deadline=time.monotonic() + 20,
+            output_cap=1024,
+            file_cap=1024,
+            request=runner.encode_request(
+                nonce=nonce, output=None, timeout=10, file_cap=1024, files={"main.sh": b"stat -c '%U %a' /minion"}
+            ),
+        )
         assert (outcome.exit_code, outcome.stdout) == (0, b"nobody 755\n")
         assert not runner.await_ready(warm.attachment, timeout=10, seen=outcome.after)
         assert warm.attachment.read_frame(timeout=10) is None, "the runner did not end"

@@ -11,8 +11,10 @@ from minions.models import MinionRun
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
-FAILS = {"main.py": "import sys\nprint('x' * 9000, file=sys.stderr)\n"
-                    "def deep():\n    raise ValueError('the reason it failed')\ndeep()\n"}
+FAILS = {
+    "main.py": "import sys\nprint('x' * 9000, file=sys.stderr)\n"
+    "def deep():\n    raise ValueError('the reason it failed')\ndeep()\n"
+}
 
 
 def spawn(fields: dict):
@@ -21,8 +23,9 @@ def spawn(fields: dict):
 
 def test_a_run_in_progress_is_listed_as_running_then_finished():
     answers = []
-    thread = threading.Thread(target=lambda: answers.append(
-        spawn({"env": "python", "main.py": "import time; time.sleep(3); print('done')"})))
+    thread = threading.Thread(
+        target=lambda: answers.append(spawn({"env": "python", "main.py": "import time; time.sleep(3); print('done')"}))
+    )
     thread.start()
     try:
         deadline = time.monotonic() + 30

@@ -21,8 +21,9 @@ def run_with(stdout: bytes) -> tuple[runner.Outcome, Attachment, socket.socket]:
     ours, engine = socket.socketpair()
     attachment = Attachment(ours)
     engine.sendall(frame(STDERR, b"err" + MARKER + b"\n") + frame(STDOUT, stdout))
-    outcome = runner.exchange(attachment, request=b"request", nonce=NONCE, deadline=time.monotonic() + 5,
-                              output_cap=1000, file_cap=1000)
+    outcome = runner.exchange(
+        attachment, request=b"request", nonce=NONCE, deadline=time.monotonic() + 5, output_cap=1000, file_cap=1000
+    )
     return outcome, attachment, engine
 
 

@@ -31,6 +31,7 @@ def minion_path(request, settings):
     yield request.param
     pool.close()
 
+
 HELLO = {
     "python": {"main.py": "print('hello from python')"},
     "ruby": {"main.rb": "puts 'hello from ruby'"},
@@ -99,8 +100,7 @@ def test_stderr_and_exit_code_are_reported():
 
 
 def test_main_sh_runs_instead_of_the_default():
-    response = spawn({"env": "python", "main.py": "print('default')",
-                      "main.sh": "echo from-sh; python3 main.py"})
+    response = spawn({"env": "python", "main.py": "print('default')", "main.sh": "echo from-sh; python3 main.py"})
 
     assert response.json()["StdOut"] == "from-sh\ndefault\n"
 
@@ -109,8 +109,13 @@ def test_files_in_sub_folders_and_uploads_are_placed():
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     upload = SimpleUploadedFile("whatever.py", b"def greet():\n    return 'uploaded'\n")
-    response = spawn({"env": "python", "lib/helper.py": upload,
-                      "main.py": "import sys; sys.path.insert(0, 'lib')\nimport helper\nprint(helper.greet())"})
+    response = spawn(
+        {
+            "env": "python",
+            "lib/helper.py": upload,
+            "main.py": "import sys; sys.path.insert(0, 'lib')\nimport helper\nprint(helper.greet())",
+        }
+    )
 
     assert response.json()["StdOut"] == "uploaded\n"
 
@@ -143,10 +148,7 @@ def test_the_sandbox_has_no_network():
 
 @pytest.mark.parametrize("path", ["/etc/evil", "/evil", "/usr/local/bin/herder-run", "/var/tmp/evil"])
 def test_writing_outside_minion_and_tmp_fails(path):
-    program = (
-        f"open('/minion/ok', 'w').write('x')\nopen('/tmp/ok', 'w').write('x')\n"
-        f"open({path!r}, 'w').write('x')\n"
-    )
+    program = f"open('/minion/ok', 'w').write('x')\nopen('/tmp/ok', 'w').write('x')\nopen({path!r}, 'w').write('x')\n"
     result = spawn({"env": "python", "main.py": program}).json()
 
     assert result["ExitCode"] == 1
@@ -206,8 +208,9 @@ def test_output_past_the_cap_is_truncated_and_says_so(settings):
 
 def test_an_output_file_past_its_cap_answers_the_json_result_truncated(settings):
     settings.HERDER_MINION_FILE_CAP = 1000
-    response = spawn({"env": "python", "main.py": "open('big.bin', 'wb').write(b'x' * 5000)\nprint('made')",
-                      "output": "big.bin"})
+    response = spawn(
+        {"env": "python", "main.py": "open('big.bin', 'wb').write(b'x' * 5000)\nprint('made')", "output": "big.bin"}
+    )
 
     assert response["Content-Type"] == "application/json"
     result = response.json()
@@ -231,8 +234,11 @@ def test_a_background_process_cannot_outlive_its_run():
 
 
 def test_the_run_is_recorded_for_the_admin(minion_path):
-    spawn({"env": "python", "main.py": "print('x')"},
-          HTTP_REFERER="https://webstrates.example/my-strate/page", REMOTE_ADDR="127.0.0.9")
+    spawn(
+        {"env": "python", "main.py": "print('x')"},
+        HTTP_REFERER="https://webstrates.example/my-strate/page",
+        REMOTE_ADDR="127.0.0.9",
+    )
 
     run = MinionRun.objects.get()
     assert (run.env, run.webstrate, run.client_addr) == ("python", "my-strate", "127.0.0.9")

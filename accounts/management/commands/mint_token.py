@@ -6,13 +6,22 @@ from herder.errors import BadInput
 
 
 class Command(BaseCommand):
-    help = ("Print a new token for EMAIL (an email address or any identifier) and add its credits to the account. "
-            "Works while the herder runs.")
+    help = (
+        "Print a new token for EMAIL (an email address or any identifier) and add its credits to the account. "
+        "Works while the herder runs."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("-e", "--email", required=True, help="The account: an email address or any other identifier.")
-        parser.add_argument("-c", "--credits", type=int, default=settings.HERDER_TOKEN_DEFAULT_CREDITS,
-                            help="Credits to grant (default %(default)s).")
+        parser.add_argument(
+            "-e", "--email", required=True, help="The account: an email address or any other identifier."
+        )
+        parser.add_argument(
+            "-c",
+            "--credits",
+            type=int,
+            default=settings.HERDER_TOKEN_DEFAULT_CREDITS,
+            help="Credits to grant (default %(default)s).",
+        )
 
     def handle(self, *args, email: str, credits: int, **options) -> None:
         try:

@@ -47,9 +47,7 @@ async def websocket(request):
 
 async def files(request):
     names = sorted(
-        os.path.relpath(os.path.join(root, name), "/minion")
-        for root, _, found in os.walk("/minion")
-        for name in found
+        os.path.relpath(os.path.join(root, name), "/minion") for root, _, found in os.walk("/minion") for name in found
     )
     return web.json_response(names)
 
@@ -93,12 +91,14 @@ async def sleep(request):
 
 
 async def describe(request):
-    return web.json_response({
-        "method": request.method,
-        "path": request.path,
-        "query": request.query_string,
-        "headers": dict(request.headers),
-    })
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "headers": dict(request.headers),
+        }
+    )
 
 
 def echo_stdin():
@@ -111,23 +111,24 @@ def echo_stdin():
 
 def main():
     threading.Thread(target=echo_stdin, daemon=True).start()
-    app = web.Application(client_max_size=1024 ** 3)
-    app.add_routes([
-        web.get("/hello", hello),
-        web.post("/echo", echo),
-        web.put("/echo", echo),
-        web.get("/ws", websocket),
-        web.get("/files", files),
-        web.get("/app/", app_page),
-        web.get("/app/next", app_next),
-        web.get("/pages/{name:.+}", page),
-        web.get("/set-cookie", set_cookie),
-        web.get("/sleep", sleep),
-        web.route("*", "/{tail:.*}", describe),
-    ])
+    app = web.Application(client_max_size=1024**3)
+    app.add_routes(
+        [
+            web.get("/hello", hello),
+            web.post("/echo", echo),
+            web.put("/echo", echo),
+            web.get("/ws", websocket),
+            web.get("/files", files),
+            web.get("/app/", app_page),
+            web.get("/app/next", app_next),
+            web.get("/pages/{name:.+}", page),
+            web.get("/set-cookie", set_cookie),
+            web.get("/sleep", sleep),
+            web.route("*", "/{tail:.*}", describe),
+        ]
+    )
     print("daemon-echo ready", flush=True)
-    web.run_app(app, port=int(os.environ.get("PORT", "8080")), print=None,
-                handle_signals=True, access_log=None)
+    web.run_app(app, port=int(os.environ.get("PORT", "8080")), print=None, handle_signals=True, access_log=None)
 
 
 if __name__ == "__main__":

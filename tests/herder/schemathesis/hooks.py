@@ -18,8 +18,12 @@ def after_validate(context, case, response, results) -> None:
         return
     name = response.json()["ShortName"]
     base = os.environ["HERDER_SCHEMATHESIS_URL"]
-    killed = requests.get(f"{base}/daemon/v1/kill/{name}", params={"wipe": "1"}, timeout=60,
-                          headers={"Authorization": f"Bearer {os.environ['HERDER_SCHEMATHESIS_TOKEN']}"})
+    killed = requests.get(
+        f"{base}/daemon/v1/kill/{name}",
+        params={"wipe": "1"},
+        timeout=60,
+        headers={"Authorization": f"Bearer {os.environ['HERDER_SCHEMATHESIS_TOKEN']}"},
+    )
     killed.raise_for_status()
 
 
@@ -32,4 +36,4 @@ def filter_body(context, body) -> bool:
     if not isinstance(body, dict):
         return True
     names = {str(name) for name in body}
-    return not any(f"{name}/" == other[:len(name) + 1] for name in names for other in names)
+    return not any(f"{name}/" == other[: len(name) + 1] for name in names for other in names)
