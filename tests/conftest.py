@@ -30,6 +30,19 @@ def wait_until_gone(kind: str, *, seconds: float = 10.0) -> list:
         time.sleep(0.1)
 
 
+def remove_leftovers(infos: list) -> list[str]:
+    """Print the end of each leftover container's logs (why it outlived its
+    test), remove it, and return the names: a Docker test's leak check."""
+    for info in infos:
+        print(f"--- logs of {info.handle.name}")
+        try:
+            print(b"".join(get_runtime().logs(info.handle)).decode(errors="replace")[-3000:])
+        except Exception as exc:  # the logs are a courtesy
+            print(f"(no logs: {exc})")
+        get_runtime().remove(info.handle)
+    return [info.handle.name for info in infos]
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory) -> None:
     """SQLite tests use a file, as the herder does: Django's default in-memory test
@@ -85,7 +98,5 @@ def _docker_tests_leave_no_minion(request):
     from minions.services import pool
 
     pool.close()  # idle warm containers are kept on purpose until then
-    left = wait_until_gone("minion")
-    for info in left:
-        get_runtime().remove(info.handle)
-    assert not left, f"minion containers left behind: {[c.handle.name for c in left]}"
+    left = remove_leftovers(wait_until_gone("minion"))
+    assert not left, f"minion containers left behind: {left}"

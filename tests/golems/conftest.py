@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from herder.runtime import get_runtime
+from tests.conftest import remove_leftovers
 
 ROOT = Path(__file__).resolve().parents[2]
 # Webstrate ids of this test session: other herders (and test runs) may share the engine.
@@ -31,15 +32,10 @@ def _docker_tests_leave_no_golem(request):
         return
     request.getfixturevalue("docker_engine")
     yield
-    left = [c for c in get_runtime().list(kind="golem") if c.owner.startswith(SESSION)]
-    for info in left:
-        print(f"--- logs of {info.handle.name}")
-        try:
-            print(b"".join(get_runtime().logs(info.handle)).decode(errors="replace")[-3000:])
-        except Exception as exc:  # the logs are a courtesy
-            print(f"(no logs: {exc})")
-        get_runtime().remove(info.handle)
-    assert not left, f"golem containers left behind: {[c.handle.name for c in left]}"
+    # Golems of herder processes the tests start carry those herders' instance
+    # label: this run's are told by their webstrate ids instead.
+    left = remove_leftovers([c for c in get_runtime().list(kind="golem") if c.owner.startswith(SESSION)])
+    assert not left, f"golem containers left behind: {left}"
 
 
 @pytest.fixture(autouse=True)
