@@ -412,8 +412,8 @@ def _charge(daemon: Daemon, *, until: datetime) -> int:
         amount=seconds * settings.HERDER_DAEMON_COST_PER_SECOND,
         subject=daemon.full_name,
         note="running, metered by the hour",
-        # The hour the charge ends in: its row grows all hour long.
-        hour=until.replace(minute=0, second=0, microsecond=0),
+        # The hour the charged seconds start in: its row grows all hour long.
+        hour=daemon.metered_until.replace(minute=0, second=0, microsecond=0),
     )
     daemon.metered_until += timedelta(seconds=seconds)
     daemon.credits_used += spent
