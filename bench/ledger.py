@@ -13,7 +13,7 @@
 Its own data folder (SQLite) and HERDER_INSTANCE, so it touches no other
 herder's rows or containers; what it started is removed at the end.
 
-    .venv/bin/python bench/ledger.py [--daemons 100] [--pass-seconds 60] [--stops 3]
+    .venv/bin/python bench/ledger.py [--daemons 100] [--pass-seconds 300] [--stops 3]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -137,13 +138,18 @@ def stop_delays(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--daemons", type=int, default=100)
-    parser.add_argument("--pass-seconds", type=int, default=60, help="simulated seconds between passes")
+    parser.add_argument(
+        "--pass-seconds", type=int, default=300, help="simulated seconds between passes (rows do not depend on it)"
+    )
     parser.add_argument("--stops", type=int, default=3, help="real daemons for the stop delay; 0 skips it")
     args = parser.parse_args()
     setup()
     rows_in_a_day(args.daemons, args.pass_seconds)
-    if args.stops:
-        stop_delays(args.stops)
+    try:
+        if args.stops:
+            stop_delays(args.stops)
+    finally:
+        shutil.rmtree(os.environ["HERDER_DATA_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":
