@@ -118,3 +118,24 @@ def test_a_daemon_stops_within_a_second_of_its_account_reaching_zero(daemon_clea
     assert zero <= daemon.stopped < zero + timedelta(seconds=1), (daemon.stopped - zero).total_seconds()
     assert account_balance(holder.account) == 0 == account_ledger_sum(holder.account)
     assert CreditEntry.objects.filter(subject=daemon.full_name).count() <= 2  # an hour boundary may split it
+
+
+@pytest.mark.django_db
+def test_spends_of_one_hour_grow_one_row_and_a_new_hour_starts_another():
+    from accounts.services import credits_spend
+
+    account = account_get_or_create(email="grow@herder.test")
+    credits_grant(account=account, amount=100)
+    hour = T0.replace(minute=0, second=0)
+    for _ in range(5):
+        assert credits_spend(account=account, amount=7, subject="y-jti", hour=hour) == 7
+    credits_spend(account=account, amount=10, subject="y-jti", hour=hour + timedelta(hours=1))
+    # More than is left: what is left is taken, into the same row.
+    assert credits_spend(account=account, amount=1000, subject="y-jti", hour=hour + timedelta(hours=1)) == 55
+
+    rows = CreditEntry.objects.filter(account=account, kind="spend").order_by("hour")
+    assert [(row.hour, row.amount) for row in rows] == [(hour, -35), (hour + timedelta(hours=1), -65)]
+    assert account_balance(account) == 0 == account_ledger_sum(account)
+    # Nothing left: nothing spent, no row grown.
+    assert credits_spend(account=account, amount=5, subject="y-jti", hour=hour) == 0
+    assert CreditEntry.objects.get(hour=hour).amount == -35
