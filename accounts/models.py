@@ -60,7 +60,11 @@ class Token(models.Model):
 
 
 class CreditEntry(models.Model):
-    """One change of an account's balance. Rows are never updated or deleted."""
+    """One change of an account's balance. Rows are never deleted; the one
+    exception to never updated is a daemon's metering row of the current hour
+    (`hour` set), whose amount accounts.services.credits_spend grows in the
+    same transaction as the balance: one row per daemon per hour, not one per
+    supervisor pass."""
 
     class Kind(models.TextChoices):
         GRANT = "grant", "grant"
@@ -76,6 +80,8 @@ class CreditEntry(models.Model):
     )
     note = models.CharField(max_length=500, blank=True)
     created = models.DateTimeField(default=timezone.now, db_index=True)
+    # Metering: the hour (UTC, truncated) this spend row adds up; empty for any other row.
+    hour = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created", "-pk"]
@@ -86,6 +92,10 @@ class CreditEntry(models.Model):
             models.CheckConstraint(condition=~Q(amount=0), name="credit_entry_not_zero"),
             models.CheckConstraint(condition=~Q(kind="grant") | Q(amount__gt=0), name="credit_grant_positive"),
             models.CheckConstraint(condition=~Q(kind="spend") | Q(amount__lt=0), name="credit_spend_negative"),
+            # One metering row per account, subject and hour, whichever leader writes it.
+            models.UniqueConstraint(
+                fields=["account", "subject", "hour"], condition=Q(hour__isnull=False), name="one_spend_row_per_hour"
+            ),
         ]
         indexes = [models.Index(fields=["account", "-created"], name="credit_entry_account_created")]
 

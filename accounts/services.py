@@ -7,7 +7,7 @@ ledger's sum and never goes below zero.
 
 import hmac
 import unicodedata
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -123,9 +123,17 @@ def credits_grant(
     return entry
 
 
-def credits_spend(*, account: Account, amount: int, subject: str = "", note: str = "") -> int:
+def credits_spend(
+    *, account: Account, amount: int, subject: str = "", note: str = "", hour: datetime | None = None
+) -> int:
     """Take up to `amount` credits from the account, never going below zero,
     and record the spend for `subject` (e.g. a daemon's name).
+
+    With `hour` (metering), the spend is added to the row of (account,
+    subject, hour), created at the hour's first spend: one row per hour,
+    updated in the same transaction as the balance, so the balance still
+    equals the ledger's sum. The account row's lock orders concurrent
+    spenders; a unique constraint keeps a second row out whatever happens.
 
     Safe to call concurrently from threads and processes: the account row is
     locked (PostgreSQL) or the database written by one transaction at a time
@@ -145,13 +153,21 @@ def credits_spend(*, account: Account, amount: int, subject: str = "", note: str
         updated = Account.objects.filter(pk=account.pk, balance__gte=spent).update(balance=F("balance") - spent)
         if updated == 0:  # only when a database ignores the lock above
             raise InsufficientCredits(f"{account.email} has fewer than {spent} credits.")
-        CreditEntry.objects.create(
-            account=account,
-            amount=-spent,
-            kind=CreditEntry.Kind.SPEND,
-            subject=subject[:_SUBJECT_LENGTH],
-            note=note[:_NOTE_LENGTH],
+        subject = subject[:_SUBJECT_LENGTH]
+        grown = hour is not None and (
+            CreditEntry.objects.filter(account=account, kind=CreditEntry.Kind.SPEND, subject=subject, hour=hour).update(
+                amount=F("amount") - spent
+            )
         )
+        if not grown:
+            CreditEntry.objects.create(
+                account=account,
+                amount=-spent,
+                kind=CreditEntry.Kind.SPEND,
+                subject=subject,
+                note=note[:_NOTE_LENGTH],
+                hour=hour,
+            )
     account.balance = balance - spent
     return spent
 

@@ -12,12 +12,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Count
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
+from accounts.models import Account
 from accounts.services import account_balance, credits_spend
 from daemons.models import Daemon
 from daemons.proxy import forget_target
+from herder import supervisor
 from herder.errors import BadInput, DaemonBusy, ImageNotAllowed, InsufficientCredits, RuntimeUnavailable
 from herder.files import check_files
 from herder.runtime import ContainerGone, ContainerSpec, Handle, deployment_instance, get_runtime
@@ -169,6 +172,7 @@ def daemon_spawn(*, account, jti: str, name: str, image: str, ports: list[int], 
         runtime.remove(handle)
         raise DaemonBusy("The daemon was stopped or taken over while it started.")
     forget_target(daemon)
+    supervisor.wake()  # its account runs out sooner now
     return Daemon.objects.select_related("owner").get(pk=daemon.pk)
 
 
@@ -338,6 +342,7 @@ def daemon_stop(daemon: Daemon, *, state: str, wipe: bool = False) -> Daemon:
         daemon.state, daemon.stopped, daemon.claim = state, timezone.now(), ""
         daemon.save()
     forget_target(daemon)
+    supervisor.wake()  # its account's other daemons run out later now
     runtime = get_runtime()
     if container:
         runtime.remove(Handle(id=container, name=container))
@@ -406,7 +411,9 @@ def _charge(daemon: Daemon, *, until: datetime) -> int:
         account=daemon.owner,
         amount=seconds * settings.HERDER_DAEMON_COST_PER_SECOND,
         subject=daemon.full_name,
-        note=f"{seconds} s running",
+        note="running, metered by the hour",
+        # The hour the charged seconds start in: its row grows all hour long.
+        hour=daemon.metered_until.replace(minute=0, second=0, microsecond=0),
     )
     daemon.metered_until += timedelta(seconds=seconds)
     daemon.credits_used += spent
@@ -414,13 +421,56 @@ def _charge(daemon: Daemon, *, until: datetime) -> int:
     return spent
 
 
-def daemon_supervise() -> None:
+def daemon_charge(daemon: Daemon, *, until: datetime) -> Daemon | None:
+    """Charge a running daemon up to `until` under its row's lock; None when
+    it no longer runs. The supervisor's metering (and the ledger benchmark's)."""
+    with transaction.atomic():
+        daemon = Daemon.objects.select_for_update().select_related("owner").get(pk=daemon.pk)
+        if daemon.state != State.RUNNING:
+            return None
+        _charge(daemon, until=until)
+    return daemon
+
+
+def daemons_exhausted() -> set[int]:
+    """Accounts that cannot pay one more second of their running daemons
+    (metering charges whole seconds, so a few credits may be left over)."""
+    running = Daemon.objects.filter(state=State.RUNNING).order_by().values("owner_id").annotate(n=Count("pk"))
+    balances = dict(Account.objects.filter(pk__in=[r["owner_id"] for r in running]).values_list("pk", "balance"))
+    cost = settings.HERDER_DAEMON_COST_PER_SECOND
+    return {r["owner_id"] for r in running if balances.get(r["owner_id"], 0) < r["n"] * cost}
+
+
+def daemons_run_out(*, now: datetime) -> float | None:
+    """Seconds from `now` to the earliest moment an account with running
+    daemons reaches zero, or None when none runs: the supervisor wakes then
+    to charge and stop, instead of at its next pass.
+
+    An account's daemons d, metered up to mu_d, cost c per second each; its
+    balance b runs out at t where sum over d of c * (t - mu_d) = b, so
+    t = (b / c + sum mu_d) / n."""
+    cost = settings.HERDER_DAEMON_COST_PER_SECOND
+    if cost <= 0:
+        return None
+    marks: dict[int, list[float]] = {}
+    for owner_id, mark in Daemon.objects.filter(state=State.RUNNING).values_list("owner_id", "metered_until"):
+        marks.setdefault(owner_id, []).append((mark or now).timestamp())
+    if not marks:
+        return None
+    balances = dict(Account.objects.filter(pk__in=marks).values_list("pk", "balance"))
+    earliest = min((balances.get(pk, 0) / cost + sum(ms)) / len(ms) for pk, ms in marks.items())
+    return max(0.0, earliest - now.timestamp())
+
+
+def daemon_supervise() -> float | None:
     """One supervisor pass over this deployment's daemons: notice dead
     containers, adopt or remove containers no row owns, follow ports Docker
     published anew, charge, stop the daemons of accounts at zero, and remove
     networks no daemon uses.
 
     Costs two engine listings plus a few queries per running daemon.
+    Returns the seconds until the first account runs out (daemons_run_out):
+    the supervisor runs the pass again then, not a whole interval later.
     """
     runtime = get_runtime()
     containers = {info.handle.id: info for info in runtime.list(kind="daemon", ours=True)}
@@ -438,10 +488,9 @@ def daemon_supervise() -> None:
     exhausted = set()
     for daemon in Daemon.objects.filter(state=State.RUNNING).select_related("owner"):
         with transaction.atomic():
-            daemon = Daemon.objects.select_for_update().select_related("owner").get(pk=daemon.pk)
-            if daemon.state != State.RUNNING:
+            daemon = daemon_charge(daemon, until=now)
+            if daemon is None:
                 continue
-            _charge(daemon, until=now)
             if daemon.container_id not in live:
                 logger.info("daemon %s died", daemon.full_name)
                 daemon.state, daemon.stopped = State.DEAD, now
@@ -450,6 +499,7 @@ def daemon_supervise() -> None:
                 _follow_ports(daemon, containers[daemon.container_id])
         if account_balance(daemon.owner) <= 0:
             exhausted.add(daemon.owner_id)
+    exhausted |= daemons_exhausted()
 
     for daemon in Daemon.objects.filter(owner_id__in=exhausted, state__in=[State.RUNNING, State.STARTING]):
         logger.info("daemon %s: out of credits", daemon.full_name)
@@ -470,6 +520,7 @@ def daemon_supervise() -> None:
     for network in runtime.networks(kind="daemon", ours=True):
         if network.labels.get(LABEL_DAEMON_ID) not in active:
             runtime.network_remove(network.name)
+    return daemons_run_out(now=timezone.now())
 
 
 def _orphans(runtime, containers: dict, live: set) -> None:

@@ -26,6 +26,21 @@ from herder.lease import Lease, lease_from_settings
 
 logger = logging.getLogger(__name__)
 
+# Set to run the duties now rather than at the next interval: a daemon spawned
+# or stopped changes when its account runs out (daemons.services). Only this
+# process's supervisor hears it; another process's spawn is seen within one
+# interval, when the leader's pass reschedules.
+_wake = threading.Event()
+
+# How far past a duty's asked-for moment to wake, so that the moment has passed
+# on the database's clock too (metering charges whole seconds up to now).
+_MARGIN = 0.05
+
+
+def wake() -> None:
+    """Run this process's supervisor pass now (when it leads, every duty)."""
+    _wake.set()
+
 
 class Supervisor:
     def __init__(
@@ -67,23 +82,32 @@ class Supervisor:
             logger.info("supervisor lease %s by process %d", "taken" if held else "lost", os.getpid())
         return held
 
-    def run_once(self) -> None:
+    def run_once(self) -> float:
+        """Run the duties once; returns the seconds until the next pass: the
+        interval, or sooner when a duty answered a number of seconds (the
+        moment an account's daemons run out of credits)."""
         duties = self.local_duties + (self.duties if self.leading() else [])
+        wait = self.interval
         for duty in duties:
             try:
-                duty()
+                due = duty()
+                if isinstance(due, int | float) and not isinstance(due, bool):
+                    wait = min(wait, max(0.0, due) + _MARGIN)
             except RuntimeUnavailable:
                 logger.warning("%s: the container engine is unavailable", duty.__qualname__)
             except Exception:
                 logger.exception("%s failed", duty.__qualname__)
             finally:
                 close_old_connections()
+        return wait
 
     def run_forever(self) -> None:
         """Run the duties every interval until stop() is called."""
         while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(self.interval)
+            _wake.clear()
+            wait = self.run_once()
+            if not self._stop.is_set():
+                _wake.wait(wait)
 
     def start(self) -> None:
         """Run in a background thread beside the server."""
@@ -92,6 +116,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        _wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self.lease is not None:

@@ -322,7 +322,9 @@ def test_metering_across_a_failover_charges_every_second_once(deployment):
     # (never more seconds than have passed).
     elapsed = (now - started).total_seconds()
     assert elapsed - 3 * INTERVAL - 1 <= seconds <= elapsed
-    assert entries >= 2  # charged before the failover and after it
+    # One row per hour: both leaders grew the same row (two only when an hour
+    # began meanwhile), the unique (account, subject, hour) keeping a second out.
+    assert 1 <= entries <= 2
 
 
 # --- workers of one herd --------------------------------------------------------
