@@ -213,12 +213,12 @@ def test_rate_spent_counts_nothing_itself():
     from herder.admission import rate_count, rate_spent
 
     for _ in range(5):
-        rate_spent("test-failures", "addr:a", "2/m")
-    rate_count("test-failures", "addr:a", "2/m")
-    rate_spent("test-failures", "addr:a", "2/m")
-    rate_count("test-failures", "addr:a", "2/m")
+        rate_spent("test-failures", "addr:a", "2/h")
+    rate_count("test-failures", "addr:a", "2/h")
+    rate_spent("test-failures", "addr:a", "2/h")
+    rate_count("test-failures", "addr:a", "2/h")
     with pytest.raises(TooManyRequests):
-        rate_spent("test-failures", "addr:a", "2/m")
+        rate_spent("test-failures", "addr:a", "2/h")
 
 
 def test_a_test_client_request_has_a_scope_with_its_token_and_forwarded_for():

@@ -73,9 +73,9 @@ def test_a_token_holder_counts_by_account_and_a_bad_token_by_address(a_client_at
 def test_a_client_out_of_password_guesses_is_refused_at_the_door(settings):
     from herder.admission import rate_count
 
-    settings.HERDER_TOKEN_GENERATE_RATE = "1/m"
+    settings.HERDER_TOKEN_GENERATE_RATE = "1/h"
     settings.HERDER_TOKEN_PASSWORD = "x"
-    rate_count("token_generate", "addr:198.51.100.1", "1/m")
+    rate_count("token_generate", "addr:198.51.100.1", "1/h")
     status, headers, body = post("/token/v1/generate")
     assert status == 429 and headers[b"retry-after"]
     assert post("/token/v1/generate", client="198.51.100.2")[0] == 401

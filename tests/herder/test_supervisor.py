@@ -53,10 +53,12 @@ def test_this_processes_warm_containers_are_not_reaped(docker_engine, settings):
     pool.take("python")
     pool.drain()
     pool.fill("python")
-    [warm_id] = pool.container_ids()
+    # The pool's own filler may have started one more meanwhile: all of them are ours.
+    warm_ids = set(pool.container_ids())
+    assert warm_ids
 
     time.sleep(4)
     minion_reap_orphans()
 
-    assert warm_id in {info.handle.id for info in docker_engine.list(kind="minion")}
+    assert warm_ids <= {info.handle.id for info in docker_engine.list(kind="minion")}
     pool.close()

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def operator(settings):
-    settings.HERDER_ADMIN_LOGIN_RATE = "3/m"
+    settings.HERDER_ADMIN_LOGIN_RATE = "3/h"
     return User.objects.create_superuser("operator", "op@herder.test", "right")
 
 
