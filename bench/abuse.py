@@ -225,7 +225,7 @@ async def socket_flood(port: int, count: int, deadline: float, tally: Tally) -> 
                     except asyncio.TimeoutError:
                         return
             except websockets.exceptions.InvalidStatus as exc:
-                tally.add("websocket", exc.response.status_code)
+                tally.add("websocket", exc.response.status_code, "Retry-After" in exc.response.headers)
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException):
                 tally.add("websocket", 0)
             await asyncio.sleep(0.5)
@@ -274,6 +274,27 @@ async def flood(port: int, args, tag: str, tally: Tally) -> None:
 # --- The run ------------------------------------------------------------------
 
 
+def webstrates_stub() -> str:
+    """A webstrates server on loopback that has none of the flood's invented
+    webstrates (404), as a real one answers: golem spawns for them are refused."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NoSuchWebstrate(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoSuchWebstrate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
@@ -290,6 +311,7 @@ def main() -> None:
     args = parser.parse_args()
 
     instance = f"bench-abuse-{secrets.token_hex(4)}"
+    webstrates = webstrates_stub()
     with tempfile.TemporaryDirectory(prefix="herder-bench-abuse-") as folder:
         data, tmp = Path(folder) / "data", Path(folder) / "tmp"
         data.mkdir()
@@ -301,6 +323,7 @@ def main() -> None:
             "HERDER_INSTANCE": instance,
             "HERDER_TOKEN_PASSWORD": secrets.token_hex(16),
             "HERDER_MINION_POOL_SIZE": "4",
+            "HERDER_WEBSTRATES_URL": webstrates,
             "DJANGO_SETTINGS_MODULE": "herder.settings",
         }
         env.pop("DATABASE_URL", None)
