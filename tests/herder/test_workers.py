@@ -155,6 +155,10 @@ class Deployment:
         for info in runtime.list():
             if info.labels.get(LABEL_INSTANCE) == self.instance:
                 runtime.remove(info.handle)
+        # Daemons' networks too: the engine's address pools hold few of them.
+        for network in runtime.networks():
+            if network.labels.get(LABEL_INSTANCE) == self.instance:
+                runtime.network_remove(network.name)
         try:
             for (volume,) in self.query("SELECT volume FROM daemons_daemon"):
                 runtime.remove_volume(volume)
