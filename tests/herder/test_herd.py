@@ -4,15 +4,25 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from herder.runtime import get_runtime
-from tests.herder.herd_process import launch_herd
 
 pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["uvicorn", "daphne"])
@@ -20,7 +30,24 @@ def herd(request, tmp_path, docker_engine):
     """`herd` on each ASGI server it supports."""
     env = {**os.environ, "HERDER_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "herder.settings"}
     env.pop("DATABASE_URL", None)
-    process = launch_herd(env, "--server", request.param)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--server", request.param],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()
+            time.sleep(0.1)
+    process.port = port
     yield process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

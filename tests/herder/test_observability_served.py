@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.herder.asgi_client import samples, value
-from tests.herder.herd_process import launch_herd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["uvicorn", "daphne"])
@@ -28,14 +39,32 @@ def herd(request, tmp_path):
     }
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
-    process = launch_herd(env, "--server", request.param, "--no-supervisor", log=tmp_path / "herd.log")
-    process.server = request.param
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    port = free_port()
+    output = open(tmp_path / "herd.log", "w+b")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--server", request.param, "--no-supervisor"],
+        cwd=ROOT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "herd.log").read_text()
+            time.sleep(0.1)
+    process.port, process.server = port, request.param
 
     def log_lines() -> list[dict]:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+        output.seek(0)
         found = []
-        for line in (tmp_path / "herd.log").read_bytes().decode(errors="replace").splitlines():
+        for line in output.read().decode(errors="replace").splitlines():
             try:
                 found.append(json.loads(line))
             except ValueError:
@@ -47,6 +76,7 @@ def herd(request, tmp_path):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+    output.close()
 
 
 def get(port: int, path: str, headers: dict | None = None):
