@@ -462,7 +462,7 @@ def daemons_run_out(*, now: datetime) -> float | None:
     return max(0.0, earliest - now.timestamp())
 
 
-def daemon_supervise() -> float | None:
+def daemon_supervise() -> supervisor.NextPass | None:
     """One supervisor pass over this deployment's daemons: notice dead
     containers, adopt or remove containers no row owns, follow ports Docker
     published anew, charge, stop the daemons of accounts at zero, and remove
@@ -520,7 +520,8 @@ def daemon_supervise() -> float | None:
     for network in runtime.networks(kind="daemon", ours=True):
         if network.labels.get(LABEL_DAEMON_ID) not in active:
             runtime.network_remove(network.name)
-    return daemons_run_out(now=timezone.now())
+    due = daemons_run_out(now=timezone.now())
+    return None if due is None else supervisor.NextPass(due)
 
 
 def _orphans(runtime, containers: dict, live: set) -> None:

@@ -62,3 +62,22 @@ def test_this_processes_warm_containers_are_not_reaped(docker_engine, settings):
 
     assert warm_ids <= {info.handle.id for info in docker_engine.list(kind="minion")}
     pool.close()
+
+
+def test_a_quiet_deployment_waits_the_whole_interval(settings):
+    """Every configured duty, on a deployment with nothing to do: the next pass
+    is an interval away. (A reaping duty's count of 0 once read as "again in
+    0 s" and the supervisor passed 20 times a second.)"""
+    settings.HERDER_MINION_REAP_GRACE = 3600
+    supervisor = Supervisor.from_settings()
+    supervisor.lease = None  # this test's process leads: every duty runs
+    assert supervisor.run_once() == settings.HERDER_SUPERVISOR_INTERVAL
+
+
+def test_a_duty_asks_for_a_sooner_pass_only_by_next_pass():
+    from herder.supervisor import NextPass
+
+    counts = Supervisor(interval=5, duties=[lambda: 0, lambda: 3, lambda: None])
+    assert counts.run_once() == 5
+    sooner = Supervisor(interval=5, duties=[lambda: 0, lambda: NextPass(1.5)])
+    assert sooner.run_once() == pytest.approx(1.55)
