@@ -536,6 +536,9 @@ HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_
 HERDER_LOG_FORMAT = env.str("HERDER_LOG_FORMAT", default="text").lower()
 if HERDER_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"HERDER_LOG_FORMAT is text or json, not {HERDER_LOG_FORMAT!r}")
+# Refusals for load (429) are logged once per client and route in this many
+# seconds, the next line counting those left out (a flood is thousands a second).
+HERDER_LOG_REFUSALS_EVERY = _positive("HERDER_LOG_REFUSALS_EVERY", env.float("HERDER_LOG_REFUSALS_EVERY", default=10.0))
 # Who may scrape GET /metrics: a request with `Authorization: Bearer <token>`
 # (when set), or from these addresses or networks (default loopback only;
 # empty: token only). A request that came through a proxy not in
