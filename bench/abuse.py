@@ -11,7 +11,8 @@ world quiet, then again while one client floods:
 - golem spawns for new webstrate ids;
 - token password guessing.
 
-The flood comes from 127.0.0.1, the good client from 127.0.0.2: two clients
+The flood comes from 127.0.0.1, the good client from 127.0.0.2 (in a process
+of its own, as another machine would be): two clients
 by address. Prints the good client's p50/p95 beside 2 x its quiet p95, its
 errors, the herder's RSS growth, disk growth of its data and temporary
 folders, and the flood's answers by status. All traffic goes to 127.0.0.1
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing
 import os
 import secrets
 import signal
@@ -90,40 +92,66 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-# --- The well-behaved client (its own address, sequential, in a thread) -------
-
-# The herder's own figure for each good run (DurationMs: taking a container
-# and running), to tell time in the container from time in front of it.
-run_ms: list[float] = []
-front_ms: list[float] = []
+# --- The well-behaved client (its own address and its own process) -----------
+# A process of its own, as another client is on another machine: a thread
+# beside the flood's event loop would wait for this process's GIL, and count
+# that as the herder's time.
 
 
-def good_run(port: int) -> tuple[float, int]:
+def good_run(port: int) -> tuple[float, int, float | None]:
+    """One hello world: (ms in all, status, the herder's own DurationMs for it:
+    taking a container and running, to tell time in the container from time in
+    front of it)."""
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90, source_address=(GOOD_ADDRESS, 0))
+    run = None
     try:
         conn.request("POST", "/minion/v1/spawn", body=HELLO, headers=FORM)
         answer = conn.getresponse()
         body = answer.read()
         status = answer.status
         if status == 200:
-            run_ms.append(json.loads(body)["DurationMs"])
-            front_ms.append((time.perf_counter() - started) * 1000 - run_ms[-1])
+            run = json.loads(body)["DurationMs"]
     except OSError:
         status = 0
     finally:
         conn.close()
-    return (time.perf_counter() - started) * 1000, status
+    return (time.perf_counter() - started) * 1000, status, run
 
 
-def good_loop(port: int, stop: threading.Event, samples: list[float], errors: Counter) -> None:
-    while not stop.is_set():
-        ms, status = good_run(port)
+def good_client(port: int, count: int | None, stop, out) -> None:
+    """`count` runs one after another (or until `stop` with None, resting 50 ms
+    between runs); puts its samples on `out`."""
+    found = {"ms": [], "run_ms": [], "front_ms": [], "errors": Counter()}
+    done = 0
+    while (count is None and not stop.is_set()) or (count is not None and done < count):
+        ms, status, run = good_run(port)
+        done += 1
         if status == 200:
-            samples.append(ms)
+            found["ms"].append(ms)
+            found["run_ms"].append(run)
+            found["front_ms"].append(ms - run)
         else:
-            errors[status] += 1
-        time.sleep(0.05)
+            found["errors"][status] += 1
+        if count is None:
+            time.sleep(0.05)
+    out.put(found)
+
+
+def good_session(port: int, count: int | None = None):
+    """Starts the good client's process; returns (stop, collect)."""
+    context = multiprocessing.get_context("fork")
+    stop, out = context.Event(), context.Queue()
+    process = context.Process(target=good_client, args=(port, count, stop, out), daemon=True)
+    process.start()
+
+    def collect() -> dict:
+        stop.set()
+        found = out.get(timeout=180)
+        process.join(10)
+        return found
+
+    return stop, collect
 
 
 # --- The flood (asyncio, from 127.0.0.1) --------------------------------------
@@ -344,30 +372,22 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            for _ in range(10):  # warm up: the pool fills, code paths load
-                good_run(port)
-            run_ms.clear()
-            front_ms.clear()
-            quiet = [good_run(port) for _ in range(args.quiet_runs)]
-            quiet_ms = [ms for ms, status in quiet if status == 200]
+            good_session(port, 10)[1]()  # warm up: the pool fills, code paths load
+            quiet = good_session(port, args.quiet_runs)[1]()
+            quiet_ms = quiet["ms"]
             quiet_p95 = pct(quiet_ms, 0.95)
-            quiet_run_p95 = pct(run_ms, 0.95)
-            quiet_front_p95 = pct(front_ms, 0.95)
-            run_ms.clear()
-            front_ms.clear()
+            quiet_run_p95 = pct(quiet["run_ms"], 0.95)
+            quiet_front_p95 = pct(quiet["front_ms"], 0.95)
             rss_before = rss_mib(herd.pid)
             disk_before = dir_mib(data) + dir_mib(tmp)
             print(
                 f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
-                f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
+                f"({len(quiet_ms)}/{args.quiet_runs} ok; p95 in the run {quiet_run_p95:.0f} ms, "
                 f"in front of it {quiet_front_p95:.0f} ms); "
                 f"herder RSS {rss_before:.0f} MiB"
             )
 
             stop = threading.Event()
-            samples: list[float] = []
-            errors: Counter = Counter()
-            good = threading.Thread(target=good_loop, args=(port, stop, samples, errors), daemon=True)
             peaks = {"rss": rss_before, "disk": disk_before}
 
             def sample() -> None:
@@ -380,11 +400,12 @@ def main() -> None:
             tally = Tally()
             cpu_before = cpu_seconds(herd.pid)
             sampler.start()
-            good.start()
+            _, collect = good_session(port)
             started = time.monotonic()
             asyncio.run(flood(port, args, instance, tally))
             stop.set()
-            good.join(120)
+            good = collect()
+            samples, errors = good["ms"], good["errors"]
             sampler.join(5)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(herd.pid) - cpu_before
@@ -401,8 +422,8 @@ def main() -> None:
             print(
                 f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
                 f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
-                f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
-                f"in front of it {pct(front_ms, 0.95):.0f} ms"
+                f"errors {dict(errors) or 0}; p95 in the run {pct(good['run_ms'], 0.95):.0f} ms, "
+                f"in front of it {pct(good['front_ms'], 0.95):.0f} ms"
             )
             print(
                 f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
@@ -418,7 +439,9 @@ def main() -> None:
                 codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
                 print(f"flood {kind:13s} {codes}")
             if os.environ.get("ABUSE_VERBOSE"):
-                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms, strict=False)])
+                print(
+                    "good samples (total, run):", [(round(a), b) for a, b in zip(samples, good["run_ms"], strict=False)]
+                )
             print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")
         finally:
             herd.send_signal(signal.SIGTERM)
