@@ -309,6 +309,11 @@ class Slots:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def held_by(self, client: str) -> int:
+        """Slots `client` holds now."""
+        with self._lock:
+            return self._by_client[client]
+
     def limit_of(self, client: str) -> int:
         return self.per_account if client.startswith("account:") else self.per_client
 

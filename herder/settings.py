@@ -264,6 +264,13 @@ HERDER_MINION_IMAGES.update(env.dict("HERDER_MINION_ENVS", default={}))
 HERDER_MINION_TIMEOUT = _positive("HERDER_MINION_TIMEOUT", env.float("HERDER_MINION_TIMEOUT", default=30.0))
 HERDER_MINION_MEMORY = env.str("HERDER_MINION_MEMORY", default="512m")
 HERDER_MINION_CPUS = _positive("HERDER_MINION_CPUS", env.float("HERDER_MINION_CPUS", default=1.0))
+# CPU weight (Docker's cpu_shares; the default is 1024) of a client's runs
+# beyond its first while they run: under contention they get only what the
+# others leave, so a client running four CPU-bound programs slows another
+# client's one run as one program would. 0: every run weighs the same.
+HERDER_MINION_CPU_WEIGHT_EXTRA = env.int("HERDER_MINION_CPU_WEIGHT_EXTRA", default=2)
+if HERDER_MINION_CPU_WEIGHT_EXTRA and not 2 <= HERDER_MINION_CPU_WEIGHT_EXTRA <= 262144:
+    raise ImproperlyConfigured("HERDER_MINION_CPU_WEIGHT_EXTRA is 0 (off) or 2-262144 (Docker's cpu_shares)")
 HERDER_MINION_PIDS = int(_positive("HERDER_MINION_PIDS", env.int("HERDER_MINION_PIDS", default=256)))
 HERDER_MINION_USER = env.str("HERDER_MINION_USER", default="65534:65534")
 HERDER_MINION_WORKDIR_SIZE = env.str("HERDER_MINION_WORKDIR_SIZE", default="256m")
