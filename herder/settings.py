@@ -72,15 +72,17 @@ INSTALLED_APPS = [
     "daemons",
 ]
 
+# Django's own, run on the event loop rather than a thread hop per hook
+# (herder/middleware.py): a spawn waited ~15 turns of a busy loop before its run.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "herder.middleware.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "herder.middleware.SessionMiddleware",
+    "herder.middleware.CommonMiddleware",
+    "herder.middleware.CsrfViewMiddleware",
+    "herder.middleware.AuthenticationMiddleware",
+    "herder.middleware.MessageMiddleware",
+    "herder.middleware.XFrameOptionsMiddleware",
     # The route's name for the request's log line and metrics (herder/requestlog.py).
     "herder.requestlog.RouteName",
 ]
