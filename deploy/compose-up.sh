@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'compose-up: %s\n' "$*"; }
 
-say "using $(bash deploy/compose.sh --install)"
+tool=$(bash deploy/compose.sh --install)
+say "using $tool"
 bash deploy/build-images.sh
 bash deploy/build-herder-image.sh
 HERDER_SECRETS_DIR=$(bash deploy/secrets.sh)

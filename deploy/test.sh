@@ -25,7 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # tests/deploy/test_compose.py runs deploy/compose.yml with the `docker compose`
 # plugin or docker-compose; Debian's docker-compose is installed when neither is there.
-echo "test: compose tool: $(bash deploy/compose.sh --install)"
+compose_tool=$(bash deploy/compose.sh --install)
+echo "test: compose tool: $compose_tool"
 # npm ci again when the lock file changed since the last install.
 lock_sum=$(sha256sum tests/compat/node/package-lock.json | cut -d' ' -f1)
 if [ "$(cat tests/compat/node/node_modules/.herder-lock-sum 2>/dev/null)" != "$lock_sum" ]; then

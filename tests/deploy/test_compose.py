@@ -113,7 +113,12 @@ class Deployment:
         return sh("bash", "deploy/compose.sh", *args, env=self.env, check=check)
 
     def container(self, service: str) -> str:
-        return self.compose("ps", "-q", service)
+        """The service's container, by the labels both Compose tools set
+        (a `docker ps`: far quicker than starting the Compose tool)."""
+        return sh(
+            "docker", "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.name}",
+            "--filter", f"label=com.docker.compose.service={service}",
+        )  # fmt: skip
 
     def health(self, service: str) -> str:
         return sh("docker", "inspect", "-f", "{{.State.Health.Status}}", self.container(service))
@@ -169,7 +174,7 @@ def call(
 def diagnose(deployment: Deployment) -> str:
     lines = [deployment.compose("ps", check=False)]
     for service in ("herder", "postgres", "redis"):
-        container = deployment.compose("ps", "-q", service, check=False)
+        container = deployment.container(service)
         if container:
             done = subprocess.run(["docker", "logs", "--tail", "30", container], capture_output=True, text=True)
             lines.append(f"--- {service}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
