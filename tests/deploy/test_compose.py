@@ -259,6 +259,8 @@ def test_secrets_reach_the_herder_as_files_only(deployment):
         value = (secrets_dir / secret).read_text()
         assert value and value not in environment, secret
     assert "HERDER_SECRET_KEY_FILE=/run/secrets/secret_key" in environment
+    # compose-up.sh derived the public URL from the port (Compose v1 cannot nest defaults).
+    assert f"HERDER_PUBLIC_URL=http://127.0.0.1:{deployment.port}" in environment.splitlines()
     mounts = {m["Destination"]: m for m in config["Mounts"]}
     assert mounts["/run/secrets/token_private_key"]["Source"] == str(secrets_dir / "token_private_key")
     assert "/var/run/docker.sock" in mounts
