@@ -223,6 +223,7 @@ def deployment(tmp_path_factory):
         shutil.rmtree(secrets_dir, ignore_errors=True)
         left = leftovers(name)
         fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
         assert not any(left.values()), left
 
 
