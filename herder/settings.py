@@ -112,8 +112,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_name = str(DATABASES["default"]["NAME"])
     if _sqlite_name and _sqlite_name != ":memory:" and not _sqlite_name.startswith("file:"):
         private_file(Path(_sqlite_name))
-    # Concurrent writers wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    # Concurrent writers wait for the lock instead of failing at once. WAL:
+    # readers never wait for a writer, and a commit appends to the log without
+    # an fsync (0.02 ms against 2.6 ms here, far more while the disk is busy;
+    # every minion run commits twice). A power cut may lose the last commits,
+    # never the file's consistency. SQLite gives the log files the database's mode.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
