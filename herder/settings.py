@@ -327,6 +327,18 @@ def _rate(name: str, default: str) -> str:
     return text
 
 
+# `herd --workers N` tells each of its workers that it is one of N on this
+# machine. The totals below (runs, sockets, bodies in progress) are the
+# herd's: each worker holds its share (rounded up), so N workers together stay
+# within what the machine holds. Per-client limits stay per process.
+HERDER_WORKERS_HERE = max(1, env.int("HERDER_WORKERS_HERE", default=1))
+
+
+def _share(total: int) -> int:
+    """This worker's part of a herd-wide total (0, no limit, stays 0)."""
+    return -(-total // HERDER_WORKERS_HERE) if total > 0 else total
+
+
 def _default_minion_slots() -> int:
     """Runs at once this machine can hold: 4 per core (a run mostly waits on
     its container), and no more than fit in memory at the minion memory limit."""
@@ -348,12 +360,16 @@ HERDER_UPLOADS_PER_CLIENT = env.int("HERDER_UPLOADS_PER_CLIENT", default=8)
 # and how many may wait for a slot (FIFO, fair across clients) and how long.
 HERDER_MINION_MAX_PER_CLIENT = env.int("HERDER_MINION_MAX_PER_CLIENT", default=4)
 HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default=8)
-HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
+HERDER_MINION_MAX_RUNNING = _share(env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots()))
 HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
+if "HERDER_MINION_QUEUE" in os.environ:
+    HERDER_MINION_QUEUE = _share(HERDER_MINION_QUEUE)
 HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
 # Every run may hold its body, and daemon spawns and the like some more (waiters
 # hold none: they wait before their body is read, herder/gate.py).
-HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
+HERDER_UPLOADS_MAX = _share(
+    env.int("HERDER_UPLOADS_MAX", default=(HERDER_MINION_MAX_RUNNING + 16) * HERDER_WORKERS_HERE)
+)
 # Wrong token passwords per client, and failed admin logins per client and per
 # username, before 429 (fixed windows, counted in the cache).
 HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")
@@ -504,9 +520,11 @@ HERDER_WS_MAX_FRAME = int(_positive("HERDER_WS_MAX_FRAME", env.int("HERDER_WS_MA
 # one herder process. The total's default gives each socket the most it can hold
 # (its pairing buffer and three frames) within a quarter of the machine's memory.
 HERDER_WS_MAX_PER_CLIENT = env.int("HERDER_WS_MAX_PER_CLIENT", default=128)
-HERDER_WS_MAX = env.int(
-    "HERDER_WS_MAX",
-    default=max(64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)),
+HERDER_WS_MAX = _share(
+    env.int(
+        "HERDER_WS_MAX",
+        default=max(64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)),
+    )
 )
 
 # --- The supervisor --------------------------------------------------------

@@ -31,6 +31,7 @@ import redis
 from websockets.sync.client import connect
 
 from herder.runtime import LABEL_INSTANCE, get_runtime
+from herder.settings import _default_minion_slots
 from tests.golems.conftest import free_port, wait_for_port
 
 pytestmark = pytest.mark.docker
@@ -348,6 +349,10 @@ def test_two_workers_pair_and_run(deployment, server):
     assert wait_for(lambda: lease_takers(herd), 30)  # started
     time.sleep(2 * INTERVAL)
     assert len(lease_takers(herd)) == 1 and lease_takers(herd)[0] in herd.children()
+    # The machine's totals are the herd's: each worker holds half.
+    status, body = get(f"{herd.http}/pressure")
+    assert status == 200
+    assert json.loads(body)["minions"]["max_running"] == -(-_default_minion_slots() // 2)
 
 
 def test_a_worker_killed_with_9_while_the_other_serves(deployment):
