@@ -334,6 +334,12 @@ def _rate(name: str, default: str) -> str:
 HERDER_WORKERS_HERE = max(1, env.int("HERDER_WORKERS_HERE", default=1))
 
 
+# With REDIS_URL, how often each process tells the others what each client
+# holds, so per-client limits hold across processes (herder/sharedslots.py);
+# 0 turns it off (per-client limits per process).
+HERDER_SLOTS_SHARE_INTERVAL = env.float("HERDER_SLOTS_SHARE_INTERVAL", default=0.5)
+
+
 def _share(total: int) -> int:
     """This worker's part of a herd-wide total (0, no limit, stays 0)."""
     return -(-total // HERDER_WORKERS_HERE) if total > 0 else total
