@@ -5,7 +5,8 @@ computed from.
 Starts `manage.py herd` (SQLite, the in-memory layer, one process) on a free
 loopback port with its own data folder and `HERDER_INSTANCE` label, and a
 webstrates server stub on loopback whose page's golem code opens the control
-socket, says so to the stub, and echoes every ad-hoc minion. Then, one after
+socket, says so to the stub, and echoes every ad-hoc minion (`--page`: a
+file put in that page's body, to measure golems of a real webstrate's weight). Then, one after
 another:
 
   1. the herder at rest: RSS and PSS (/proc), CPU while idle;
@@ -14,8 +15,8 @@ another:
      golem (`--controls` control sockets): the herder's RSS per pair, its CPU
      per relayed message (`--messages` round trips each, all pairs at once) and
      while the pairs idle (heartbeat pings);
-  4. golems: `--golems` real golems (Chromium) started one at a time, each
-     paired with a minion that sends `--golem-messages` round trips through the
+  4. golems: `--golems` real golems (Chromium) started one at a time (the
+     CPU each took to start), each paired with a minion that sends `--golem-messages` round trips through the
      page's code; then, idle: each container's memory (cgroup: usage as `docker
      stats` shows it, anonymous memory, peak), pids, CPU over `--window`
      seconds, and the herder's idle CPU with them;
@@ -208,6 +209,31 @@ class Cgroup:
         return int(self._read("pids", "pids.current", "pids.current") or 0)
 
 
+def engine_processes(container_id: str) -> tuple[float, float, int]:
+    """RSS and PSS (MiB) of the processes the engine runs beside a container,
+    outside its cgroup: its containerd shim and a docker-proxy per published
+    port; and how many."""
+    published = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", container_id) or "null") or {}
+    ports = {b["HostPort"] for bindings in published.values() if bindings for b in bindings}
+    rss = pss = 0.0
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            shim = "containerd-shim" in argv[0] and container_id in argv
+            proxy = argv[0].endswith("docker-proxy") and any(
+                a == "-host-port" and b in ports for a, b in zip(argv, argv[1:], strict=False)
+            )
+            if shim or proxy:
+                r, p = rss_pss_mib(int(entry.name))
+                rss, pss, count = rss + r, pss + p, count + 1
+        except OSError:
+            continue
+    return rss, pss, count
+
+
 def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
@@ -274,9 +300,9 @@ class WebstratesStub:
     """The same page for every /<id>/; /ready/<id> records a golem whose control
     socket opened."""
 
-    def __init__(self, herder_url: str) -> None:
+    def __init__(self, herder_url: str, body: str = "<h1>bench</h1>") -> None:
         page = f"""<!doctype html><html><head><title>bench</title>
-<script src="{herder_url}/golem/v1/"></script></head><body><h1>bench</h1>
+<script src="{herder_url}/golem/v1/"></script></head><body>{body}
 <script type="text/plain" class="golem">{GOLEM_CODE}</script></body></html>""".encode()
         self.ready: set[str] = set()
         owner = self
@@ -442,7 +468,8 @@ def containers(instance: str, kind: str, owner: str | None = None) -> list[str]:
     ).split()
 
 
-def container_figures(table: Table, label: str, cgroups: list[Cgroup], window: float) -> dict:
+def container_figures(table: Table, label: str, ids: list[str], window: float) -> dict:
+    cgroups = [Cgroup(cid) for cid in ids]
     cpu = idle_cpu({str(n): cgroup.cpu_seconds for n, cgroup in enumerate(cgroups)}, window)
     memories = [cgroup.memory() for cgroup in cgroups]
     figures = {
@@ -454,6 +481,7 @@ def container_figures(table: Table, label: str, cgroups: list[Cgroup], window: f
         "cpu": [100 * v for v in cpu.values()],
     }
     n = len(cgroups)
+    beside = [engine_processes(c) for c in ids]
     table.add(
         f"{label}: memory idle (docker stats)", f"{summary(figures['usage'])} MiB", f"median (range) of {n}, {load()}"
     )
@@ -461,6 +489,11 @@ def container_figures(table: Table, label: str, cgroups: list[Cgroup], window: f
     table.add(f"{label}: tmpfs/shm idle", f"{summary(figures['shmem'])} MiB", "cgroup memory.stat shmem")
     table.add(f"{label}: memory peak", f"{summary(figures['peak'])} MiB", "cgroup max usage, file pages included")
     table.add(f"{label}: pids idle", summary(figures["pids"]), "cgroup pids.current")
+    table.add(
+        f"{label}: engine processes beside it",
+        f"{summary([b[0] for b in beside])} / {summary([b[1] for b in beside])} MiB",
+        f"RSS / PSS of its containerd shim and docker-proxies ({summary([float(b[2]) for b in beside])} processes)",
+    )
     table.add(f"{label}: CPU idle", f"{summary(figures['cpu'])} % core", f"cgroup CPU seconds over {window:.0f} s")
     return figures
 
@@ -728,6 +761,7 @@ def herd_parts(
 
         print(f"4. {args.golems} golems, one at a time ({load()})")
         golem_trip: list[float] = []
+        golem_start: list[float] = []
         herder_trip: list[float] = []
         herder_before_golems = rss_mib(herd.pid)
         for n in range(args.golems):
@@ -741,17 +775,22 @@ def herd_parts(
                 time.sleep(0.2)
             print(f"   {webstrate}: control socket open {time.perf_counter() - started:.1f} s after spawn ({load()})")
             cgroup = Cgroup(containers(instance, "golem", owner=webstrate)[0])
+            golem_start.append(cgroup.cpu_seconds())
             cpu_before, herder_before = cgroup.cpu_seconds(), cpu_seconds(herd.pid)
             asyncio.run(golem_round_trips(port, webstrate, args.golem_messages))
             golem_trip.append((cgroup.cpu_seconds() - cpu_before) / args.golem_messages)
             herder_trip.append((cpu_seconds(herd.pid) - herder_before) / args.golem_messages)
         ids = containers(instance, "golem")
         time.sleep(10)  # settle after the load
-        golem_cgroups = [Cgroup(cid) for cid in ids]
         print(f"   {len(ids)} golems idle ({load()})")
         herder_with_golems = rss_mib(herd.pid)
         cpu = idle_cpu(herder_cpu, args.window)["herder"]
-        container_figures(table, "golem", golem_cgroups, args.window)
+        container_figures(table, "golem", ids, args.window)
+        table.add(
+            "golem: CPU to start",
+            f"{summary(golem_start)} s",
+            "cgroup CPU seconds from its start until its page's control socket opened",
+        )
         table.add(
             "golem: CPU per minion round trip",
             f"{summary([1e6 * t for t in golem_trip])} us",
@@ -793,8 +832,7 @@ def herd_parts(
                 http(proxied)
             proxy_cpu.append((cpu_seconds(herd.pid) - cpu_before) / 200)
         time.sleep(5)
-        daemon_cgroups = [Cgroup(cid) for cid in containers(instance, "daemon")]
-        container_figures(table, "daemon (daemon-echo)", daemon_cgroups, args.window)
+        container_figures(table, "daemon (daemon-echo)", containers(instance, "daemon"), args.window)
         table.add(
             "herder: CPU per proxied request",
             f"{summary([1e6 * t for t in proxy_cpu])} us",
@@ -826,6 +864,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--golems", type=int, default=3)
     parser.add_argument("--golem-messages", type=int, default=500)
+    parser.add_argument(
+        "--page",
+        help="an HTML file put in the golems' page body (e.g. a saved webstrate): golems cost what their page does",
+    )
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--controls", type=int, default=20)
@@ -840,7 +882,8 @@ def main() -> None:
     tag = secrets.token_hex(4)
     instance = f"herder-test-capacity-{tag}"
     port = free_port()
-    stub = WebstratesStub(f"http://127.0.0.1:{port}")
+    body = Path(args.page).read_text() if args.page else "<h1>bench</h1>"
+    stub = WebstratesStub(f"http://127.0.0.1:{port}", body)
     table = Table()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     print(f"machine: {os.cpu_count()} cores, {memory:.1f} GiB; {load()}; instance {instance}")
