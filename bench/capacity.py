@@ -259,13 +259,13 @@ class Table:
 
     def add(self, what: str, figure: str, note: str = "") -> None:
         self.rows.append((what, figure, note))
-        print(f"  {what:44} {figure:>24}  {note}", flush=True)
+        print(f"  {what:46} {figure:>24}  {note}", flush=True)
 
     def print(self) -> None:
         print("\n" + "=" * 100)
-        print(f"{'what':46}{'figure':>24}  how / when")
+        print(f"{'what':48} {'figure':>24}  how / when")
         for what, figure, note in self.rows:
-            print(f"{what:46}{figure:>24}  {note}")
+            print(f"{what:48} {figure:>24}  {note}")
 
 
 # --- The herder and the stub -------------------------------------------------------
@@ -490,7 +490,7 @@ def container_figures(table: Table, label: str, ids: list[str], window: float) -
     table.add(f"{label}: memory peak", f"{summary(figures['peak'])} MiB", "cgroup max usage, file pages included")
     table.add(f"{label}: pids idle", summary(figures["pids"]), "cgroup pids.current")
     table.add(
-        f"{label}: engine processes beside it",
+        f"{label}: shim, proxies beside it",
         f"{summary([b[0] for b in beside])} / {summary([b[1] for b in beside])} MiB",
         f"RSS / PSS of its containerd shim and docker-proxies ({summary([float(b[2]) for b in beside])} processes)",
     )
@@ -721,6 +721,9 @@ def herd_parts(
                 await pairs.open_controls(args.controls)
                 await asyncio.sleep(2)
                 controls = rss_mib(herd.pid)
+                cpu_before = cpu_seconds(herd.pid)
+                await asyncio.sleep(args.window)
+                controls_idle = (cpu_seconds(herd.pid) - cpu_before) / args.window
                 await pairs.open_pairs(args.pairs)
                 await asyncio.sleep(3)
                 paired = rss_mib(herd.pid)
@@ -731,11 +734,11 @@ def herd_parts(
                 await pairs.round_trips(args.messages)
                 elapsed = time.perf_counter() - started
                 relay = cpu_seconds(herd.pid) - cpu_before
-                return start, controls, paired, idle, relay, elapsed, rss_mib(herd.pid)
+                return start, controls, controls_idle, paired, idle, relay, elapsed, rss_mib(herd.pid)
             finally:
                 await pairs.close()
 
-        start, controls, paired, idle, relay, elapsed, busy = asyncio.run(pairs_part())
+        start, controls, controls_idle, paired, idle, relay, elapsed, busy = asyncio.run(pairs_part())
         messages = 2 * args.pairs * args.messages
         table.add(
             "herder: RSS per control socket",
@@ -748,9 +751,15 @@ def herd_parts(
             f"{args.pairs} pairs: {controls:.0f} -> {paired:.0f} MiB (after relaying {busy:.0f} MiB)",
         )
         table.add(
+            "herder: CPU per idle control socket",
+            f"{max(0.0, controls_idle - baseline) * 1e6 / args.controls:.0f} us/s",
+            f"{controls_idle * 100:.2f} % core with them over {args.window:.0f} s, less the rest's "
+            "(presence refreshed every heartbeat)",
+        )
+        table.add(
             "herder: CPU per idle pair",
-            f"{max(0.0, idle - baseline) * 1e6 / args.pairs:.1f} us/s",
-            f"{idle * 100:.2f} % core with them over {args.window:.0f} s, less the rest's (heartbeat pings)",
+            f"{max(0.0, idle - controls_idle) * 1e6 / args.pairs:.0f} us/s",
+            f"{idle * 100:.2f} % core with them over {args.window:.0f} s, less the controls' (heartbeat pings)",
         )
         table.add(
             "herder: CPU per relayed message",
@@ -763,7 +772,6 @@ def herd_parts(
         golem_trip: list[float] = []
         golem_start: list[float] = []
         herder_trip: list[float] = []
-        herder_before_golems = rss_mib(herd.pid)
         for n in range(args.golems):
             webstrate = f"cap-{tag}-{n}"
             golems.append(webstrate)
@@ -783,7 +791,6 @@ def herd_parts(
         ids = containers(instance, "golem")
         time.sleep(10)  # settle after the load
         print(f"   {len(ids)} golems idle ({load()})")
-        herder_with_golems = rss_mib(herd.pid)
         cpu = idle_cpu(herder_cpu, args.window)["herder"]
         container_figures(table, "golem", ids, args.window)
         table.add(
@@ -795,11 +802,6 @@ def herd_parts(
             "golem: CPU per minion round trip",
             f"{summary([1e6 * t for t in golem_trip])} us",
             f"cgroup CPU over {args.golem_messages} round trips through the page's code",
-        )
-        table.add(
-            "herder: RSS per golem",
-            f"{(herder_with_golems - herder_before_golems) * 1024 / max(1, len(ids)):.0f} KiB",
-            "its control socket, row, page loads",
         )
         table.add(
             "herder: CPU per idle golem",
@@ -832,7 +834,15 @@ def herd_parts(
                 http(proxied)
             proxy_cpu.append((cpu_seconds(herd.pid) - cpu_before) / 200)
         time.sleep(5)
-        container_figures(table, "daemon (daemon-echo)", containers(instance, "daemon"), args.window)
+        daemon_ids = containers(instance, "daemon")
+        cpu = idle_cpu(herder_cpu, args.window)["herder"]
+        container_figures(table, "daemon (daemon-echo)", daemon_ids, args.window)
+        table.add(
+            "herder: CPU per running daemon",
+            f"{max(0.0, cpu - baseline) * 1e6 / max(1, len(daemon_ids)):.0f} us/s",
+            f"{cpu * 100:.2f} % core with them over {args.window:.0f} s, less the rest's (the supervisor's "
+            "metering and checks every pass)",
+        )
         table.add(
             "herder: CPU per proxied request",
             f"{summary([1e6 * t for t in proxy_cpu])} us",
