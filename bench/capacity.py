@@ -27,7 +27,10 @@ another:
      `--concurrency` at a time, and golem-like (the golem's spec, its seccomp
      profile included) one at a time, each removed at once; the CPU seconds
      dockerd and containerd spend per container; a warm minion's memory;
-  7. `herd --workers 2` on Redis (`--redis`; skipped when it does not
+  7. the supervisor's metering: CPU per running daemon per pass (rows only,
+     `--metered` of them), on SQLite and on PostgreSQL (`--postgres`, a
+     database of its own, dropped after; skipped when it does not answer);
+  8. `herd --workers 2` on Redis (`--redis`; skipped when it does not
      answer): the parent's and each worker's RSS and PSS at rest.
 
 Memory and CPU seconds are what contention distorts least: CPU figures are
@@ -577,6 +580,88 @@ def engine_rate(table: Table, args, tag: str) -> None:
     )
 
 
+def metering_rows(count: int, passes: int = 4) -> None:
+    """(Run in a subprocess on the database its environment names.) What the
+    supervisor's pass does per running daemon: charge it (a transaction under
+    its row's lock, the hour's ledger row grown) and read its account's
+    balance; prints CPU and wall seconds per daemon per pass as JSON."""
+    sys.path.insert(0, str(ROOT))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    from datetime import UTC, datetime, timedelta
+
+    from accounts.services import account_balance, account_get_or_create, credits_grant
+    from daemons.models import Daemon
+    from daemons.services import daemon_charge
+
+    start = datetime.now(UTC) - timedelta(hours=1)
+    account = account_get_or_create(email=f"bench-capacity-{secrets.token_hex(4)}@herder.test")
+    credits_grant(account=account, amount=10**12)
+    rows = [
+        Daemon.objects.create(
+            owner=account,
+            name=f"m{i}",
+            full_name=f"m{i}-bench",
+            image=ECHO,
+            volume=f"herder-test-capacity-{i}",
+            state=Daemon.State.RUNNING,
+            started=start,
+            metered_until=start,
+        )
+        for i in range(count)
+    ]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for step in range(1, passes + 1):
+        now = start + timedelta(seconds=5 * step)
+        for daemon in rows:
+            charged = daemon_charge(daemon, until=now)
+            account_balance(charged.owner)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    Daemon.objects.filter(pk__in=[d.pk for d in rows]).update(state=Daemon.State.KILLED, stopped=now)
+    print(json.dumps({"cpu": cpu / (count * passes), "wall": wall / (count * passes)}))
+
+
+def metering(table: Table, args, env: dict[str, str]) -> None:
+    """The leader's metering per daemon per pass, on SQLite (the bench's data
+    folder) and on PostgreSQL (a database of its own, dropped after) when it
+    answers."""
+
+    def measure(label: str, extra: dict[str, str]) -> None:
+        out = subprocess.run(
+            [sys.executable, __file__, "--metering-rows", str(args.metered)],
+            cwd=ROOT,
+            env={**env, **extra},
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        figures = json.loads(out.strip().splitlines()[-1])
+        table.add(
+            f"supervisor: metering per daemon per pass, {label}",
+            f"{figures['cpu'] * 1000:.2f} ms CPU",
+            f"{figures['wall'] * 1000:.2f} ms wall; {args.metered} daemon rows, the herder's side only; {load()}",
+        )
+
+    measure("SQLite", {})
+    try:
+        import psycopg
+
+        database = f"herder_test_capacity_{secrets.token_hex(4)}"
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+    except Exception as exc:
+        table.add("supervisor: metering, PostgreSQL", "skipped", f"{args.postgres}: {exc}")
+        return
+    try:
+        measure("PostgreSQL", {"DATABASE_URL": args.postgres.rsplit("/", 1)[0] + f"/{database}"})
+    finally:
+        with psycopg.connect(args.postgres, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 def workers_at_rest(table: Table, args, data: str, instance: str, webstrates: str) -> None:
     host, _, rest = args.redis.partition("//")[2].partition(":")
     try:
@@ -887,7 +972,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--window", type=float, default=20, help="seconds over which idle CPU is measured")
     parser.add_argument("--redis", default=os.environ.get("HERDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("HERDER_BENCH_POSTGRES_URL", "postgres://herder:herder@127.0.0.1:5432/postgres"),
+    )
+    parser.add_argument("--metered", type=int, default=300, help="daemon rows the metering part charges")
+    parser.add_argument("--metering-rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.metering_rows:
+        metering_rows(args.metering_rows)
+        return
 
     tag = secrets.token_hex(4)
     instance = f"herder-test-capacity-{tag}"
@@ -906,7 +1000,9 @@ def main() -> None:
             for key in ("REDIS_URL", "DATABASE_URL"):
                 os.environ.pop(key, None)
             engine_rate(table, args, tag)
-            print(f"7. herd --workers 2 at rest ({load()})")
+            print(f"7. the supervisor's metering ({load()})")
+            metering(table, args, env)
+            print(f"8. herd --workers 2 at rest ({load()})")
             workers_at_rest(table, args, data, instance, stub.url)
         finally:
             stub.close()
