@@ -658,8 +658,23 @@ def metering(table: Table, args, env: dict[str, str]) -> None:
     try:
         measure("PostgreSQL", {"DATABASE_URL": args.postgres.rsplit("/", 1)[0] + f"/{database}"})
     finally:
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database(args.postgres, database)
+
+
+def drop_database(url: str, database: str) -> None:
+    """Drop it, waiting for backends that are not ours (an autovacuum worker
+    after the inserts) to leave: FORCE may not end another role's."""
+    import psycopg
+
+    for attempt in range(30):
+        try:
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == 29:
+                raise
+            time.sleep(1)
 
 
 def workers_at_rest(table: Table, args, data: str, instance: str, webstrates: str) -> None:
