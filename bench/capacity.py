@@ -5,23 +5,28 @@ computed from.
 Starts `manage.py herd` (SQLite, the in-memory layer, one process) on a free
 loopback port with its own data folder and `HERDER_INSTANCE` label, and a
 webstrates server stub on loopback whose page's golem code opens the control
-socket, says so to the stub, and echoes every ad-hoc minion (`--page`: a
-file put in that page's body, to measure golems of a real webstrate's weight). Then, one after
-another:
+socket, says so to the stub, and echoes every ad-hoc minion (`--page`: a file
+put in that page's body, to measure golems of a real webstrate's weight).
+Then, one after another:
 
   1. the herder at rest: RSS and PSS (/proc), CPU while idle;
-  2. idle WebSockets: `--sockets` ad-hoc minions waiting for a golem: RSS each;
-  3. paired sockets: `--pairs` ad-hoc minions paired with sockets playing the
-     golem (`--controls` control sockets): the herder's RSS per pair, its CPU
-     per relayed message (`--messages` round trips each, all pairs at once) and
-     while the pairs idle (heartbeat pings);
-  4. golems: `--golems` real golems (Chromium) started one at a time (the
-     CPU each took to start), each paired with a minion that sends `--golem-messages` round trips through the
-     page's code; then, idle: each container's memory (cgroup: usage as `docker
-     stats` shows it, anonymous memory, peak), pids, CPU over `--window`
-     seconds, and the herder's idle CPU with them;
-  5. daemons: `--daemons` herder/daemon-echo daemons, 200 proxied requests
-     each, then idle: the same cgroup figures;
+  2. idle WebSockets: `--sockets` ad-hoc minions waiting for a golem: RSS and
+     CPU each;
+  3. paired sockets: `--controls` control sockets playing golems, then
+     `--pairs` ad-hoc minions paired with them: the herder's RSS and idle CPU
+     per control socket (presence refreshes) and per pair (heartbeat pings),
+     and its CPU per relayed message (`--messages` round trips each, all pairs
+     at once);
+  4. golems: `--golems` real golems (Chromium) started one at a time (the CPU
+     each took to start), each paired with a minion sending `--golem-messages`
+     round trips through the page's code (CPU per round trip, the golem's and
+     the herder's); then, idle: each container's memory (cgroup: usage as
+     `docker stats` shows it, anonymous memory, tmpfs, peak), pids, the
+     engine's processes beside it (containerd shim, docker-proxy), CPU over
+     `--window` seconds, and the herder's idle CPU per golem;
+  5. daemons: `--daemons` herder/daemon-echo daemons, 200 proxied requests each
+     (the herder's CPU per request), then idle: the same figures, and the
+     herder's idle CPU per running daemon (its supervisor's passes);
   6. the engine: containers created and started per second (`--creates`),
      minion-like (the warm pool's spec, attached) one at a time and
      `--concurrency` at a time, and golem-like (the golem's spec, its seccomp
