@@ -380,8 +380,9 @@ def test_a_worker_killed_with_9_while_the_other_serves(deployment):
 
 def test_sigterm_drains_every_worker(deployment):
     # One client's six runs may all land on one worker (the shared socket does not
-    # deal connections evenly): its per-client limit must not queue any of them.
-    herd = deployment.start("w", workers=2, HERDER_MINION_MAX_PER_CLIENT="8")
+    # deal connections evenly): neither its per-client limit nor that worker's
+    # half of the herd's total may queue any of them.
+    herd = deployment.start("w", workers=2, HERDER_MINION_MAX_PER_CLIENT="8", HERDER_MINION_MAX_RUNNING="16")
     assert wait_for(lambda: len(herd.children()) == 2, 30)
     workers = herd.children()
     runtime = get_runtime()
