@@ -464,8 +464,20 @@ class HerderChannelLayer(RedisChannelLayer):
         connecting[client] = future
         link = None
         try:
-            reader, writer = await asyncio.open_unix_connection(link_address(client))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                # Connected here, not by the loop: uvloop (libuv) takes socket
+                # paths as C strings and so cannot name an abstract one. A Unix
+                # socket connects at once, or is refused, or its backlog is full.
+                sock.connect(link_address(client))
+            except OSError:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
             link = links[client] = _Link(reader, writer)
+        except BlockingIOError:
+            pass  # a process too busy to accept: Redis this time
         except OSError:
             # Not on this host (or gone): Redis, from now on.
             if len(self._elsewhere) >= _ELSEWHERE_MAX:
