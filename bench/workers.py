@@ -7,7 +7,9 @@ PostgreSQL and Redis (so only the number of processes differs):
 - relay round trip: an ad-hoc minion and its golem socket echoing, each pair's
   p50, in a herd of its own; with two workers, pairs whose two sockets landed on
   one worker and pairs split over both (told apart by `ss`), until there are
-  `--pairs` of each (`--relay-only` measures only this).
+  `--pairs` of each; and split pairs with the link between workers off
+  (HERDER_RELAY_LINK=false), through Redis as between hosts (`--relay-only`
+  measures only the relay).
 
     .venv/bin/python bench/workers.py [--seconds 8] [--connections 20] [--workers 2]
 
@@ -120,18 +122,18 @@ def workers_of(herd: int) -> list[int]:
 
 
 async def relay_rtt(
-    port: int, pairs: int, count: int, *, split_too: bool, workers: list[int]
+    port: int, want: dict[str, int], count: int, *, workers: list[int]
 ) -> list[tuple[str, float, float]]:
     """(kind, p50 round trip in ms, the workers' CPU per round trip in us) of each
-    pair: "same" when the minion's socket and
-    the golem's socket to it landed on one worker, "split" when on two. With
-    `split_too`, pairs are opened (and measured) until there are `pairs` of each kind
-    (at most 8 x pairs), as the kernel hands connections to whichever worker accepts."""
+    pair: "same" when the minion's socket and the golem's socket to it landed on one
+    worker, "split" when on two. Pairs are opened until `want` of each kind were
+    measured (at most 8 x as many), as the kernel hands connections to whichever
+    worker accepts first; a pair of a kind not wanted (any more) is closed unmeasured."""
     base = f"ws://127.0.0.1:{port}"
     results: list[tuple[str, float, float]] = []
-    for _ in range(8 * pairs):
+    for _ in range(8 * sum(want.values())):
         kinds = [kind for kind, *_ in results]
-        if kinds.count("same") >= pairs and (not split_too or kinds.count("split") >= pairs):
+        if all(kinds.count(kind) >= n for kind, n in want.items()):
             break
         webstrate = f"bench-{uuid.uuid4().hex[:8]}"
         async with (
@@ -143,6 +145,8 @@ async def relay_rtt(
                 assert json.loads(await minion.recv()) == {"Event": "golem-connected"}
                 pids = {server_pid(port, ws.local_address[1]) for ws in (minion, golem)}
                 kind = "same" if len(pids) == 1 else "split"
+                if kinds.count(kind) >= want.get(kind, 0):
+                    continue
 
                 async def echo():
                     for _ in range(count):
@@ -162,13 +166,14 @@ async def relay_rtt(
     return results
 
 
-def measure_relay(workers: int, env: dict[str, str], args) -> list[tuple[str, float, float]]:
-    """The relay in a herd of its own (nothing else running in it)."""
+def measure_relay(workers: int, env: dict[str, str], args, *, link: bool = True) -> list[tuple[str, float, float]]:
+    """The relay in a herd of its own (nothing else running in it). Without `link`,
+    workers relay through Redis, as herders on two hosts do: split pairs only."""
     port = free_port()
     herd = subprocess.Popen(
         [sys.executable, "manage.py", "herd", "--port", str(port), "--workers", str(workers)],
         cwd=ROOT,
-        env=env,
+        env={**env, "HERDER_RELAY_LINK": "true" if link else "false"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -176,13 +181,17 @@ def measure_relay(workers: int, env: dict[str, str], args) -> list[tuple[str, fl
         wait_for(f"http://127.0.0.1:{port}/api/schema/")
         time.sleep(2)  # every worker up
         pids = workers_of(herd.pid) if workers > 1 else [herd.pid]
-        return asyncio.run(relay_rtt(port, args.pairs, args.round_trips, split_too=workers > 1, workers=pids))
+        if workers == 1:
+            want = {"same": args.pairs}
+        else:
+            want = {"same": args.pairs, "split": args.pairs} if link else {"split": args.pairs}
+        return asyncio.run(relay_rtt(port, want, args.round_trips, workers=pids))
     finally:
         herd.send_signal(signal.SIGTERM)
         herd.wait(timeout=60)
 
 
-def print_relay(relay: dict[int, list[tuple[str, float, float]]], workers: int) -> None:
+def print_relay(relay: dict, workers: int) -> None:
     """The relay figures beside issue 12's target: within 10 % of one process."""
 
     def p50(values: list[float], digits: int = 3) -> str:
@@ -190,19 +199,20 @@ def print_relay(relay: dict[int, list[tuple[str, float, float]]], workers: int) 
 
     def line(label: str, rows: list[tuple[str, float, float]], tail: str = "") -> None:
         rtt, cpu = [r[1] for r in rows], [r[2] for r in rows]
-        print(f"    {label:<26}{p50(rtt)} ms  {p50(cpu, 0)} us CPU  ({len(rows)} pairs){tail}")
+        print(f"    {label:<34}{p50(rtt)} ms  {p50(cpu, 0)} us CPU  ({len(rows)} pairs){tail}")
 
     one, many = relay[1], relay[workers]
     ratio = statistics.median([r[1] for r in many]) / statistics.median([r[1] for r in one])
-    print("  relay round trip p50 (median of each pair's p50; the workers' CPU per round trip)")
+    print("  relay round trip p50 (median of each pair's p50; the workers' event-loop CPU per round trip)")
     line("1 worker", one)
-    line(f"{workers} workers, same-worker", [r for r in many if r[0] == "same"])
-    line(f"{workers} workers, split", [r for r in many if r[0] == "split"])
+    line(f"{workers} workers, same-worker pairs", [r for r in many if r[0] == "same"])
+    line(f"{workers} workers, split pairs", [r for r in many if r[0] == "split"])
     line(
         f"{workers} workers, all pairs",
         many,
         f"  x{ratio:.2f}; target <= x1.10: {'met' if ratio <= 1.10 else 'missed'}",
     )
+    line(f"{workers} workers, split, through Redis", relay["redis"], "  (HERDER_RELAY_LINK=false: as across hosts)")
     print(
         f"    each pair's p50, ms: 1 worker {' '.join(f'{r[1]:.2f}' for r in one)}; {workers} workers "
         + " ".join(f"{r[1]:.2f}{'s' if r[0] == 'split' else ''}" for r in many)
@@ -290,6 +300,7 @@ def main() -> None:
                 if not args.relay_only:
                     results[workers] = measure(workers, env, token, args)
                 relay[workers] = measure_relay(workers, env, args)
+            relay["redis"] = measure_relay(args.workers, env, args, link=False)
     finally:
         with psycopg.connect(POSTGRES, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

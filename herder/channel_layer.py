@@ -11,11 +11,14 @@ to receive). A frame between two herder workers took 1.5-2.5 ms each way. So:
 2. A message to a channel of another process of this host goes over a Unix
    socket that every process listens on (Linux's abstract namespace, named
    after its client prefix: nothing on disk to clean up, gone with the process,
-   invisible from containers with a network namespace of their own). The
-   receiver answers each message with one byte (taken, or full), so capacity
-   and ChannelFull work as through Redis. Only processes of the same user may
-   connect (SO_PEERCRED). A process that is not there (another host, a dead
-   worker) refuses the connection at once and the message goes through Redis.
+   invisible from containers with a network namespace of their own), one write
+   a message and no answer. Capacity holds per channel: a receiver whose
+   channel reaches `capacity` tells the sender ("full"), whose sends to it
+   raise ChannelFull until told there is room again (at half); what was
+   already on its way is kept (order is never broken), so a channel overshoots
+   by at most what one sender had in flight. Only processes of the same user
+   may connect (SO_PEERCRED). A process that is not there (another host, a
+   dead worker) refuses the connection at once and Redis is used.
 3. Through Redis, a send is one Lua script instead of four commands.
 
 Groups stay in Redis (membership is shared by every process, with its expiry
@@ -69,12 +72,13 @@ end
 return over_capacity
 """
 
-_TAKEN, _FULL, _REFUSED = b"1", b"0", b"2"
 _HEADER = struct.Struct(">I")
 # A link message is a relay batch at most (256 KiB of frames) or one frame
 # (HERDER_WS_MAX_FRAME); anything far larger is not a herder talking.
 _MAX_LINK_MESSAGE = 64 * 1024 * 1024
-# A peer process that does not answer for this long is stopped or stuck: its
+# Bytes written to a link and not yet taken by its peer, past which sends wait.
+_LINK_HIGH_WATER = 1024 * 1024
+# A peer process that takes nothing for this long is stopped or stuck: its
 # channels count as full (the sender's own patience decides what happens next).
 _LINK_PATIENCE = 10.0
 # Prefixes found to be elsewhere (another host), remembered up to this many.
@@ -101,65 +105,116 @@ class _LinkDown(Exception):
     """The peer process's socket closed or is not there: use Redis."""
 
 
-class _Link:
-    """One connection to another process of this host. Messages are answered in
-    order, one byte each."""
+class _Link(asyncio.Protocol):
+    """The sending end of a connection to another process of this host. Its
+    peer writes back only notices: `F<channel>\n` (full) and `R<channel>\n`
+    (room again)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.down = False
-        self._reader = asyncio.get_running_loop().create_task(self._answers(reader))
+        self.full: set[str] = set()
+        self._notices = b""
+        self._writable: asyncio.Future | None = None
 
-    async def _answers(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                answer = await reader.read(4096)
-                if not answer:
-                    break
-                for byte in answer:
-                    future = self.waiting.popleft()
-                    if not future.done():
-                        future.set_result(byte)
-        except (OSError, IndexError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.close()
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_LINK_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        *notices, self._notices = (self._notices + data).split(b"\n")
+        for notice in notices:
+            channel = notice[1:].decode("utf8", "replace")
+            if notice[:1] == b"F":
+                self.full.add(channel)
+            else:
+                self.full.discard(channel)
+
+    def connection_lost(self, exc) -> None:
+        self.down = True
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
 
     def close(self) -> None:
         self.down = True
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(_LinkDown())
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
     async def send(self, channel: str, message: dict) -> bool:
-        """True when taken, False when the channel is full."""
+        """False when the channel is full. Raises _LinkDown."""
         if self.down:
             raise _LinkDown()
+        if channel in self.full:
+            return False
+        if self._writable is not None:
+            # The peer takes nothing: stopped or swamped.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writable), _LINK_PATIENCE)
+            except asyncio.TimeoutError:
+                return False
+            if self.down:
+                raise _LinkDown()
         data = msgpack.packb([channel, message], use_bin_type=True)
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.waiting.append(future)
-        self.writer.write(_HEADER.pack(len(data)) + data)
-        if self.writer.transport.get_write_buffer_size() > 1024 * 1024:
-            await self.writer.drain()
-        timer = loop.call_later(_LINK_PATIENCE, self._stuck, future)
-        try:
-            answer = await future
-        finally:
-            timer.cancel()
-        if answer == _REFUSED[0]:
-            raise _LinkDown()
-        return answer == _TAKEN[0]
+        self.transport.write(_HEADER.pack(len(data)) + data)
+        return True
 
-    def _stuck(self, future: asyncio.Future) -> None:
-        if not future.done():
-            # Not _LinkDown: the message may still be read by the peer once it
-            # wakes up; sending it through Redis too would deliver it twice.
-            future.set_exception(ChannelFull())
-            self.close()
+
+class _LinkServer(asyncio.Protocol):
+    """The receiving end of a connection from another process of this host."""
+
+    def __init__(self, layer: HerderChannelLayer) -> None:
+        self.layer = layer
+        self.transport: asyncio.Transport | None = None
+        self._data = bytearray()
+
+    def connection_made(self, transport) -> None:
+        sock = transport.get_extra_info("socket")
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != os.getuid():
+            logger.warning("refused a channel-layer link from uid %d", uid)
+            transport.abort()
+            return
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self._data += data
+        start = 0
+        try:
+            while len(self._data) - start >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(self._data, start)
+                if size > _MAX_LINK_MESSAGE:
+                    raise ValueError(f"a channel-layer link message of {size} bytes")
+                end = start + _HEADER.size + size
+                if len(self._data) < end:
+                    break
+                channel, message = msgpack.unpackb(self._data[start + _HEADER.size : end], raw=False)
+                start = end
+                if isinstance(channel, str) and isinstance(message, dict) and self.layer._is_local(channel):
+                    # Never refused: what the sender wrote before it heard "full" is kept, in order.
+                    if not self.layer._deliver(channel, message, overflow=self):
+                        self.transport.write(b"F" + channel.encode("utf8") + b"\n")
+        except (ValueError, TypeError, msgpack.UnpackException) as error:
+            logger.warning("closed a channel-layer link: %s", error)
+            self.transport.abort()
+            self.transport = None
+            return
+        del self._data[:start]
+
+    def room(self, channel: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"R" + channel.encode("utf8") + b"\n")
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
 
 
 class HerderChannelLayer(RedisChannelLayer):
@@ -179,6 +234,11 @@ class HerderChannelLayer(RedisChannelLayer):
         self._loop_links: dict[asyncio.AbstractEventLoop, tuple[dict, dict]] = {}
         self._elsewhere: set[str] = set()
         self._receiving: collections.Counter[str] = collections.Counter()
+        # Bounded by _deliver and _read rather than by the queue, so that what
+        # a link had on its way when the channel filled up is kept.
+        self.receive_buffer = collections.defaultdict(asyncio.Queue)
+        # Channel -> the links told it is full, to be told when there is room.
+        self._told: dict[str, set[_LinkServer]] = {}
         self._idle: set[str] = set()
         self._swept = time.monotonic()
         self._redis_down_logged = 0.0
@@ -188,14 +248,18 @@ class HerderChannelLayer(RedisChannelLayer):
     def _is_local(self, channel: str) -> bool:
         return _client_of(channel) == self.client_prefix
 
-    def _deliver(self, channel: str, message: dict) -> bool:
-        """Into this process's buffer for `channel`; False when it is full."""
+    def _deliver(self, channel: str, message: dict, *, overflow: _LinkServer | None = None) -> bool:
+        """Into this process's buffer for `channel`; False when it is full (then
+        nothing is delivered, unless `overflow`: a link whose sender is told)."""
         self._sweep()
         queue = self.receive_buffer[channel]
-        if queue.qsize() >= self.get_capacity(channel):
-            return False
-        queue.put_nowait(message)
-        return True
+        if queue.qsize() < self.get_capacity(channel):
+            queue.put_nowait(message)
+            return True
+        if overflow is not None:
+            queue.put_nowait(message)
+            self._told.setdefault(channel, set()).add(overflow)
+        return False
 
     def _sweep(self) -> None:
         """Forget what waits for channels nobody received from for a whole
@@ -211,6 +275,7 @@ class HerderChannelLayer(RedisChannelLayer):
         }
         for channel in idle & self._idle:
             self.receive_buffer.pop(channel, None)
+            self._told.pop(channel, None)
         self._idle = idle
 
     async def receive(self, channel: str) -> dict:
@@ -232,11 +297,17 @@ class HerderChannelLayer(RedisChannelLayer):
             # As channels-redis: a receiver cancelled is a consumer gone.
             if self._receiving[channel] == 1 and self.receive_buffer.get(channel) is queue:
                 del self.receive_buffer[channel]
+                # Its senders may write again (and fill the new buffer): they forget it.
+                for link in self._told.pop(channel, ()):
+                    link.room(channel)
             raise
         finally:
             self._receiving[channel] -= 1
             if not self._receiving[channel]:
                 del self._receiving[channel]
+        if channel in self._told and queue.qsize() <= self.get_capacity(channel) // 2:
+            for link in self._told.pop(channel):
+                link.room(channel)
         if queue.empty() and not self._receiving[channel] and self.receive_buffer.get(channel) is queue:
             del self.receive_buffer[channel]
         return message
@@ -300,20 +371,31 @@ class HerderChannelLayer(RedisChannelLayer):
         script restoring a backup queue, the blocking pop, a copy into the
         backup, its removal), as any receive call may be cancelled mid-pop.
         This reader is the key's only one and lives as long as the loop
-        receiving: a blocking pop when idle, a batch pop while messages keep
-        coming, nothing else. (A message popped as the process ends is lost;
+        receiving: one blocking pop of up to _READ_BATCH messages (BZMPOP; before
+        Redis 7 a blocking pop when idle, batch pops while messages keep
+        coming), nothing else. (A message popped as the process ends is lost;
         so are the channels it was for.)"""
         index = self.consistent_hash(real)
         key = self.prefix + real
         delay = 0.1
         ready: list = []
+        batch = True  # BZMPOP (Redis 7): a blocking pop of whatever is there, in one command
         while True:
             try:
-                if ready:
-                    ready = await self.connection(index).zpopmin(key, _READ_BATCH)
-                if not ready:
-                    popped = await self.connection(index).bzpopmin(key, timeout=self.brpop_timeout)
-                    ready = [popped[1:]] if popped else []
+                connection = self.connection(index)
+                if batch:
+                    try:
+                        popped = await connection.bzmpop(self.brpop_timeout, 1, [key], min=True, count=_READ_BATCH)
+                        ready = popped[1] if popped else []
+                    except redis_errors.ResponseError:
+                        batch = False
+                        continue
+                else:
+                    if ready:
+                        ready = await connection.zpopmin(key, _READ_BATCH)
+                    if not ready:
+                        popped = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+                        ready = [popped[1:]] if popped else []
                 delay = 0.1
             except _REDIS_DOWN as error:
                 now = time.monotonic()
@@ -331,8 +413,11 @@ class HerderChannelLayer(RedisChannelLayer):
                     continue
                 channel = message.pop("__asgi_channel__", real)
                 for each in channel if isinstance(channel, list) else [channel]:
-                    # channels-redis' bounded queue: a channel nobody reads drops its oldest.
-                    self.receive_buffer[each].put_nowait(message)
+                    queue = self.receive_buffer[each]
+                    if queue.qsize() >= self.capacity:
+                        # As channels-redis' bounded queue: a channel nobody reads drops its oldest.
+                        queue.get_nowait()
+                    queue.put_nowait(message)
 
     # --- Through Redis -------------------------------------------------------
 
@@ -412,35 +497,7 @@ class HerderChannelLayer(RedisChannelLayer):
             logger.warning("cannot listen for this host's other processes: they reach this one through Redis")
             return
         sock.listen(128)
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-        if uid != os.getuid():
-            logger.warning("refused a channel-layer link from uid %d", uid)
-            writer.close()
-            return
-        try:
-            while True:
-                (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                if size > _MAX_LINK_MESSAGE:
-                    logger.warning("refused a channel-layer link message of %d bytes", size)
-                    break
-                channel, message = msgpack.unpackb(await reader.readexactly(size), raw=False)
-                if not (isinstance(channel, str) and self._is_local(channel) and isinstance(message, dict)):
-                    # A channel of an earlier process that had our address? Never ours.
-                    writer.write(_REFUSED)
-                    continue
-                writer.write(_TAKEN if self._deliver(channel, message) else _FULL)
-                if writer.transport.get_write_buffer_size() > 64 * 1024:
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, msgpack.UnpackException):
-            pass
-        except asyncio.CancelledError:
-            return  # the loop is ending (asyncio's callback would log the cancellation)
-        finally:
-            writer.close()
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _LinkServer(self), sock=sock)
 
     def _here(self) -> tuple[dict[str, _Link], dict[str, asyncio.Future]]:
         loop = asyncio.get_running_loop()
@@ -474,8 +531,8 @@ class HerderChannelLayer(RedisChannelLayer):
             except OSError:
                 sock.close()
                 raise
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-            link = links[client] = _Link(reader, writer)
+            _, link = await asyncio.get_running_loop().create_unix_connection(_Link, sock=sock)
+            links[client] = link
         except BlockingIOError:
             pass  # a process too busy to accept: Redis this time
         except OSError:
