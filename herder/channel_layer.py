@@ -182,6 +182,7 @@ class _LinkServer(asyncio.Protocol):
             transport.abort()
             return
         self.transport = transport
+        self.layer._accepted.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -215,6 +216,7 @@ class _LinkServer(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.transport = None
+        self.layer._accepted.discard(self)
 
 
 class HerderChannelLayer(RedisChannelLayer):
@@ -229,6 +231,8 @@ class HerderChannelLayer(RedisChannelLayer):
         # server and its readers of Redis, one per process-specific key.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._server_sock: socket.socket | None = None
+        self._accepted: set[_LinkServer] = set()
         self._readers: dict[str, asyncio.Task] = {}
         # Links and connections under way, per loop (a link belongs to one).
         self._loop_links: dict[asyncio.AbstractEventLoop, tuple[dict, dict]] = {}
@@ -355,9 +359,10 @@ class HerderChannelLayer(RedisChannelLayer):
     def _detach(self) -> None:
         # The previous loop is gone (tests run one per test) or done receiving.
         if self._server is not None:
-            for sock in self._server.sockets:
-                sock.close()
-            self._server = None
+            if self._loop is asyncio.get_running_loop():
+                self._server.close()
+            self._server_sock.close()  # the loop that served it may be closed already
+            self._server = self._server_sock = None
         if self._loop is not None and not self._loop.is_closed():
             for reader in self._readers.values():
                 self._loop.call_soon_threadsafe(reader.cancel)
@@ -497,6 +502,7 @@ class HerderChannelLayer(RedisChannelLayer):
             logger.warning("cannot listen for this host's other processes: they reach this one through Redis")
             return
         sock.listen(128)
+        self._server_sock = sock
         self._server = await asyncio.get_running_loop().create_unix_server(lambda: _LinkServer(self), sock=sock)
 
     def _here(self) -> tuple[dict[str, _Link], dict[str, asyncio.Future]]:
@@ -554,6 +560,9 @@ class HerderChannelLayer(RedisChannelLayer):
         if self._loop is asyncio.get_running_loop():
             for reader in self._readers.values():
                 reader.cancel()
+            for accepted in list(self._accepted):
+                if accepted.transport is not None:
+                    accepted.transport.close()
             self._detach()
 
     async def flush(self) -> None:
