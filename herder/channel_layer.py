@@ -279,7 +279,8 @@ class HerderChannelLayer(RedisChannelLayer):
         }
         for channel in idle & self._idle:
             self.receive_buffer.pop(channel, None)
-            self._told.pop(channel, None)
+            for link in self._told.pop(channel, ()):
+                link.room(channel)
         self._idle = idle
 
     async def receive(self, channel: str) -> dict:
