@@ -25,6 +25,14 @@ Groups stay in Redis (membership is shared by every process, with its expiry
 and renewal); a group message to a member of this process is delivered
 locally. The receive loop waits out a Redis outage instead of ending every
 consumer of the process, so pairs within one process go on relaying.
+
+Not chosen: channels-redis' pub/sub layer (one command a message, but no
+capacity, so no backpressure between a fast and a slow socket, and a message
+to a process not subscribed at that moment is lost silently); steering both
+sockets of a pair to one worker (the kernel hands each connection to whichever
+worker accepts first, and the golem's socket arrives knowing nothing of where
+its minion is; handing an upgraded socket to another process would mean
+reaching into the ASGI server's internals).
 """
 
 from __future__ import annotations
