@@ -358,6 +358,9 @@ class HerderChannelLayer(RedisChannelLayer):
         process's Redis key `real` there."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
+            if self._loop is not None and self._loop.is_running():
+                # As channels-redis: one loop receives (its buffers are that loop's).
+                raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
             self._detach()
             self._loop = loop
             await self._listen()
