@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import uuid
 from contextlib import ExitStack
 
+import msgpack
 import pytest
 import redis
 from channels.exceptions import ChannelFull
 from websockets.sync.client import connect
 
-from herder.channel_layer import HerderChannelLayer
+from herder.channel_layer import HerderChannelLayer, link_address
 from tests.golems.conftest import ROOT, free_port, herder_env, migrate, wait_for_port
 
 
@@ -327,3 +329,51 @@ def test_a_pair_split_over_two_processes_relays_over_the_link(servers, private_r
         assert private_redis.calls(*MESSAGE_COMMANDS) == 0
         private_redis.stop()
         relay_both_ways(minion, golem)
+
+
+# Connects to a link and writes one framed message (given in hex); says whether
+# the layer closed the connection. Plain python3: another user may not run ours.
+INTRUDER = """
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1].replace("NUL", "\\0"))
+try:
+    sock.sendall(bytes.fromhex(sys.argv[2]))
+    print("closed" if sock.recv(10) == b"" else "answered")
+except ConnectionError:
+    print("closed")
+"""
+
+
+def test_a_process_of_another_user_cannot_inject_messages(private_redis):
+    """The link is as private as the process: another user (nobody) is cut off."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.fail("/usr/bin/python3 is missing (Debian's python3)")
+
+    async def scenario():
+        one = layer(private_redis.url)
+        channel = await one.new_channel()
+        address = link_address(one.client_prefix).replace("\0", "NUL")
+        data = msgpack.packb([channel, {"type": "relay.frame", "text": "injected"}], use_bin_type=True)
+        frame = (struct.pack(">I", len(data)) + data).hex()
+
+        async def run(**user):
+            return await asyncio.create_subprocess_exec(
+                python, "-c", INTRUDER, address, frame, stdout=subprocess.PIPE, cwd="/", **user
+            )
+
+        intruder = await run(user=65534)
+        output, _ = await asyncio.wait_for(intruder.communicate(), 10)
+        assert output.decode().strip() == "closed"
+        with pytest.raises(asyncio.TimeoutError):
+            await receive(one, channel, timeout=0.5)
+        # The same program as this user is heard (the test can fail).
+        same = await run()
+        communicating = asyncio.ensure_future(same.communicate())
+        assert (await receive(one, channel))["text"] == "injected"
+        same.kill()
+        await communicating
+        await one.close_links()
+
+    asyncio.run(scenario())
