@@ -181,6 +181,7 @@ class _LinkServer(asyncio.Protocol):
         self.layer = layer
         self.transport: asyncio.Transport | None = None
         self._data = bytearray()
+        self._full: set[str] = set()  # channels this sender was told are full
 
     def connection_made(self, transport) -> None:
         sock = transport.get_extra_info("socket")
@@ -209,7 +210,8 @@ class _LinkServer(asyncio.Protocol):
                 start = end
                 if isinstance(channel, str) and isinstance(message, dict) and self.layer._is_local(channel):
                     # Never refused: what the sender wrote before it heard "full" is kept, in order.
-                    if not self.layer._deliver(channel, message, overflow=self):
+                    if not self.layer._deliver(channel, message, overflow=self) and channel not in self._full:
+                        self._full.add(channel)
                         self.transport.write(b"F" + channel.encode("utf8") + b"\n")
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             logger.warning("closed a channel-layer link: %s", error)
@@ -219,6 +221,7 @@ class _LinkServer(asyncio.Protocol):
         del self._data[:start]
 
     def room(self, channel: str) -> None:
+        self._full.discard(channel)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"R" + channel.encode("utf8") + b"\n")
 

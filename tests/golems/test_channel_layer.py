@@ -377,3 +377,20 @@ def test_a_process_of_another_user_cannot_inject_messages(private_redis):
         await one.close_links()
 
     asyncio.run(scenario())
+
+
+def test_a_split_pair_streaming_both_ways_past_every_buffer_loses_nothing(servers):
+    """Thousands of frames each way before either side reads: more than the
+    channels (100), the outboxes and the sockets hold, so the receivers say
+    "full" and later "room" over the link; everything arrives, in order."""
+    a, b = servers("a"), servers("b")
+    count, pad = 2000, "x" * 2000  # 4 MB each way, past loopback's socket buffers
+    with ExitStack() as sockets:
+        minion, golem = paired(sockets, a, b, a)
+        for i in range(count):
+            minion.send(f"m{i}{pad}")
+            golem.send(i.to_bytes(2, "big") + pad.encode())
+        assert [golem.recv(timeout=30) for _ in range(count)] == [f"m{i}{pad}" for i in range(count)]
+        assert [minion.recv(timeout=30) for _ in range(count)] == [
+            i.to_bytes(2, "big") + pad.encode() for i in range(count)
+        ]
