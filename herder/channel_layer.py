@@ -81,9 +81,9 @@ return over_capacity
 """
 
 _HEADER = struct.Struct(">I")
-# A link message is a relay batch at most (256 KiB of frames) or one frame
-# (HERDER_WS_MAX_FRAME); anything far larger is not a herder talking.
-_MAX_LINK_MESSAGE = 64 * 1024 * 1024
+# Redis' own limit on a value: the link carries whatever Redis could, and a
+# length past it is not a herder talking.
+_MAX_LINK_MESSAGE = 512 * 1024 * 1024
 # Bytes written to a link and not yet taken by its peer, past which sends wait.
 _LINK_HIGH_WATER = 1024 * 1024
 # A peer process that takes nothing for this long is stopped or stuck: its
