@@ -130,7 +130,9 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, delivering within a process and a host without
+            # Redis (herder/channel_layer.py).
+            "BACKEND": "herder.channel_layer.HerderChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same as
             # channels-redis' blocking pop: an idle consumer would die on it.
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
@@ -564,6 +566,14 @@ HERDER_WORKERS = env.int("HERDER_WORKERS", default=(os.cpu_count() or 1) if REDI
 HERDER_GROUP_EXPIRY = int(_positive("HERDER_GROUP_EXPIRY", env.int("HERDER_GROUP_EXPIRY", default=86400)))
 if REDIS_URL:
     CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = HERDER_GROUP_EXPIRY
+
+# --- The relay between processes (herder/channel_layer.py) --------------------
+# Processes of one host (workers of one `herd`, or herds sharing the host's
+# network namespace) hand each other channel messages over Unix sockets instead
+# of Redis; false sends them through Redis, as between hosts.
+HERDER_RELAY_LINK = env.bool("HERDER_RELAY_LINK", default=True)
+if REDIS_URL:
+    CHANNEL_LAYERS["default"]["CONFIG"]["link"] = HERDER_RELAY_LINK
 
 # --- Operators: the admin (operator-admin) ------------------------------------
 # The last bytes of a failed minion run's stderr kept on its row, so the admin
