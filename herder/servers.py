@@ -67,6 +67,10 @@ def serve_uvicorn(
         log_level="info" if access_log else "warning",
         # A larger WebSocket message closes its socket (1009) before it is buffered whole.
         ws_max_size=settings.HERDER_WS_MAX_FRAME,
+        # No permessage-deflate (as the original and Daphne): compressing and
+        # inflating every relayed frame cost CPU on each hop, and each socket
+        # that took it held two zlib contexts.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
     )
     Server(config).run(sockets=[sock] if sock is not None else None)
