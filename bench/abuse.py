@@ -110,6 +110,7 @@ def good_run(port: int) -> tuple[float, int, float | None]:
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90, source_address=(GOOD_ADDRESS, 0))
     run = None
+    parts: dict[str, float] = {}
     try:
         conn.request("POST", "/minion/v1/spawn", body=HELLO, headers=FORM)
         answer = conn.getresponse()
@@ -117,25 +118,33 @@ def good_run(port: int) -> tuple[float, int, float | None]:
         status = answer.status
         if status == 200:
             run = json.loads(body)["DurationMs"]
+            for part in (answer.getheader("Server-Timing") or "").split(", "):
+                name, _, ms = part.partition(";dur=")
+                if ms:
+                    parts[name] = float(ms)
     except OSError:
         status = 0
     finally:
         conn.close()
-    return (time.perf_counter() - started) * 1000, status, run
+    total = (time.perf_counter() - started) * 1000
+    if parts:
+        parts["elsewhere"] = total - sum(parts.values())  # connecting, Django, answering
+    return total, status, run, parts
 
 
 def good_client(port: int, count: int | None, stop, out) -> None:
     """`count` runs one after another (or until `stop` with None, resting 50 ms
     between runs); puts its samples on `out`."""
-    found = {"ms": [], "run_ms": [], "front_ms": [], "errors": Counter()}
+    found = {"ms": [], "run_ms": [], "front_ms": [], "parts": [], "errors": Counter()}
     done = 0
     while (count is None and not stop.is_set()) or (count is not None and done < count):
-        ms, status, run = good_run(port)
+        ms, status, run, parts = good_run(port)
         done += 1
         if status == 200:
             found["ms"].append(ms)
             found["run_ms"].append(run)
             found["front_ms"].append(ms - run)
+            found["parts"].append(parts)
         else:
             found["errors"][status] += 1
         if count is None:
@@ -396,6 +405,12 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.1)
             good_session(port, 10)[1]()  # warm up: the pool fills, code paths load
+
+            def where(found: dict) -> str:
+                """p95 of each part of the good client's time (Server-Timing)."""
+                names = [name for name in found["parts"][0]] if found["parts"] else []
+                return ", ".join(f"{n} {pct([p.get(n, 0.0) for p in found['parts']], 0.95):.0f}" for n in names)
+
             quiet = good_session(port, args.quiet_runs)[1]()
             quiet_ms = quiet["ms"]
             quiet_p95 = pct(quiet_ms, 0.95)
@@ -461,6 +476,8 @@ def main() -> None:
                 f"errors {dict(errors) or 0}; p95 in the run {pct(good['run_ms'], 0.95):.0f} ms, "
                 f"in front of it {pct(good['front_ms'], 0.95):.0f} ms"
             )
+            print(f"        where the time went, p95 of each part (ms): quiet: {where(quiet)}")
+            print(f"                                                   flood: {where(good)}")
             print(
                 f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
                 f"(growth {peaks['rss'] - rss_before:+.0f} MiB peak, target <= 150)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 
 from herder.errors import TooManyRequests
@@ -28,6 +29,8 @@ from herder.errors import TooManyRequests
 Admit = Callable[[dict], Awaitable["Callable[[], None] | None"]]
 # A body up to this size is read before waiting, to watch for the client leaving.
 WATCHED_BODY = 64 * 1024
+# Where the time admission took (its wait for a slot) is left in the scope, ms.
+ADMIT_MS = "herder.admit_ms"
 
 
 async def send_refusal(send, refusal: TooManyRequests) -> None:
@@ -79,6 +82,7 @@ class Gate:
                 replay.append(message)
                 if not message.get("more_body"):
                     break
+        waited_from = time.perf_counter()
         admission = asyncio.ensure_future(admit(scope))
         listener = asyncio.ensure_future(receive()) if replay else None
         try:
@@ -94,6 +98,7 @@ class Gate:
                 release = await admission
             except TooManyRequests as refusal:
                 return await send_refusal(send, refusal)
+            scope[ADMIT_MS] = (time.perf_counter() - waited_from) * 1000
         except BaseException:
             # Cancelled ourselves (the server is stopping): give back a slot got meanwhile.
             if admission.done() and not admission.cancelled() and admission.exception() is None:

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -38,6 +38,9 @@ _ENGINE_CPU_WEIGHT = 1024
 class MinionResult:
     run: MinionRun
     outcome: runner.Outcome
+    # Where the run's time went, ms (the answer's Server-Timing): recording the
+    # run, taking a container, the exchange with its runner.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         """The original's StdOut/StdErr keys, plus what the original did not say."""
@@ -153,7 +156,9 @@ def minion_run(
         output_name=output or "",
     )
     # Recorded from its start: the admin shows runs in progress.
+    clock = time.perf_counter()
     run.save()
+    timings = {"record": (time.perf_counter() - clock) * 1000}
     nonce = runner.new_nonce()
     request = runner.encode_request(
         nonce=nonce,
@@ -168,6 +173,7 @@ def minion_run(
     outcome = None
     warm = None
     try:
+        clock = time.perf_counter()
         warm = pool.take(env)
         if warm is not None:
             handle, attachment = warm.handle, warm.attachment
@@ -183,6 +189,8 @@ def minion_run(
         if cpu_weight:
             runtime.set_cpu_weight(handle, cpu_weight)
             warm.cpu_weight = cpu_weight
+        timings["take"] = (time.perf_counter() - clock) * 1000
+        clock = time.perf_counter()
         outcome = runner.exchange(
             attachment,
             request=request,
@@ -227,10 +235,14 @@ def minion_run(
             run.stderr_bytes = len(outcome.stderr)
             run.output_bytes = len(outcome.output) if outcome.output is not None else None
             run.stderr_tail = stderr_tail(outcome)
+        if "take" in timings:
+            timings["exchange"] = (time.perf_counter() - clock) * 1000
         run.state = MinionRun.State.FINISHED if outcome is not None and not run.error else MinionRun.State.FAILED
         run.finished = timezone.now()
+        clock = time.perf_counter()
         run.save()
-    return MinionResult(run=run, outcome=outcome)
+        timings["record"] += (time.perf_counter() - clock) * 1000
+    return MinionResult(run=run, outcome=outcome, timings=timings)
 
 
 def _default_cpu_weight(runtime, warm: Warm) -> bool:
@@ -314,10 +326,13 @@ async def minion_run_admitted(
 
     run.add_done_callback(ended)
     try:
-        return await asyncio.shield(run)
+        result = await asyncio.shield(run)
     except asyncio.CancelledError:
         gone.set()
         raise
+    # What the run's thread did not account for: the hops to it and back.
+    result.timings["hops"] = max(0.0, (time.monotonic() - started) * 1000 - sum(result.timings.values()))
+    return result
 
 
 def minion_pressure() -> dict:

@@ -16,6 +16,7 @@ from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
 from herder.files import files_from_request
+from herder.gate import ADMIT_MS
 from herder.schema import errors, minion_form
 from minions.output import output_file_headers
 from minions.runner import Cancelled
@@ -99,6 +100,13 @@ class MinionSpawnView(APIView):
 _READ_INLINE = 64 * 1024
 
 
+def server_timing(parts: dict[str, float]) -> str:
+    """Where the answer's time went (ms), for the client and the benchmarks: the
+    wait for a slot, recording the run, taking a container, the exchange with
+    the runner, the hops to the run's thread and back."""
+    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in parts.items())
+
+
 def _read(request):
     """The form: files, env, output. In the request's thread: parsing blocks."""
     content_type = request.content_type or ""
@@ -165,7 +173,9 @@ async def minion_spawn(request):
             )
         except Cancelled as exc:
             raise ClientGone() from exc
-        return view.answer(result, output)
+        response = view.answer(result, output)
+        response["Server-Timing"] = server_timing({"admit": scope.get(ADMIT_MS, 0.0), **result.timings})
+        return response
     except Exception as exc:
         return api_error_response(exc)
 

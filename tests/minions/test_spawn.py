@@ -288,3 +288,14 @@ def test_a_container_removed_mid_run_is_a_503_not_a_result(settings):
     assert response.status_code == 503
     assert response.json()["code"] == "runtime_unavailable"
     assert MinionRun.objects.get().error.startswith("RuntimeUnavailable")
+
+
+def test_the_answer_says_where_its_time_went():
+    response = spawn({"env": "python", "main.py": "import time; time.sleep(0.3)"})
+    assert response.status_code == 200
+    parts = dict(part.split(";dur=") for part in response["Server-Timing"].split(", "))
+    assert list(parts) == ["admit", "record", "take", "exchange", "hops"]
+    timings = {name: float(ms) for name, ms in parts.items()}
+    assert all(ms >= 0 for ms in timings.values())
+    assert timings["exchange"] >= 300  # the program's own 0.3 s is in the exchange
+    assert timings["take"] + timings["exchange"] <= response.json()["DurationMs"] + 1
