@@ -178,18 +178,40 @@ def forget_target(daemon: Daemon) -> None:
     _targets.pop("h:" + daemon.host_label, None)
 
 
+# Cache key -> its lookup in flight. When an entry expires under load, every
+# request in flight for that daemon misses at once: they wait for one lookup
+# (one database connection) instead of each making its own.
+_lookups: dict[str, asyncio.Future] = {}
+
+
 async def daemon_target(route: Route) -> Target | None:
     """Where the running daemon's first declared port is published, or None.
     Cached: no database or Docker call on most proxied requests."""
     if not route.key:
         return None
-    now = time.monotonic()
-    cached = _targets.get(_cache_key(route))
-    if cached is not None and cached[1] > now:
+    key = _cache_key(route)
+    cached = _targets.get(key)
+    if cached is not None and cached[1] > time.monotonic():
         return cached[0]
+    lookup = _lookups.get(key)
+    if lookup is None or lookup.get_loop() is not asyncio.get_running_loop():
+        lookup = _lookups[key] = asyncio.ensure_future(_lookup_and_remember(route))
+        lookup.add_done_callback(lambda done: _lookup_done(key, done))
+    # Shielded: a client that leaves does not cancel the others' lookup.
+    return await asyncio.shield(lookup)
+
+
+async def _lookup_and_remember(route: Route) -> Target | None:
     target = await _lookup_target(route)
     _remember(route, target)
     return target
+
+
+def _lookup_done(key: str, done: asyncio.Future) -> None:
+    if _lookups.get(key) is done:
+        del _lookups[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: every waiter may have left
 
 
 def _remember(route: Route, target: Target | None) -> None:
@@ -262,13 +284,16 @@ def _free_slot(target: Target) -> None:
 # --- Headers ---------------------------------------------------------------------------
 
 
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Without the hop-by-hop headers, and those the Connection header names."""
-    named = set(HOP_BY_HOP)
+    named = _HOP_BY_HOP
     for key, value in headers:
         if key.lower() == b"connection":
-            named |= {token.strip().lower() for token in value.decode("latin-1").split(",")}
-    return [(k, v) for k, v in headers if k.decode("latin-1").lower() not in named]
+            named = named | {token.strip().lower() for token in value.split(b",")}
+    return [(k, v) for k, v in headers if k.lower() not in named]
 
 
 def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
@@ -409,8 +434,10 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
     async def body():
         while True:
             try:
-                message = await asyncio.wait_for(receive(), idle)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: wait_for makes a task per call.
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
                 raise _ClientIdle() from None
             if message["type"] == "http.disconnect":
                 return
@@ -462,7 +489,8 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
         try:
             async for chunk in upstream.content.iter_any():
                 # A client that stops reading holds the slot no longer than this.
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}), idle)
+                async with asyncio.timeout(idle):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
             # Cut off mid-answer: returning without ending the body makes the
             # server drop the connection, so the client sees it was cut.
