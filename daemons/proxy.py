@@ -486,11 +486,17 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
                 "headers": _answer_headers(list(upstream.raw_headers), route),
             }
         )
+        content = upstream.content
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk := await content.readany():
+                # The last chunk (a small answer's only one) ends the body itself:
+                # one message less to send.
+                more = not content.at_eof()
                 # A client that stops reading holds the slot no longer than this.
                 async with asyncio.timeout(idle):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
             # Cut off mid-answer: returning without ending the body makes the
             # server drop the connection, so the client sees it was cut.
