@@ -142,6 +142,27 @@ def engine_pids() -> list[int]:
     return pids
 
 
+def database_cpu() -> dict[int, float]:
+    """CPU seconds of the PostgreSQL server by process: its backends (pooled
+    connections live long), and the postmaster with the backends that ended
+    (their time is their parent's once they exit). Every client's, not only
+    the herder's."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent = Path(f"/proc/{fields[1]}/comm").read_text().strip()
+        except OSError:
+            continue
+        own = fields[11:15] if parent != "postgres" else fields[11:13]
+        found[int(entry.name)] = sum(int(value) for value in own) / TICK
+    return found
+
+
 class CpuMeter:
     """CPU seconds spent by each part while a load runs: the herd's processes,
     containers (by id, or by label while they come and go), the engine, and this
@@ -154,14 +175,15 @@ class CpuMeter:
         self.fixed = containers
         self.label = label
         self.known: dict[str, bool] = {}
-        self.first: dict[str, dict] = {"herd": {}, "containers": {}, "engine": {}}
-        self.last: dict[str, dict] = {"herd": {}, "containers": {}, "engine": {}}
+        self.first: dict[str, dict] = {"herd": {}, "containers": {}, "engine": {}, "database": {}}
+        self.last: dict[str, dict] = {"herd": {}, "containers": {}, "engine": {}, "database": {}}
         self._stop = threading.Event()
 
     def _poll(self) -> None:
         seen = {
             "herd": {pid: proc_cpu(pid) for pid in descendants(self.herd)},
             "engine": {pid: proc_cpu(pid) for pid in engine_pids()},
+            "database": database_cpu(),
             "containers": {},
         }
         cids = list(self.fixed) + (labelled_containers(*self.label, self.known) if self.label else [])
@@ -169,6 +191,10 @@ class CpuMeter:
             used = container_cpu(cid)
             if used is not None:
                 seen["containers"][cid] = used
+        for pid in set(self.last["database"]) - set(seen["database"]):
+            # A backend that ended: its time is the postmaster's now.
+            self.first["database"].pop(pid, None)
+            self.last["database"].pop(pid, None)
         for part, values in seen.items():
             for key, value in values.items():
                 # A process or container first seen mid-load started then: all its CPU counts.
