@@ -301,6 +301,7 @@ def minion_figures(herd: subprocess.Popen, port: int, seconds: float, instance: 
             "herd": meter.total("herd") / runs,
             "minions": meter.total("containers") / runs,
             "engine": meter.total("engine") / runs,
+            "database": meter.total("database") / runs,
             "clients": meter.own / runs,
         },
     }
@@ -392,12 +393,17 @@ def proxy_figures(herd: subprocess.Popen, port: int, proxied: str, direct: str, 
     return {"proxy": proxy, "direct": straight}
 
 
+# Many connections, each mostly waiting: a connection's pace is its delay plus
+# its request's latency, which then moves the rate little.
+PACED_CONNECTIONS = 50
+
+
 def paced_figures(proxied: str, direct: str, rate: float, args) -> dict:
     """p50 through the proxy and straight to the daemon, both at `rate` requests/s."""
     return {
         "rate": rate,
-        "proxy": run_wrk(proxied, args.seconds, args.connections, rate=rate),
-        "direct": run_wrk(direct, args.seconds, args.connections, rate=rate),
+        "proxy": run_wrk(proxied, args.seconds, PACED_CONNECTIONS, rate=rate),
+        "direct": run_wrk(direct, args.seconds, PACED_CONNECTIONS, rate=rate),
     }
 
 
@@ -464,9 +470,16 @@ def print_throughput(one: dict, many: dict, workers: int) -> None:
         ("herd", "herd"),
         ("minion containers", "minions"),
         ("engine (shared)", "engine"),
+        ("PostgreSQL (shared)", "database"),
         ("clients (this script)", "clients"),
     ):
         print(f"    CPU ms per run, {label:22} {ms(one['runs']['cpu'][part])}    {ms(many['runs']['cpu'][part])}")
+    per_run = sum(one["runs"]["cpu"].values())
+    ceiling = (os.cpu_count() or 1) / per_run
+    print(
+        f"    the CPU bound: {os.cpu_count()} cores / {per_run * 1e3:.0f} ms a run = {ceiling:.1f} runs/s, "
+        f"x{ceiling / one['runs']['rate']:.2f} of one worker's rate (the runs' own containers share the cores)"
+    )
     print(f"    errors {one['runs']['errors']} / {many['runs']['errors']}")
     line("proxy req/s (wrk)", one["proxy"]["rps"], many["proxy"]["rps"], "x1.60", "8.0f")
     for label, part in (("herd", "herd"), ("daemon", "daemon"), ("wrk", "wrk")):
@@ -485,13 +498,18 @@ def print_throughput(one: dict, many: dict, workers: int) -> None:
     line("daemon direct req/s (the ceiling)", one["direct"]["rps"], many["direct"]["rps"], "", "8.0f")
     print(f"    CPU us per request, daemon {us(one['direct']['cpu']['daemon'])}, wrk {us(one['direct']['cpu']['wrk'])}")
     paced = many["paced"]
-    print(f"  at {paced['rate']:.0f} req/s (half of one worker's maximum), p50 ms:")
+    print(f"  at {paced['rate']:.0f} req/s (half of one worker's maximum, {PACED_CONNECTIONS} connections), p50 ms:")
     line("proxy", one["paced"]["proxy"]["p50"], paced["proxy"]["p50"], "", "8.2f")
     line("daemon directly", one["paced"]["direct"]["p50"], paced["direct"]["p50"], "", "8.2f")
     print(
         f"    proxy / direct with {workers} workers: x{paced['proxy']['p50'] / paced['direct']['p50']:.2f}"
         f"  (target x1.30; with 1 worker x{one['paced']['proxy']['p50'] / one['paced']['direct']['p50']:.2f})"
         f"; rates reached {paced['proxy']['rps']:.0f} / {paced['direct']['rps']:.0f} req/s"
+    )
+    floor = (paced["direct"]["p50"] + many["proxy"]["cpu"]["herd"] * 1e3) / paced["direct"]["p50"]
+    print(
+        f"    its floor, (direct p50 + the herd's CPU per request) / direct p50: x{floor:.2f} "
+        "(a proxied request waits at least for its own processing)"
     )
 
 
