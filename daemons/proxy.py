@@ -38,6 +38,7 @@ from django.conf import settings
 from multidict import CIMultiDict
 from yarl import URL
 
+from daemons import upstream
 from daemons.models import Daemon
 
 PREFIX = "/daemon/v1/proxy/"
@@ -299,6 +300,11 @@ def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]
 def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
     """The client's headers as the daemon gets them. On the path route the
     browser's cookies are the herder's: none is forwarded."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded_raw(scope, route)]
+
+
+def _forwarded_raw(scope: dict, route: Route) -> list[tuple[bytes, bytes]]:
+    """_forwarded_headers as bytes."""
     headers = scope["headers"]
     dropped = {b"host"} if route.on_origin else {b"host", b"cookie"}
     kept = [
@@ -315,7 +321,7 @@ def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
     ]
     if route.prefix:
         kept.append((b"x-forwarded-prefix", route.prefix.encode("latin-1")))
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in kept]
+    return kept
 
 
 def _without_domain(cookie: bytes) -> bytes:
@@ -417,7 +423,8 @@ def _upstream_session() -> aiohttp.ClientSession:
 
 
 async def close_upstream_session() -> None:
-    """Close this event loop's pooled session (before the loop itself closes)."""
+    """Close this event loop's pooled session and connections (before the loop itself closes)."""
+    upstream.close_idle()
     session = _sessions.pop(asyncio.get_running_loop(), None)
     if session is not None:
         await session.close()
@@ -448,6 +455,16 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
 
     names = {k.lower() for k, _ in scope["headers"]}
     has_body = b"content-length" in names or b"transfer-encoding" in names
+    if not has_body and scope["method"] not in _AIOHTTP_METHODS:
+        raw = _forwarded_raw(scope, route)
+        raw_query = scope.get("query_string", b"")
+        if (
+            _TOKEN.fullmatch(scope["method"])
+            and not _UNSAFE_QUERY.search(raw_query)
+            and not _UNSAFE_HEADER.search(b"".join(b"".join(pair) for pair in raw))
+        ):
+            await _relay_plain(scope, send, route, target, raw, query)
+            return
     headers = CIMultiDict(_forwarded_headers(scope, route))
     for attempt in (1, 2):
         url = f"http://{target.host}:{target.port}{route.path}" + (f"?{query}" if query else "")
@@ -502,6 +519,79 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
             # server drop the connection, so the client sees it was cut.
             return
         await send({"type": "http.response.body", "body": b""})
+
+
+# Requests aiohttp still relays besides those with a body: HEAD (its answer's
+# Content-Length announces a body that never comes, which only the client that
+# sent the HEAD knows) and CONNECT.
+_AIOHTTP_METHODS = frozenset({"HEAD", "CONNECT"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNSAFE_QUERY = re.compile(rb"[^\x21-\x7e]")
+_UNSAFE_HEADER = re.compile(rb"[\x00\r\n]")
+
+
+async def _relay_plain(
+    scope: dict, send, route: Route, target: Target, headers: list[tuple[bytes, bytes]], query: str
+) -> None:
+    """_relay_http for a request without a body, through daemons/upstream.py."""
+    idle = settings.HERDER_PROXY_IDLE_TIMEOUT
+    read_timeout = settings.HERDER_PROXY_READ_TIMEOUT
+    request_target = route.path + (f"?{query}" if query else "")
+    for attempt in (1, 2):
+        address = (target.host, target.port)
+        head = upstream.request_head(scope["method"], request_target, target.host, target.port, headers)
+        try:
+            connection, _ = await upstream.send(
+                address,
+                head,
+                connect_timeout=settings.HERDER_PROXY_CONNECT_TIMEOUT,
+                read_timeout=read_timeout,
+                fresh=attempt == 2,
+            )
+            break
+        except (upstream.Refused, upstream.Dropped) as exc:
+            # Refused (Docker may have restarted the daemon on new host ports),
+            # or a kept connection the daemon had closed: once more.
+            if attempt == 2:
+                await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
+                return
+            if isinstance(exc, upstream.Refused):
+                target = await _refreshed_target(route, target) or target
+        except TimeoutError:
+            await _send_error(send, 504, "gateway_timeout", "The daemon did not answer in time.")
+            return
+        except (upstream.BadAnswer, OSError) as exc:
+            await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
+            return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": connection.status,
+                "headers": _answer_headers(connection.headers, route),
+            }
+        )
+        while True:
+            chunk = connection.chunk_nowait()
+            if chunk is None:
+                async with asyncio.timeout(read_timeout):
+                    chunk = await connection.chunk()
+            if not chunk:
+                break
+            # The last chunk (a small answer's only one) ends the body itself.
+            more = not connection.done
+            # A client that stops reading holds the slot no longer than this.
+            async with asyncio.timeout(idle):
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                return
+        await send({"type": "http.response.body", "body": b""})
+    except (TimeoutError, upstream.Cut, upstream.BadAnswer, OSError):
+        # Cut off mid-answer: returning without ending the body makes the
+        # server drop the connection, so the client sees it was cut.
+        return
+    finally:
+        upstream.give_back(address, connection)
 
 
 class PrefixRouter:
