@@ -197,12 +197,15 @@ _idle: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _take_idle(address: tuple[str, int]) -> _Connection | None:
-    idle = _idle.get(asyncio.get_running_loop(), {}).get(address)
+    by_address = _idle.get(asyncio.get_running_loop(), {})
+    idle = by_address.get(address)
     while idle:
         connection = idle.pop()
         if not connection.lost and not connection.transport.is_closing():
             connection._begin()
             return connection
+    # None left: forget the address (a daemon restarted on new ports leaves its old one).
+    by_address.pop(address, None)
     return None
 
 
