@@ -11,8 +11,9 @@
   daemon's page there is an opaque origin that can neither read nor use the
   herder's cookies, storage or admin.
 
-HTTP is an ASGI app of its own (bodies stream both ways, never buffered);
-WebSockets go through DaemonProxyConsumer. Per daemon and process at most
+HTTP is an ASGI app of its own (bodies stream both ways, never buffered):
+requests without a body (but HEAD) go to the daemon through daemons/upstream.py,
+the others through aiohttp; WebSockets go through DaemonProxyConsumer. Per daemon and process at most
 HERDER_PROXY_MAX_PER_DAEMON requests and sockets are relayed at once (then
 429), and connect, read and idle timeouts bound each, so a hanging daemon or
 slow clients hold only that daemon's slots.
