@@ -11,8 +11,10 @@ world quiet, then again while one client floods:
 - golem spawns for new webstrate ids;
 - token password guessing.
 
-The flood comes from 127.0.0.1, the good client from 127.0.0.2: two clients
-by address. Prints the good client's p50/p95 beside 2 x its quiet p95, its
+The flood comes from 127.0.0.1, the good client from 127.0.0.2 (in a process
+of its own, as another machine would be): two clients
+by address. The flood's process runs at nice 19: an attacker's CPU is its
+own, and on two cores its event loop would take one from the herder. Prints the good client's p50/p95 beside 2 x its quiet p95, its
 errors, the herder's RSS growth, disk growth of its data and temporary
 folders, and the flood's answers by status. All traffic goes to 127.0.0.1
 and every part of the flood is bounded in count and time. Golem containers
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing
 import os
 import secrets
 import signal
@@ -46,6 +49,7 @@ import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ADDRESS = "127.0.0.2"
+DATABASE = "herder.sqlite3"  # and its -wal, -shm
 HELLO = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
 # The flood's runs hold their slots for two seconds: sleeping (admission:
 # slots, threads, containers) or burning CPU (also the engine's CPU sharing).
@@ -74,10 +78,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def dir_mib(path: Path) -> float:
+def dir_mib(path: Path, *, skip: str = "") -> float:
+    """MiB of the files under `path`, but those whose name starts with `skip`."""
     total = 0
     for folder, _, files in os.walk(path):
         for name in files:
+            if skip and name.startswith(skip):
+                continue
             try:
                 total += os.stat(os.path.join(folder, name)).st_size
             except OSError:
@@ -90,40 +97,66 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-# --- The well-behaved client (its own address, sequential, in a thread) -------
-
-# The herder's own figure for each good run (DurationMs: taking a container
-# and running), to tell time in the container from time in front of it.
-run_ms: list[float] = []
-front_ms: list[float] = []
+# --- The well-behaved client (its own address and its own process) -----------
+# A process of its own, as another client is on another machine: a thread
+# beside the flood's event loop would wait for this process's GIL, and count
+# that as the herder's time.
 
 
-def good_run(port: int) -> tuple[float, int]:
+def good_run(port: int) -> tuple[float, int, float | None]:
+    """One hello world: (ms in all, status, the herder's own DurationMs for it:
+    taking a container and running, to tell time in the container from time in
+    front of it)."""
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90, source_address=(GOOD_ADDRESS, 0))
+    run = None
     try:
         conn.request("POST", "/minion/v1/spawn", body=HELLO, headers=FORM)
         answer = conn.getresponse()
         body = answer.read()
         status = answer.status
         if status == 200:
-            run_ms.append(json.loads(body)["DurationMs"])
-            front_ms.append((time.perf_counter() - started) * 1000 - run_ms[-1])
+            run = json.loads(body)["DurationMs"]
     except OSError:
         status = 0
     finally:
         conn.close()
-    return (time.perf_counter() - started) * 1000, status
+    return (time.perf_counter() - started) * 1000, status, run
 
 
-def good_loop(port: int, stop: threading.Event, samples: list[float], errors: Counter) -> None:
-    while not stop.is_set():
-        ms, status = good_run(port)
+def good_client(port: int, count: int | None, stop, out) -> None:
+    """`count` runs one after another (or until `stop` with None, resting 50 ms
+    between runs); puts its samples on `out`."""
+    found = {"ms": [], "run_ms": [], "front_ms": [], "errors": Counter()}
+    done = 0
+    while (count is None and not stop.is_set()) or (count is not None and done < count):
+        ms, status, run = good_run(port)
+        done += 1
         if status == 200:
-            samples.append(ms)
+            found["ms"].append(ms)
+            found["run_ms"].append(run)
+            found["front_ms"].append(ms - run)
         else:
-            errors[status] += 1
-        time.sleep(0.05)
+            found["errors"][status] += 1
+        if count is None:
+            time.sleep(0.05)
+    out.put(found)
+
+
+def good_session(port: int, count: int | None = None):
+    """Starts the good client's process; returns (stop, collect)."""
+    context = multiprocessing.get_context("fork")
+    stop, out = context.Event(), context.Queue()
+    process = context.Process(target=good_client, args=(port, count, stop, out), daemon=True)
+    process.start()
+
+    def collect() -> dict:
+        stop.set()
+        found = out.get(timeout=180)
+        process.join(10)
+        return found
+
+    return stop, collect
 
 
 # --- The flood (asyncio, from 127.0.0.1) --------------------------------------
@@ -274,6 +307,21 @@ async def flood(port: int, args, tag: str, tally: Tally) -> None:
 # --- The run ------------------------------------------------------------------
 
 
+def herder_durations(log: Path, client: str, offset: int = 0) -> list[float]:
+    """duration_ms of the minion spawns of `client` in the herd's request log,
+    from byte `offset` on."""
+    found = []
+    with open(log, "rb") as lines:
+        lines.seek(offset)
+        text = lines.read().decode(errors="replace")
+    for line in text.splitlines():
+        if "http.request" in line and f"client={client}" in line and "route=minion-spawn" in line:
+            for field in line.split():
+                if field.startswith("duration_ms="):
+                    found.append(float(field.split("=", 1)[1]))
+    return found
+
+
 def webstrates_stub() -> str:
     """A webstrates server on loopback that has none of the flood's invented
     webstrates (404), as a real one answers: golem spawns for them are refused."""
@@ -308,6 +356,9 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=4, help="concurrent 1 GiB chunked upload loops")
     parser.add_argument("--golems", type=int, default=50)
     parser.add_argument("--guessers", type=int, default=4)
+    parser.add_argument(
+        "--flood-nice", type=int, default=19, help="niceness of the flood's process (the herder and good client keep 0)"
+    )
     args = parser.parse_args()
 
     instance = f"bench-abuse-{secrets.token_hex(4)}"
@@ -344,65 +395,71 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            for _ in range(10):  # warm up: the pool fills, code paths load
-                good_run(port)
-            run_ms.clear()
-            front_ms.clear()
-            quiet = [good_run(port) for _ in range(args.quiet_runs)]
-            quiet_ms = [ms for ms, status in quiet if status == 200]
+            good_session(port, 10)[1]()  # warm up: the pool fills, code paths load
+            quiet = good_session(port, args.quiet_runs)[1]()
+            quiet_ms = quiet["ms"]
             quiet_p95 = pct(quiet_ms, 0.95)
-            quiet_run_p95 = pct(run_ms, 0.95)
-            quiet_front_p95 = pct(front_ms, 0.95)
-            run_ms.clear()
-            front_ms.clear()
+            quiet_run_p95 = pct(quiet["run_ms"], 0.95)
+            quiet_front_p95 = pct(quiet["front_ms"], 0.95)
             rss_before = rss_mib(herd.pid)
-            disk_before = dir_mib(data) + dir_mib(tmp)
+
+            # Bodies spooled, files left (the target: nothing), apart from the
+            # database, where runs are recorded (their rows, its write-ahead log).
+            def disk() -> float:
+                return dir_mib(data, skip=DATABASE) + dir_mib(tmp)
+
+            disk_before, database_before = disk(), dir_mib(data) - dir_mib(data, skip=DATABASE)
             print(
                 f"quiet:  good client p50 {statistics.median(quiet_ms):6.1f} ms  p95 {quiet_p95:6.1f} ms "
-                f"({len(quiet_ms)}/{len(quiet)} ok; p95 in the run {quiet_run_p95:.0f} ms, "
+                f"({len(quiet_ms)}/{args.quiet_runs} ok; p95 in the run {quiet_run_p95:.0f} ms, "
                 f"in front of it {quiet_front_p95:.0f} ms); "
                 f"herder RSS {rss_before:.0f} MiB"
             )
 
             stop = threading.Event()
-            samples: list[float] = []
-            errors: Counter = Counter()
-            good = threading.Thread(target=good_loop, args=(port, stop, samples, errors), daemon=True)
-            peaks = {"rss": rss_before, "disk": disk_before}
+            peaks = {"rss": rss_before, "disk": disk_before, "database": database_before}
 
             def sample() -> None:
                 while not stop.is_set():
                     peaks["rss"] = max(peaks["rss"], rss_mib(herd.pid))
-                    peaks["disk"] = max(peaks["disk"], dir_mib(data) + dir_mib(tmp))
+                    peaks["disk"] = max(peaks["disk"], disk())
+                    peaks["database"] = max(peaks["database"], dir_mib(data) - dir_mib(data, skip=DATABASE))
                     time.sleep(0.25)
 
             sampler = threading.Thread(target=sample, daemon=True)
             tally = Tally()
             cpu_before = cpu_seconds(herd.pid)
+            flood_offset = (Path(folder) / "herd.log").stat().st_size
             sampler.start()
-            good.start()
+            _, collect = good_session(port)
+            # The attacker's CPU is its own, not the herder's machine's: on these
+            # two cores the flood's event loop would otherwise take one from the
+            # herder. (--flood-nice 0 keeps it; the counts below show the flood.)
+            os.nice(args.flood_nice)
             started = time.monotonic()
             asyncio.run(flood(port, args, instance, tally))
             stop.set()
-            good.join(120)
+            good = collect()
+            samples, errors = good["ms"], good["errors"]
             sampler.join(5)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(herd.pid) - cpu_before
             time.sleep(2)
             rss_after = rss_mib(herd.pid)
-            disk_after = dir_mib(data) + dir_mib(tmp)
+            disk_after = disk()
             fives = sum(n for (kind, status), n in tally.codes.items() if status >= 500)
 
             print(
                 f"flood:  {elapsed:.0f} s: {args.runs} minion loops ({args.program}), {args.sockets} WebSockets, "
                 f"{args.uploads} x 1 GiB chunked upload loops, {args.golems} golem spawns, "
-                f"{args.guessers} password guessers"
+                f"{args.guessers} password guessers; {sum(tally.codes.values()) / elapsed:.0f} requests/s "
+                f"(its process at nice {args.flood_nice})"
             )
             print(
                 f"good:   p50 {pct(samples, 0.5):6.1f} ms  p95 {pct(samples, 0.95):6.1f} ms "
                 f"(target <= 2 x quiet p95 = {2 * quiet_p95:.1f} ms); {len(samples)} ok, "
-                f"errors {dict(errors) or 0}; p95 in the run {pct(run_ms, 0.95):.0f} ms, "
-                f"in front of it {pct(front_ms, 0.95):.0f} ms"
+                f"errors {dict(errors) or 0}; p95 in the run {pct(good['run_ms'], 0.95):.0f} ms, "
+                f"in front of it {pct(good['front_ms'], 0.95):.0f} ms"
             )
             print(
                 f"herder: RSS {rss_before:.0f} -> peak {peaks['rss']:.0f} -> {rss_after:.0f} MiB "
@@ -413,13 +470,28 @@ def main() -> None:
                 f"herder: CPU {cpu:.1f} s in {elapsed:.0f} s ({cpu / elapsed * 100:.0f} % of a core) "
                 f"for {requests} flood requests ({cpu / max(requests, 1) * 1000:.2f} ms each)"
             )
-            print(f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB")
+            print(
+                f"disk:   data + tmp {disk_before:.1f} -> peak {peaks['disk']:.1f} -> {disk_after:.1f} MiB "
+                f"(target: no growth); the database (runs recorded, its write-ahead log) "
+                f"{database_before:.1f} -> peak {peaks['database']:.1f} MiB"
+            )
             for kind in ("minion", "upload minion", "upload daemon", "websocket", "golem", "token"):
                 codes = {status: n for (k, status), n in sorted(tally.codes.items()) if k == kind}
                 print(f"flood {kind:13s} {codes}")
             if os.environ.get("ABUSE_VERBOSE"):
-                print("good samples (total, run):", [(round(a), b) for a, b in zip(samples, run_ms, strict=False)])
+                print(
+                    "good samples (total, run):", [(round(a), b) for a, b in zip(samples, good["run_ms"], strict=False)]
+                )
             print(f"429s without Retry-After: {tally.without_retry_after}; 5xx: {fives}")
+            inside = herder_durations(Path(folder) / "herd.log", GOOD_ADDRESS, flood_offset)
+            if inside:
+                # The herder's own time (its request log: from the request's
+                # first layer to its answer) against the client's: the rest is
+                # waiting to be accepted and read.
+                print(
+                    f"good client, by the herder's log: p50 {pct(inside, 0.5):.1f} ms  p95 {pct(inside, 0.95):.1f} ms "
+                    f"({len(inside)} requests under the flood)"
+                )
         finally:
             herd.send_signal(signal.SIGTERM)
             try:

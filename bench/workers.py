@@ -2,10 +2,19 @@
 PostgreSQL and Redis (so only the number of processes differs):
 
 - minion runs/s: 4 clients looping on POST /minion/v1/spawn (warm pools, one per worker);
-- proxy requests/s: wrk GET /hello through /daemon/v1/proxy/ to a daemon-echo
-  daemon (and the daemon reached directly, the ceiling);
-- relay round trip: an ad-hoc minion and its golem socket echoing, p50 over a
-  few pairs (with two workers a pair may span them and go through Redis).
+- proxy requests/s: wrk GET /hello through /daemon/v1/proxy/ to a daemon-bench
+  daemon (nginx: the proxy is measured, not the daemon), the daemon reached
+  directly (the ceiling), and the p50 of both at half of one worker's maximum;
+- for each, the CPU seconds each part spent per run or request (the herd's
+  processes, the daemon's or the minions' containers, the engine, PostgreSQL,
+  wrk or this script's clients), and the bound they set on the ratio: on a
+  shared machine requests/s move with everybody's load, CPU per request not;
+- relay round trip: an ad-hoc minion and its golem socket echoing, each pair's
+  p50, in a herd of its own; with two workers, pairs whose two sockets landed on
+  one worker and pairs split over both (told apart by `ss`), until there are
+  `--pairs` of each; and split pairs with the link between workers off
+  (HERDER_RELAY_LINK=false), through Redis as between hosts (`--relay-only`
+  measures only the relay).
 
     .venv/bin/python bench/workers.py [--seconds 8] [--connections 20] [--workers 2]
 
@@ -59,6 +68,35 @@ POSTGRES = os.environ.get("HERDER_BENCH_POSTGRES_URL", "postgres://herder:herder
 REDIS = os.environ.get("HERDER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 # nginx answering /hello (deploy/images/daemon-bench): the proxy, not the daemon, is measured.
 DAEMON = "herder/daemon-bench:latest"
+
+
+def spawn(port: int) -> None:
+    body = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/minion/v1/spawn", data=body, timeout=60) as answer:
+        result = json.load(answer)
+    if result["StdOut"] != "hello\n":
+        raise RuntimeError(f"bad run: {result}")
+
+
+def runs_per_second(port: int, seconds: float, clients: int = 4) -> tuple[float, int]:
+    for _ in range(2 * clients):
+        spawn(port)  # fill the warm pools first
+    deadline = time.perf_counter() + seconds
+    counts = {"runs": 0, "errors": 0}
+
+    def loop():
+        while time.perf_counter() < deadline:
+            try:
+                spawn(port)
+                counts["runs"] += 1
+            except Exception:
+                counts["errors"] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for _ in range(clients):
+            pool.submit(loop)
+    return counts["runs"] / (time.perf_counter() - started), counts["errors"]
 
 
 # --- CPU accounting (the throughput parts) ---------------------------------------------
@@ -230,40 +268,50 @@ class CpuMeter:
         return sum(self.spent(part).values())
 
 
-def spawn(port: int) -> None:
-    body = urllib.parse.urlencode({"env": "python", "main.py": "print('hello')"}).encode()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/minion/v1/spawn", data=body, timeout=60) as answer:
-        result = json.load(answer)
-    if result["StdOut"] != "hello\n":
-        raise RuntimeError(f"bad run: {result}")
+def server_pid(server_port: int, client_port: int) -> int:
+    """The herder process holding the server side of our connection from `client_port`
+    (which worker accepted it), from `ss`."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{server_port} and dport = :{client_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"pid=(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"no process holds the connection from port {client_port}: {out!r}")
+    return int(found.group(1))
 
 
-def runs_per_second(port: int, seconds: float, clients: int = 4) -> tuple[float, int]:
-    for _ in range(2 * clients):
-        spawn(port)  # fill the warm pools first
-    deadline = time.perf_counter() + seconds
-    counts = {"runs": 0, "errors": 0}
-
-    def loop():
-        while time.perf_counter() < deadline:
-            try:
-                spawn(port)
-                counts["runs"] += 1
-            except Exception:
-                counts["errors"] += 1
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for _ in range(clients):
-            pool.submit(loop)
-    return counts["runs"] / (time.perf_counter() - started), counts["errors"]
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of these processes' main threads so far, where their event
+    loops relay (contention does not inflate it; the supervisor's threads, which list
+    the engine's containers every few seconds, are left out)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-async def relay_rtt(port: int, pairs: int, count: int) -> list[float]:
-    """Each pair's p50 round trip (ms), sorted."""
+def workers_of(herd: int) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{herd}/task/{herd}/children").read_text().split()]
+
+
+async def relay_rtt(
+    port: int, want: dict[str, int], count: int, *, workers: list[int]
+) -> list[tuple[str, float, float]]:
+    """(kind, p50 round trip in ms, the workers' CPU per round trip in us) of each
+    pair: "same" when the minion's socket and the golem's socket to it landed on one
+    worker, "split" when on two. Pairs are opened until `want` of each kind were
+    measured (at most 8 x as many), as the kernel hands connections to whichever
+    worker accepts first; a pair of a kind not wanted (any more) is closed unmeasured."""
     base = f"ws://127.0.0.1:{port}"
-    medians = []
-    for _ in range(pairs):
+    results: list[tuple[str, float, float]] = []
+    for _ in range(8 * sum(want.values())):
+        kinds = [kind for kind, *_ in results]
+        if all(kinds.count(kind) >= n for kind, n in want.items()):
+            break
         webstrate = f"bench-{uuid.uuid4().hex[:8]}"
         async with (
             connect(f"{base}/golem/v1/connect/{webstrate}") as control,
@@ -272,6 +320,10 @@ async def relay_rtt(port: int, pairs: int, count: int) -> list[float]:
             event = json.loads(await control.recv())
             async with connect(f"{base}/golem/v1/connect-to/{webstrate}/{event['ID']}") as golem:
                 assert json.loads(await minion.recv()) == {"Event": "golem-connected"}
+                pids = {server_pid(port, ws.local_address[1]) for ws in (minion, golem)}
+                kind = "same" if len(pids) == 1 else "split"
+                if kinds.count(kind) >= want.get(kind, 0):
+                    continue
 
                 async def echo():
                     for _ in range(count):
@@ -279,14 +331,70 @@ async def relay_rtt(port: int, pairs: int, count: int) -> list[float]:
 
                 echoing = asyncio.create_task(echo())
                 samples = []
+                cpu = cpu_seconds(workers)
                 for i in range(count):
                     started = time.perf_counter()
                     await minion.send(f"ping {i}")
                     await minion.recv()
                     samples.append(time.perf_counter() - started)
+                cpu = cpu_seconds(workers) - cpu
                 await echoing
-                medians.append(statistics.median(samples))
-    return sorted(m * 1000 for m in medians)
+                results.append((kind, statistics.median(samples) * 1000, cpu / count * 1e6))
+    return results
+
+
+def measure_relay(workers: int, env: dict[str, str], args, *, link: bool = True) -> list[tuple[str, float, float]]:
+    """The relay in a herd of its own (nothing else running in it). Without `link`,
+    workers relay through Redis, as herders on two hosts do: split pairs only."""
+    port = free_port()
+    herd = subprocess.Popen(
+        [sys.executable, "manage.py", "herd", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env={**env, "HERDER_RELAY_LINK": "true" if link else "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/api/schema/")
+        time.sleep(2)  # every worker up
+        pids = workers_of(herd.pid) if workers > 1 else [herd.pid]
+        if workers == 1:
+            want = {"same": args.pairs}
+        else:
+            want = {"same": args.pairs, "split": args.pairs} if link else {"split": args.pairs}
+        return asyncio.run(relay_rtt(port, want, args.round_trips, workers=pids))
+    finally:
+        herd.send_signal(signal.SIGTERM)
+        herd.wait(timeout=60)
+
+
+def print_relay(relay: dict, workers: int) -> None:
+    """The relay figures beside issue 12's target: within 10 % of one process."""
+
+    def p50(values: list[float], digits: int = 3) -> str:
+        return f"{statistics.median(values):8.{digits}f}" if values else "     n/a"
+
+    def line(label: str, rows: list[tuple[str, float, float]], tail: str = "") -> None:
+        rtt, cpu = [r[1] for r in rows], [r[2] for r in rows]
+        print(f"    {label:<34}{p50(rtt)} ms  {p50(cpu, 0)} us CPU  ({len(rows)} pairs){tail}")
+
+    one, many = relay[1], relay[workers]
+    ratio = statistics.median([r[1] for r in many]) / statistics.median([r[1] for r in one])
+    print("  relay round trip p50 (median of each pair's p50; the workers' event-loop CPU per round trip)")
+    line("1 worker", one)
+    line(f"{workers} workers, same-worker pairs", [r for r in many if r[0] == "same"])
+    line(f"{workers} workers, split pairs", [r for r in many if r[0] == "split"])
+    line(
+        f"{workers} workers, all pairs",
+        many,
+        f"  x{ratio:.2f}; target <= x1.10: {'met' if ratio <= 1.10 else 'missed'}",
+    )
+    line(f"{workers} workers, split, through Redis", relay["redis"], "  (HERDER_RELAY_LINK=false: as across hosts)")
+    print(
+        f"    each pair's p50, ms: 1 worker {' '.join(f'{r[1]:.2f}' for r in one)}; {workers} workers "
+        + " ".join(f"{r[1]:.2f}{'s' if r[0] == 'split' else ''}" for r in many)
+        + " (s: split over two workers)"
+    )
 
 
 def minion_figures(herd: subprocess.Popen, port: int, seconds: float, instance: str) -> dict:
@@ -440,7 +548,6 @@ def measure(workers: int, env: dict[str, str], token: str, args, rate: float | N
             "load": os.getloadavg()[0],
             "runs": minion_figures(herd, port, args.seconds, env["HERDER_INSTANCE"]),
             **proxy_figures(herd, port, proxied, direct, daemon, args),
-            "rtt": asyncio.run(relay_rtt(port, args.pairs, args.round_trips)),
         }
         # Half the one-worker maximum, for both: the latency a second worker buys at the same load.
         figures["paced"] = paced_figures(proxied, direct, rate or figures["proxy"]["rps"] / 2, args)
@@ -520,17 +627,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--round-trips", type=int, default=500)
+    parser.add_argument("--relay-only", action="store_true", help="only the relay round trip")
     parser.add_argument("--image", default=DAEMON, help="the daemon proxied (default: %(default)s)")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if not args.relay_only and shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True)
-    subprocess.run(["bash", "deploy/build-images.sh", args.image.split("/")[-1].split(":")[0]], cwd=ROOT, check=True)
+    if not args.relay_only:
+        subprocess.run(
+            ["bash", "deploy/build-images.sh", args.image.split("/")[-1].split(":")[0]], cwd=ROOT, check=True
+        )
 
     database = f"herder_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
     redis.Redis.from_url(REDIS).flushdb()
-    results = {}
+    results, relay = {}, {}
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
@@ -555,27 +666,27 @@ def main() -> None:
             )
             run("migrate", "-v", "0")
             token = run("mint_token", "-e", "bench@herder.test", "-c", "100000000").strip().splitlines()[-1]
-            results[1] = measure(1, env, token, args)
-            results[args.workers] = measure(args.workers, env, token, args, rate=results[1]["proxy"]["rps"] / 2)
+            for workers in (1, args.workers):
+                if not args.relay_only:
+                    # Paced at half of one worker's maximum, both times.
+                    rate = results[1]["proxy"]["rps"] / 2 if workers > 1 else None
+                    results[workers] = measure(workers, env, token, args, rate=rate)
+                relay[workers] = measure_relay(workers, env, args)
+            relay["redis"] = measure_relay(args.workers, env, args, link=False)
     finally:
         with psycopg.connect(POSTGRES, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
-    one, many = results[1], results[args.workers]
     print(
         f"herd --workers 1 vs --workers {args.workers} ({os.cpu_count()} cores; PostgreSQL, Redis; "
-        f"load average {one['load']:.1f} / {many['load']:.1f}; daemon {args.image})"
+        f"load average {os.getloadavg()[0]:.1f} at the end)"
     )
+    print_relay(relay, args.workers)
+    if args.relay_only:
+        return
+    one, many = results[1], results[args.workers]
+    print(f"  (load average {one['load']:.1f} / {many['load']:.1f} when each herd started; daemon {args.image})")
     print_throughput(one, many, args.workers)
-    print(
-        f"  relay round trip p50 ms     {statistics.median(one['rtt']):8.3f}  {statistics.median(many['rtt']):8.3f}  "
-        f"x{statistics.median(many['rtt']) / statistics.median(one['rtt']):.2f}   (median of {args.pairs} pairs)"
-    )
-    print(
-        f"  each pair's p50, ms: 1 worker {' '.join(f'{v:.2f}' for v in one['rtt'])}; "
-        f"{args.workers} workers {' '.join(f'{v:.2f}' for v in many['rtt'])} "
-        "(a pair split over two workers relays through Redis)"
-    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# tests/deploy/test_compose.py runs deploy/compose.yml with the `docker compose`
+# plugin or docker-compose; Debian's docker-compose is installed when neither is there.
+compose_tool=$(bash deploy/compose.sh --install)
+echo "test: compose tool: $compose_tool"
 # npm ci again when the lock file changed since the last install.
 lock_sum=$(sha256sum tests/compat/node/package-lock.json | cut -d' ' -f1)
 if [ "$(cat tests/compat/node/node_modules/.herder-lock-sum 2>/dev/null)" != "$lock_sum" ]; then

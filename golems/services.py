@@ -449,14 +449,18 @@ def golem_spawn(*, webstrate: str, client: str = "") -> Golem:
     return golem
 
 
-def golem_reset(*, webstrate: str) -> Golem:
+def golem_reset(*, webstrate: str, client: str = "") -> Golem:
     """Restart the webstrate's golem in a fresh container (a fresh browser). A
     golem being started is fresh already: the reset answers it once started.
+    A reset starts a Chromium as a new golem does: for a `client`, it counts
+    against the same HERDER_GOLEM_SPAWN_RATE.
 
-    Raises BadWebstrateId, GolemNotFound (no golem is running or crashed), RuntimeUnavailable.
+    Raises BadWebstrateId, GolemNotFound (no golem is running or crashed),
+    TooManyRequests, RuntimeUnavailable.
     """
     webstrate_validate(webstrate)
     deadline = time.monotonic() + START_WAIT
+    admitted = not client
     while time.monotonic() < deadline:
         golem = Golem.objects.filter(webstrate=webstrate).first()
         if golem is None or golem.state not in _ALIVE:
@@ -464,6 +468,9 @@ def golem_reset(*, webstrate: str) -> Golem:
         if golem.state == Golem.State.STARTING and not _stale(golem):
             time.sleep(0.05)
             continue
+        if not admitted:
+            rate_check("golem-spawn", client, settings.HERDER_GOLEM_SPAWN_RATE)
+            admitted = True
         claimed = _claim(webstrate, golem, new=False, crash_streak=0)
         if claimed is not None:
             return _launch(claimed, undo=_undo_crashed)

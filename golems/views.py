@@ -144,7 +144,12 @@ class GolemSpawnView(_GolemActionView):
 class GolemResetView(_GolemActionView):
     """Restart the webstrate's golem in a fresh browser."""
 
-    _schema = _action("golem_reset", "the new container's id.", _404=_NO_GOLEM)
+    _schema = _action(
+        "golem_reset",
+        "the new container's id.",
+        _404=_NO_GOLEM,
+        _429="Too many new golems or resets from this client; see Retry-After.",
+    )
 
     @extend_schema(**_schema)
     def get(self, request, webstrate: str):
@@ -155,7 +160,8 @@ class GolemResetView(_GolemActionView):
         return super().post(request, webstrate)
 
     def act(self, webstrate: str) -> Golem:
-        return golem_reset(webstrate=webstrate)
+        # Any page can ask too (GET): each reset is a fresh Chromium, rated as a spawn.
+        return golem_reset(webstrate=webstrate, client=client_of_request(self.request))
 
 
 class GolemKillView(_GolemActionView):

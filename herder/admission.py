@@ -241,6 +241,14 @@ def _wake(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+_registry: list[Slots] = []
+
+
+def all_slots() -> list[Slots]:
+    """Every Slots of this process (shared with the others: herder/sharedslots.py)."""
+    return list(_registry)
+
+
 class Slots:
     """Counts work in progress in this process, per client and in total.
 
@@ -281,6 +289,9 @@ class Slots:
         self._seq = itertools.count()
         # How long a slot is held, smoothed: the Retry-After hint.
         self.typical_hold = 1.0
+        # What clients hold in the other herder processes (herder/sharedslots.py).
+        self._elsewhere: dict[str, int] = {}
+        _registry.append(self)
 
     def _setting(self, name: str | None) -> float:
         return (getattr(settings, name, 0) or 0) if name else 0
@@ -309,6 +320,23 @@ class Slots:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def counts(self) -> dict[str, int]:
+        """What each client holds in this process."""
+        with self._lock:
+            return dict(self._by_client)
+
+    def set_elsewhere(self, counts: dict[str, int]) -> None:
+        """What clients hold in the other processes; waiters that now fit are let in."""
+        with self._lock:
+            self._elsewhere = counts
+            handed = self._hand_on()
+        self._wake(handed)
+
+    def held_by(self, client: str) -> int:
+        """Slots `client` holds now."""
+        with self._lock:
+            return self._by_client[client]
+
     def limit_of(self, client: str) -> int:
         return self.per_account if client.startswith("account:") else self.per_client
 
@@ -318,7 +346,7 @@ class Slots:
 
     def _client_room(self, client: str) -> bool:
         limit = self.limit_of(client)
-        return not limit or self._by_client[client] < limit
+        return not limit or self._by_client[client] + self._elsewhere.get(client, 0) < limit
 
     def _take(self, client: str) -> None:
         self._by_client[client] += 1
@@ -362,6 +390,9 @@ class Slots:
             if held is not None:
                 self.typical_hold = 0.8 * self.typical_hold + 0.2 * max(held, 0.05)
             handed = self._hand_on()
+        self._wake(handed)
+
+    def _wake(self, handed: list[_Waiter]) -> None:
         for waiter in handed:
             try:
                 waiter.loop.call_soon_threadsafe(_wake, waiter.future)

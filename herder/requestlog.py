@@ -10,6 +10,10 @@ every HTTP request and WebSocket.
 - One line per request when it ends: method, route, status, duration,
   client, request id. The route is the URL pattern's name, never the path:
   paths and queries carry tokens (`/token/v1/inspect/<token>`, `?token=`).
+  Refusals for load (429) are the exception: one line per client and route
+  every HERDER_LOG_REFUSALS_EVERY seconds, its `unlogged` field counting those
+  left out before it (RefusalLines). A flood is thousands of them a second:
+  a line each cost a fifth of a refusal's CPU and filled the operator's logs.
 - herder_http_requests_total by route and code, herder_proxy_request_duration_seconds
   for the daemon proxy, herder_websockets by kind while a socket is open.
 - The event loop's lag is sampled from a thread (`LoopLagProbe`).
@@ -43,6 +47,48 @@ _WEBSOCKET_KINDS = (
     ("/daemon/v1/attach/", "daemon_attach"),
     (_PROXY_PREFIX, "daemon_proxy"),
 )
+
+
+class RefusalLines:
+    """Which 429s get a log line: the first per (client, route) in each
+    window; the others are counted, and the count rides on the key's next
+    line (`unlogged`). The metrics count every one. Keys are bounded: past
+    `max_keys` within one window (a flood from many addresses), the new ones
+    share one key per route."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._keys: dict[tuple[str, str], list] = {}  # key: [window start, unlogged]
+
+    def take(self, client: str, route: str, now: float) -> int | None:
+        """None: skip this line; else log it, with this many left out before it."""
+        window = settings.HERDER_LOG_REFUSALS_EVERY
+        key = (client, route)
+        entry = self._keys.get(key)
+        if entry is None and len(self._keys) >= self.max_keys:
+            self._keys = {k: v for k, v in self._keys.items() if now - v[0] < window}
+            if len(self._keys) >= self.max_keys:
+                key = ("*", route)
+                entry = self._keys.get(key)
+        if entry is not None and now - entry[0] < window:
+            entry[1] += 1
+            return None
+        self._keys[key] = [now, 0]
+        return entry[1] if entry is not None else 0
+
+
+refusal_lines = RefusalLines()
+
+
+def _log_line(event: str, level: int, fields: dict) -> None:
+    if not logger.isEnabledFor(level):
+        return
+    if fields["status"] == 429:
+        unlogged = refusal_lines.take(fields["client"], fields.get("route") or fields["kind"], time.monotonic())
+        if unlogged is None:
+            return
+        fields["unlogged"] = unlogged
+    log_event(logger, event, level=level, **fields)
 
 
 def _route_name(match) -> str:
@@ -179,15 +225,16 @@ class RequestLog:
                 else logging.INFO
             )
             if logger.isEnabledFor(level):
-                log_event(
-                    logger,
+                _log_line(
                     "http.request",
-                    level=level,
-                    method=scope.get("method"),
-                    route=route,
-                    status=code,
-                    duration_ms=round(duration * 1000, 2),
-                    client=client_address(scope),
+                    level,
+                    {
+                        "method": scope.get("method"),
+                        "route": route,
+                        "status": code,
+                        "duration_ms": round(duration * 1000, 2),
+                        "client": client_address(scope),
+                    },
                 )
 
     async def _websocket(self, scope, receive, send, rid: str) -> None:
@@ -223,14 +270,16 @@ class RequestLog:
                 gauge.dec()
             duration = time.perf_counter() - started
             if logger.isEnabledFor(logging.INFO):
-                log_event(
-                    logger,
+                _log_line(
                     "websocket",
-                    kind=kind,
-                    status=status or 499,
-                    close_code=close_code,
-                    duration_ms=round(duration * 1000, 2),
-                    client=client_address(scope),
+                    logging.INFO,
+                    {
+                        "kind": kind,
+                        "status": status or 499,
+                        "close_code": close_code,
+                        "duration_ms": round(duration * 1000, 2),
+                        "client": client_address(scope),
+                    },
                 )
 
 

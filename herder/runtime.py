@@ -308,6 +308,12 @@ class Runtime:
         (`timeout 5 ...`): the call waits for it. Raises ContainerGone."""
         raise NotImplementedError
 
+    def set_cpu_weight(self, handle: Handle, weight: int) -> None:
+        """The container's share of CPU time against the others when the CPU
+        is contended (Docker's cpu_shares: 1024 by default, 2 the least); no cap
+        when it is not. Raises ContainerGone."""
+        raise NotImplementedError
+
     def network_create(self, name: str, *, kind: str, labels: dict[str, str] | None = None) -> str:
         """Create (or find) the bridge network `name` with inter-container traffic
         off, labelled like containers (`herder.kind`, `herder.instance`); its
@@ -461,6 +467,10 @@ class DockerRuntime(Runtime):
             # 409: removal already under way (auto-remove); it will finish.
             if exc.response is None or exc.response.status_code != 409:
                 raise
+
+    def set_cpu_weight(self, handle: Handle, weight: int) -> None:
+        with _engine_errors():
+            self.client.api.update_container(handle.id, cpu_shares=weight)
 
     def poll(self, handle: Handle) -> int | None:
         with _engine_errors():

@@ -72,15 +72,17 @@ INSTALLED_APPS = [
     "daemons",
 ]
 
+# Django's own, run on the event loop rather than a thread hop per hook
+# (herder/middleware.py): a spawn waited ~15 turns of a busy loop before its run.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "herder.middleware.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "herder.middleware.SessionMiddleware",
+    "herder.middleware.CommonMiddleware",
+    "herder.middleware.CsrfViewMiddleware",
+    "herder.middleware.AuthenticationMiddleware",
+    "herder.middleware.MessageMiddleware",
+    "herder.middleware.XFrameOptionsMiddleware",
     # The route's name for the request's log line and metrics (herder/requestlog.py).
     "herder.requestlog.RouteName",
 ]
@@ -110,15 +112,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_name = str(DATABASES["default"]["NAME"])
     if _sqlite_name and _sqlite_name != ":memory:" and not _sqlite_name.startswith("file:"):
         private_file(Path(_sqlite_name))
-    # Concurrent writers wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    # Concurrent writers wait for the lock instead of failing at once. WAL:
+    # readers never wait for a writer, and a commit appends to the log without
+    # an fsync (0.02 ms against 2.6 ms here, far more while the disk is busy;
+    # every minion run commits twice). A power cut may lose the last commits,
+    # never the file's consistency. SQLite gives the log files the database's mode.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, delivering within a process and a host without
+            # Redis (herder/channel_layer.py).
+            "BACKEND": "herder.channel_layer.HerderChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same as
             # channels-redis' blocking pop: an idle consumer would die on it.
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
@@ -264,6 +278,13 @@ HERDER_MINION_IMAGES.update(env.dict("HERDER_MINION_ENVS", default={}))
 HERDER_MINION_TIMEOUT = _positive("HERDER_MINION_TIMEOUT", env.float("HERDER_MINION_TIMEOUT", default=30.0))
 HERDER_MINION_MEMORY = env.str("HERDER_MINION_MEMORY", default="512m")
 HERDER_MINION_CPUS = _positive("HERDER_MINION_CPUS", env.float("HERDER_MINION_CPUS", default=1.0))
+# CPU weight (Docker's cpu_shares; the default is 1024) of a client's runs
+# beyond its first while they run: under contention they get only what the
+# others leave, so a client running four CPU-bound programs slows another
+# client's one run as one program would. 0: every run weighs the same.
+HERDER_MINION_CPU_WEIGHT_EXTRA = env.int("HERDER_MINION_CPU_WEIGHT_EXTRA", default=2)
+if HERDER_MINION_CPU_WEIGHT_EXTRA and not 2 <= HERDER_MINION_CPU_WEIGHT_EXTRA <= 262144:
+    raise ImproperlyConfigured("HERDER_MINION_CPU_WEIGHT_EXTRA is 0 (off) or 2-262144 (Docker's cpu_shares)")
 HERDER_MINION_PIDS = int(_positive("HERDER_MINION_PIDS", env.int("HERDER_MINION_PIDS", default=256)))
 HERDER_MINION_USER = env.str("HERDER_MINION_USER", default="65534:65534")
 HERDER_MINION_WORKDIR_SIZE = env.str("HERDER_MINION_WORKDIR_SIZE", default="256m")
@@ -308,6 +329,24 @@ def _rate(name: str, default: str) -> str:
     return text
 
 
+# `herd --workers N` tells each of its workers that it is one of N on this
+# machine. The totals below (runs, sockets, bodies in progress) are the
+# herd's: each worker holds its share (rounded up), so N workers together stay
+# within what the machine holds. Per-client limits stay per process.
+HERDER_WORKERS_HERE = max(1, env.int("HERDER_WORKERS_HERE", default=1))
+
+
+# With REDIS_URL, how often each process tells the others what each client
+# holds, so per-client limits hold across processes (herder/sharedslots.py);
+# 0 turns it off (per-client limits per process).
+HERDER_SLOTS_SHARE_INTERVAL = env.float("HERDER_SLOTS_SHARE_INTERVAL", default=0.5)
+
+
+def _share(total: int) -> int:
+    """This worker's part of a herd-wide total (0, no limit, stays 0)."""
+    return -(-total // HERDER_WORKERS_HERE) if total > 0 else total
+
+
 def _default_minion_slots() -> int:
     """Runs at once this machine can hold: 4 per core (a run mostly waits on
     its container), and no more than fit in memory at the minion memory limit."""
@@ -329,12 +368,16 @@ HERDER_UPLOADS_PER_CLIENT = env.int("HERDER_UPLOADS_PER_CLIENT", default=8)
 # and how many may wait for a slot (FIFO, fair across clients) and how long.
 HERDER_MINION_MAX_PER_CLIENT = env.int("HERDER_MINION_MAX_PER_CLIENT", default=4)
 HERDER_MINION_MAX_PER_ACCOUNT = env.int("HERDER_MINION_MAX_PER_ACCOUNT", default=8)
-HERDER_MINION_MAX_RUNNING = env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots())
+HERDER_MINION_MAX_RUNNING = _share(env.int("HERDER_MINION_MAX_RUNNING", default=_default_minion_slots()))
 HERDER_MINION_QUEUE = env.int("HERDER_MINION_QUEUE", default=4 * HERDER_MINION_MAX_RUNNING)
+if "HERDER_MINION_QUEUE" in os.environ:
+    HERDER_MINION_QUEUE = _share(HERDER_MINION_QUEUE)
 HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
 # Every run may hold its body, and daemon spawns and the like some more (waiters
 # hold none: they wait before their body is read, herder/gate.py).
-HERDER_UPLOADS_MAX = env.int("HERDER_UPLOADS_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
+HERDER_UPLOADS_MAX = _share(
+    env.int("HERDER_UPLOADS_MAX", default=(HERDER_MINION_MAX_RUNNING + 16) * HERDER_WORKERS_HERE)
+)
 
 # --- Database connections (PostgreSQL) ----------------------------------------
 # Under ASGI every request's sync code runs in a thread of its own, so each
@@ -357,6 +400,7 @@ if HERDER_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.post
     # With a pool: a connection whose session ended (the server restarted, an
     # operator terminated it) is replaced before it is handed out, not failed on.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
 # Wrong token passwords per client, and failed admin logins per client and per
 # username, before 429 (fixed windows, counted in the cache).
 HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")
@@ -507,9 +551,11 @@ HERDER_WS_MAX_FRAME = int(_positive("HERDER_WS_MAX_FRAME", env.int("HERDER_WS_MA
 # one herder process. The total's default gives each socket the most it can hold
 # (its pairing buffer and three frames) within a quarter of the machine's memory.
 HERDER_WS_MAX_PER_CLIENT = env.int("HERDER_WS_MAX_PER_CLIENT", default=128)
-HERDER_WS_MAX = env.int(
-    "HERDER_WS_MAX",
-    default=max(64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)),
+HERDER_WS_MAX = _share(
+    env.int(
+        "HERDER_WS_MAX",
+        default=max(64, HERDER_MACHINE_MEMORY // 4 // (HERDER_PAIRING_BUFFER_BYTES + 3 * HERDER_WS_MAX_FRAME)),
+    )
 )
 
 # --- The supervisor --------------------------------------------------------
@@ -544,6 +590,14 @@ HERDER_GROUP_EXPIRY = int(_positive("HERDER_GROUP_EXPIRY", env.int("HERDER_GROUP
 if REDIS_URL:
     CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = HERDER_GROUP_EXPIRY
 
+# --- The relay between processes (herder/channel_layer.py) --------------------
+# Processes of one host (workers of one `herd`, or herds sharing the host's
+# network namespace) hand each other channel messages over Unix sockets instead
+# of Redis; false sends them through Redis, as between hosts.
+HERDER_RELAY_LINK = env.bool("HERDER_RELAY_LINK", default=True)
+if REDIS_URL:
+    CHANNEL_LAYERS["default"]["CONFIG"]["link"] = HERDER_RELAY_LINK
+
 # --- Operators: the admin (operator-admin) ------------------------------------
 # The last bytes of a failed minion run's stderr kept on its row, so the admin
 # shows why it failed (the traceback's end); 0 keeps none.
@@ -558,6 +612,9 @@ HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_
 HERDER_LOG_FORMAT = env.str("HERDER_LOG_FORMAT", default="text").lower()
 if HERDER_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"HERDER_LOG_FORMAT is text or json, not {HERDER_LOG_FORMAT!r}")
+# Refusals for load (429) are logged once per client and route in this many
+# seconds, the next line counting those left out (a flood is thousands a second).
+HERDER_LOG_REFUSALS_EVERY = _positive("HERDER_LOG_REFUSALS_EVERY", env.float("HERDER_LOG_REFUSALS_EVERY", default=10.0))
 # Who may scrape GET /metrics: a request with `Authorization: Bearer <token>`
 # (when set), or from these addresses or networks (default loopback only;
 # empty: token only). A request that came through a proxy not in

@@ -76,6 +76,8 @@ class Workers:
 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", "herder.settings"))
+        # Each holds its share of the machine's totals (herder/settings.py).
+        env["HERDER_WORKERS_HERE"] = str(self.count)
         command = [
             sys.executable,
             "-m",

@@ -46,6 +46,9 @@ class Warm:
     # of which `seen` came with the run's last frame.
     resetting: bool = False
     seen: bytes = b""
+    # Set by a run of a client's beyond its first (HERDER_MINION_CPU_WEIGHT_EXTRA);
+    # None: the engine's default. Put back before the container serves again.
+    cpu_weight: int | None = None
 
     def is_fit(self) -> bool:
         if self.resetting:

@@ -18,10 +18,10 @@ from django.utils import timezone
 from herder.admission import Slots, Ticket
 from herder.errors import RuntimeUnavailable, UnknownEnv
 from herder.files import check_files, check_name
-from herder.runtime import ContainerSpec, Handle, get_runtime
+from herder.runtime import ContainerGone, ContainerSpec, Handle, get_runtime
 from minions import runner
 from minions.models import MinionRun
-from minions.pool import Pool, start_warm
+from minions.pool import Pool, Warm, start_warm
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ _live: set[Handle] = set()
 _live_lock = threading.Lock()
 # Set when the herder stops: every run in progress gives up at once.
 _stopping = threading.Event()
+# The engine's CPU weight for a container (Docker's cpu_shares default).
+_ENGINE_CPU_WEIGHT = 1024
 
 
 @dataclass
@@ -126,9 +128,11 @@ def minion_run(
     client_addr: str = "",
     origin: str = "",
     cancelled: Callable[[], bool] = lambda: False,
+    cpu_weight: int | None = None,
 ) -> MinionResult:
     """Run `files` in a sandboxed container of `env` (warm from the pool, else
-    a fresh one) and collect the result.
+    a fresh one) and collect the result. With `cpu_weight`, the container has
+    that CPU weight while the run lasts (a client's runs beyond its first).
 
     `cancelled` is polled while the run waits: once true the run is abandoned
     (the client went away) and runner.Cancelled raised.
@@ -176,6 +180,9 @@ def minion_run(
         with _live_lock:
             _live.add(handle)
         run.container = handle.id[:64]
+        if cpu_weight:
+            runtime.set_cpu_weight(handle, cpu_weight)
+            warm.cpu_weight = cpu_weight
         outcome = runner.exchange(
             attachment,
             request=request,
@@ -201,7 +208,11 @@ def minion_run(
                 # retires and removes itself.
                 warm.runs += 1
                 warm.seen = outcome.after
-                if warm.runs < settings.HERDER_MINION_RUNS_PER_CONTAINER and not _stopping.is_set():
+                if (
+                    warm.runs < settings.HERDER_MINION_RUNS_PER_CONTAINER
+                    and not _stopping.is_set()
+                    and _default_cpu_weight(runtime, warm)
+                ):
                     pool.give_back(env, warm)
                 else:
                     warm.retire()
@@ -220,6 +231,19 @@ def minion_run(
         run.finished = timezone.now()
         run.save()
     return MinionResult(run=run, outcome=outcome)
+
+
+def _default_cpu_weight(runtime, warm: Warm) -> bool:
+    """Put a container's CPU weight back before it serves another client;
+    False (retire it) when that failed."""
+    if warm.cpu_weight is None:
+        return True
+    try:
+        runtime.set_cpu_weight(warm.handle, _ENGINE_CPU_WEIGHT)
+    except (RuntimeUnavailable, ContainerGone):
+        return False
+    warm.cpu_weight = None
+    return True
 
 
 def stderr_tail(outcome: runner.Outcome) -> str:
@@ -268,6 +292,7 @@ async def minion_run_admitted(
     """
     minion_check(env=env, files=files, output=output)
     ticket = ticket.take() if ticket is not None else await minion_slots.ticket(client)
+    extra = minion_slots.held_by(client) > 1
     gone = threading.Event()
     started = time.monotonic()
     run = asyncio.ensure_future(
@@ -278,6 +303,7 @@ async def minion_run_admitted(
             client_addr=client_addr,
             origin=origin,
             cancelled=gone.is_set,
+            cpu_weight=settings.HERDER_MINION_CPU_WEIGHT_EXTRA if extra else None,
         )
     )
 

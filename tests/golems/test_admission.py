@@ -296,3 +296,21 @@ def test_a_real_herder_counts_new_golems_by_the_clients_address(tmp_path, docker
         print(herder.output())
         for info in docker_engine.list(kind="golem", owner=first):
             docker_engine.remove(info.handle)
+
+
+def test_resets_count_against_the_clients_rate_as_new_golems_do(docker_engine, settings):
+    """A reset starts a fresh Chromium: a page making its visitors ask for resets
+    in a loop (`<img>`) is bounded like one asking for new golems."""
+    settings.HERDER_GOLEM_MAX = 10
+    settings.HERDER_GOLEM_SPAWN_RATE = "2/h"
+    one = webstrate_id("rate-reset")
+    stranger = client_at("203.0.113.30")
+    try:
+        assert stranger.get(f"/golem/v1/spawn/{one}").status_code == 200  # 1 of 2
+        assert stranger.get(f"/golem/v1/reset/{one}").status_code == 200  # 2 of 2
+        refused = stranger.get(f"/golem/v1/reset/{one}")
+        assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+        # Another client still may; the admin's resets (no client) are never rated.
+        assert client_at("203.0.113.31").get(f"/golem/v1/reset/{one}").status_code == 200
+    finally:
+        kill_all(one)

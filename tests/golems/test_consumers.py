@@ -289,7 +289,7 @@ def test_two_peers_streaming_at_each_other_do_not_wait_on_each_other(settings, l
             pytest.fail("HERDER_TEST_REDIS_URL is not set (deploy/test.sh sets it).")
         settings.CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": "herder.channel_layer.HerderChannelLayer",
                 "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 30}]},
             }
         }

@@ -17,16 +17,24 @@ from tests.golems.conftest import Herder, herder_env, migrate
 HEARTBEAT = 0.5
 
 
-@pytest.fixture
-def herders(tmp_path):
-    """Two herder processes on one Redis and one SQLite file."""
+@pytest.fixture(params=["link", "redis"])
+def herders(tmp_path, request):
+    """Two herder processes on one Redis and one SQLite file; they relay to each
+    other over the link of this host's processes, or (HERDER_RELAY_LINK=false)
+    through Redis, as herders on two hosts do."""
     redis_url = os.environ.get("HERDER_TEST_REDIS_URL")
     if not redis_url:
         pytest.fail(
             "HERDER_TEST_REDIS_URL is not set: start Redis (deploy/start-services.sh) "
             "and export it, as deploy/test.sh does."
         )
-    env = herder_env(tmp_path, REDIS_URL=redis_url, HERDER_PAIRING_HEARTBEAT=str(HEARTBEAT), HERDER_GOLEM_WAIT="5")
+    env = herder_env(
+        tmp_path,
+        REDIS_URL=redis_url,
+        HERDER_PAIRING_HEARTBEAT=str(HEARTBEAT),
+        HERDER_GOLEM_WAIT="5",
+        HERDER_RELAY_LINK="true" if request.param == "link" else "false",
+    )
     migrate(env)
     started = []
     try:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from channels.testing import ApplicationCommunicator
 from herder.asgi import application
 from herder.logs import JsonFormatter, TextFormatter
 from herder.requestlog import RequestLog
-from tests.herder.asgi_client import ahttp, http
+from tests.herder.asgi_client import ahttp, http, scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -206,3 +207,42 @@ def test_log_format_is_a_setting(tmp_path):
 
     wrong = _settings_log({**data, "HERDER_LOG_FORMAT": "xml"})
     assert wrong.returncode != 0 and "HERDER_LOG_FORMAT" in wrong.stderr
+
+
+@pytest.mark.django_db
+def test_refusals_get_one_line_per_client_and_route_a_window_counting_the_rest(caplog, settings):
+    settings.HERDER_TOKEN_PASSWORD = "right"
+    settings.HERDER_TOKEN_GENERATE_RATE = "1/h"
+    settings.HERDER_LOG_REFUSALS_EVERY = 0.5
+    caplog.set_level(logging.INFO, logger="herder.request")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+
+    def guess(client: str) -> int:
+        return http("POST", "/token/v1/generate", headers=form, body=b"password=guess", client=client)["status"]
+
+    assert [guess("198.51.100.30") for _ in range(6)] == [401] + [429] * 5
+    assert guess("198.51.100.31") == 401 and guess("198.51.100.31") == 429
+    time.sleep(0.6)
+    assert guess("198.51.100.30") == 429
+
+    logged = [(line["client"], line["status"], line.get("unlogged")) for line in lines(caplog)]
+    assert logged == [
+        ("198.51.100.30", 401, None),
+        ("198.51.100.30", 429, 0),  # the first refusal, in full
+        ("198.51.100.31", 401, None),
+        ("198.51.100.31", 429, 0),  # another client: a line of its own
+        ("198.51.100.30", 429, 4),  # the next window: the four left out are counted
+    ]
+    scraped = scrape()
+    assert value(scraped, "herder_http_requests_total", route="token-generate", code="429") >= 7
+
+
+def test_refusal_lines_stay_bounded_under_a_flood_from_many_addresses(settings):
+    from herder.requestlog import RefusalLines
+
+    settings.HERDER_LOG_REFUSALS_EVERY = 10
+    lines_ = RefusalLines(max_keys=100)
+    logged = [lines_.take(f"10.0.{n // 256}.{n % 256}", "minion-spawn", now=1.0) for n in range(1000)]
+    assert len(lines_._keys) <= 101
+    # Past the bound, new addresses share one key: one more line, then counted.
+    assert sum(1 for n in logged if n is not None) == 101

@@ -143,3 +143,22 @@ def test_a_second_create_once_keeps_the_first_content(tmp_path):
     assert create_once(path, b"first")
     assert not create_once(path, b"second")
     assert path.read_bytes() == b"first"
+
+
+def test_the_sqlite_file_logs_ahead_without_fsync_and_its_log_is_private_too(tmp_path):
+    """WAL with synchronous=NORMAL: a commit costs no fsync (each minion run
+    commits twice); the log files SQLite makes beside the database take its mode."""
+    data = tmp_path / "data"
+    code = (
+        "import django; django.setup(); from django.db import connection; c = connection.cursor(); "
+        "c.execute('PRAGMA journal_mode'); print(c.fetchone()[0]); "
+        "c.execute('PRAGMA synchronous'); print(c.fetchone()[0]); "
+        "c.execute('CREATE TABLE probe (n integer)'); c.execute('INSERT INTO probe VALUES (1)'); "
+        "import os, stat; print(' '.join(oct(stat.S_IMODE(os.stat(p).st_mode)) "
+        "for p in (connection.settings_dict['NAME'] + '-wal', connection.settings_dict['NAME'] + '-shm')))"
+    )
+    env = {**os.environ, "HERDER_DATA_DIR": str(data), "DJANGO_SETTINGS_MODULE": "herder.settings"}
+    env.pop("DATABASE_URL", None)
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["wal", "1", "0o600 0o600"]  # 1: NORMAL

@@ -31,6 +31,7 @@ import redis
 from websockets.sync.client import connect
 
 from herder.runtime import LABEL_INSTANCE, get_runtime
+from herder.settings import _default_minion_slots
 from tests.golems.conftest import free_port, wait_for_port
 
 pytestmark = pytest.mark.docker
@@ -348,6 +349,10 @@ def test_two_workers_pair_and_run(deployment, server):
     assert wait_for(lambda: lease_takers(herd), 30)  # started
     time.sleep(2 * INTERVAL)
     assert len(lease_takers(herd)) == 1 and lease_takers(herd)[0] in herd.children()
+    # The machine's totals are the herd's: each worker holds half.
+    status, body = get(f"{herd.http}/pressure")
+    assert status == 200
+    assert json.loads(body)["minions"]["max_running"] == -(-_default_minion_slots() // 2)
 
 
 def test_a_worker_killed_with_9_while_the_other_serves(deployment):
@@ -375,8 +380,9 @@ def test_a_worker_killed_with_9_while_the_other_serves(deployment):
 
 def test_sigterm_drains_every_worker(deployment):
     # One client's six runs may all land on one worker (the shared socket does not
-    # deal connections evenly): its per-client limit must not queue any of them.
-    herd = deployment.start("w", workers=2, HERDER_MINION_MAX_PER_CLIENT="8")
+    # deal connections evenly): neither its per-client limit nor that worker's
+    # half of the herd's total may queue any of them.
+    herd = deployment.start("w", workers=2, HERDER_MINION_MAX_PER_CLIENT="8", HERDER_MINION_MAX_RUNNING="16")
     assert wait_for(lambda: len(herd.children()) == 2, 30)
     workers = herd.children()
     runtime = get_runtime()

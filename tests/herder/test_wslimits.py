@@ -125,6 +125,8 @@ def test_the_real_servers_refuse_past_the_limit_and_cap_frames(tmp_path, docker_
                 response = denied.value.response
                 assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
                 assert json.loads(response.body)["code"] == "too_many_requests"
+                # An answered handshake is complete: no error line for each refusal.
+                assert "without completing handshake" not in herder.output()
             else:
                 # Daphne has no HTTP answer to a WebSocket handshake: told, then closed.
                 with ws_connect(url) as third:

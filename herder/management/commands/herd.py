@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from herder.servers import SERVERS
+from herder.sharedslots import start_sharing
 from herder.supervisor import Supervisor
 from herder.workers import Workers, exit_with_parent, listen
 from minions.services import minion_abort_all
@@ -97,6 +98,7 @@ class Command(BaseCommand):
         supervisor = None if no_supervisor else Supervisor.from_settings()
         if supervisor is not None:
             supervisor.start()
+        sharing = start_sharing()  # per-client limits across processes
         if not worker_of:
             self.stdout.write(
                 f"herder: serving on http://{host}:{port}/ with {server} (admin at /admin/, API docs at /api/docs/)"
@@ -114,3 +116,5 @@ class Command(BaseCommand):
                 logger.info("removed %d minion containers of runs in progress", removed)
             if supervisor is not None:
                 supervisor.stop()
+            if sharing is not None:
+                sharing.stop()
