@@ -587,6 +587,10 @@ def print_throughput(one: dict, many: dict, workers: int) -> None:
         f"    the CPU bound: {os.cpu_count()} cores / {per_run * 1e3:.0f} ms a run = {ceiling:.1f} runs/s, "
         f"x{ceiling / one['runs']['rate']:.2f} of one worker's rate (the runs' own containers share the cores)"
     )
+    print(
+        f"      (x{(os.cpu_count() or 1) / sum(many['runs']['cpu'].values()) / one['runs']['rate']:.2f} "
+        f"with the CPU per run as measured with {workers} workers)"
+    )
     print(f"    errors {one['runs']['errors']} / {many['runs']['errors']}")
     line("proxy req/s (wrk)", one["proxy"]["rps"], many["proxy"]["rps"], "x1.60", "8.0f")
     for label, part in (("herd", "herd"), ("daemon", "daemon"), ("wrk", "wrk")):
@@ -596,6 +600,11 @@ def print_throughput(one: dict, many: dict, workers: int) -> None:
     print(
         f"    the CPU bound on 2 cores, 2*herd/(herd+daemon+wrk): x{bound:.2f} "
         f"(one worker fills one core; two share both with the daemon and wrk)"
+    )
+    busy = many["proxy"]["cpu"]
+    print(
+        f"    with each part's CPU per request as measured with {workers} workers (4 busy processes on 2 cores "
+        f"switch more and share caches): x{2 * cpu['herd'] / (busy['herd'] + busy['daemon'] + busy['wrk']):.2f}"
     )
     print(
         f"    workers' shares of the herd's CPU: {' / '.join(f'{s:.0%}' for s in many['proxy']['shares'])}; "
