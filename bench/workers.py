@@ -474,16 +474,33 @@ def connections_per_worker(herd: subprocess.Popen, port: int) -> list[int]:
     return counts
 
 
+def switches(pid: int) -> tuple[int, int]:
+    """A process's main thread's context switches so far: (voluntary: it waited
+    for work, involuntary: it was preempted)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return (0, 0)
+    found = {line.split(":")[0]: int(line.split()[1]) for line in lines if "ctxt_switches" in line}
+    return found.get("voluntary_ctxt_switches", 0), found.get("nonvoluntary_ctxt_switches", 0)
+
+
 def proxy_figures(herd: subprocess.Popen, port: int, proxied: str, direct: str, daemon: str, args) -> dict:
     """The proxy at full speed (wrk), with the CPU each part spent per request
     and how the workers shared the load, and the daemon reached directly."""
     held: list[int] = []
     counter = threading.Timer(args.seconds / 2, lambda: held.extend(connections_per_worker(herd, port)))
+    pids = descendants(herd.pid)
+    before = [switches(pid) for pid in pids]
     with CpuMeter(herd.pid, containers=(daemon,)) as meter:
         counter.start()
         proxy = run_wrk(proxied, args.seconds, args.connections)
     counter.join()
     requests = max(proxy["rps"] * args.seconds, 1)
+    after = [switches(pid) for pid in pids]
+    proxy["switches"] = tuple(
+        sum(done[kind] - began[kind] for began, done in zip(before, after, strict=True)) / requests for kind in (0, 1)
+    )
     workers = {
         pid: spent for pid, spent in meter.spent("herd").items() if pid != herd.pid or len(meter.spent("herd")) == 1
     }
@@ -605,6 +622,12 @@ def print_throughput(one: dict, many: dict, workers: int) -> None:
     print(
         f"    with each part's CPU per request as measured with {workers} workers (4 busy processes on 2 cores "
         f"switch more and share caches): x{2 * cpu['herd'] / (busy['herd'] + busy['daemon'] + busy['wrk']):.2f}"
+    )
+    print(
+        "    the herd's main threads, context switches per request, voluntary / involuntary: "
+        f"{one['proxy']['switches'][0]:.2f} / {one['proxy']['switches'][1]:.2f}  "
+        f"{many['proxy']['switches'][0]:.2f} / {many['proxy']['switches'][1]:.2f} "
+        "(preempted by wrk's and the daemon's wakeups)"
     )
     print(
         f"    workers' shares of the herd's CPU: {' / '.join(f'{s:.0%}' for s in many['proxy']['shares'])}; "
