@@ -11,8 +11,9 @@
   daemon's page there is an opaque origin that can neither read nor use the
   herder's cookies, storage or admin.
 
-HTTP is an ASGI app of its own (bodies stream both ways, never buffered);
-WebSockets go through DaemonProxyConsumer. Per daemon and process at most
+HTTP is an ASGI app of its own (bodies stream both ways, never buffered):
+requests without a body (but HEAD) go to the daemon through daemons/upstream.py,
+the others through aiohttp; WebSockets go through DaemonProxyConsumer. Per daemon and process at most
 HERDER_PROXY_MAX_PER_DAEMON requests and sockets are relayed at once (then
 429), and connect, read and idle timeouts bound each, so a hanging daemon or
 slow clients hold only that daemon's slots.
@@ -38,6 +39,7 @@ from django.conf import settings
 from multidict import CIMultiDict
 from yarl import URL
 
+from daemons import upstream
 from daemons.models import Daemon
 
 PREFIX = "/daemon/v1/proxy/"
@@ -178,18 +180,40 @@ def forget_target(daemon: Daemon) -> None:
     _targets.pop("h:" + daemon.host_label, None)
 
 
+# Cache key -> its lookup in flight. When an entry expires under load, every
+# request in flight for that daemon misses at once: they wait for one lookup
+# (one database connection) instead of each making its own.
+_lookups: dict[str, asyncio.Future] = {}
+
+
 async def daemon_target(route: Route) -> Target | None:
     """Where the running daemon's first declared port is published, or None.
     Cached: no database or Docker call on most proxied requests."""
     if not route.key:
         return None
-    now = time.monotonic()
-    cached = _targets.get(_cache_key(route))
-    if cached is not None and cached[1] > now:
+    key = _cache_key(route)
+    cached = _targets.get(key)
+    if cached is not None and cached[1] > time.monotonic():
         return cached[0]
+    lookup = _lookups.get(key)
+    if lookup is None or lookup.get_loop() is not asyncio.get_running_loop():
+        lookup = _lookups[key] = asyncio.ensure_future(_lookup_and_remember(route))
+        lookup.add_done_callback(lambda done: _lookup_done(key, done))
+    # Shielded: a client that leaves does not cancel the others' lookup.
+    return await asyncio.shield(lookup)
+
+
+async def _lookup_and_remember(route: Route) -> Target | None:
     target = await _lookup_target(route)
     _remember(route, target)
     return target
+
+
+def _lookup_done(key: str, done: asyncio.Future) -> None:
+    if _lookups.get(key) is done:
+        del _lookups[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: every waiter may have left
 
 
 def _remember(route: Route, target: Target | None) -> None:
@@ -262,18 +286,26 @@ def _free_slot(target: Target) -> None:
 # --- Headers ---------------------------------------------------------------------------
 
 
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Without the hop-by-hop headers, and those the Connection header names."""
-    named = set(HOP_BY_HOP)
+    named = _HOP_BY_HOP
     for key, value in headers:
         if key.lower() == b"connection":
-            named |= {token.strip().lower() for token in value.decode("latin-1").split(",")}
-    return [(k, v) for k, v in headers if k.decode("latin-1").lower() not in named]
+            named = named | {token.strip().lower() for token in value.split(b",")}
+    return [(k, v) for k, v in headers if k.lower() not in named]
 
 
 def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
     """The client's headers as the daemon gets them. On the path route the
     browser's cookies are the herder's: none is forwarded."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded_raw(scope, route)]
+
+
+def _forwarded_raw(scope: dict, route: Route) -> list[tuple[bytes, bytes]]:
+    """_forwarded_headers as bytes."""
     headers = scope["headers"]
     dropped = {b"host"} if route.on_origin else {b"host", b"cookie"}
     kept = [
@@ -290,7 +322,7 @@ def _forwarded_headers(scope: dict, route: Route) -> list[tuple[str, str]]:
     ]
     if route.prefix:
         kept.append((b"x-forwarded-prefix", route.prefix.encode("latin-1")))
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in kept]
+    return kept
 
 
 def _without_domain(cookie: bytes) -> bytes:
@@ -392,7 +424,8 @@ def _upstream_session() -> aiohttp.ClientSession:
 
 
 async def close_upstream_session() -> None:
-    """Close this event loop's pooled session (before the loop itself closes)."""
+    """Close this event loop's pooled session and connections (before the loop itself closes)."""
+    upstream.close_idle()
     session = _sessions.pop(asyncio.get_running_loop(), None)
     if session is not None:
         await session.close()
@@ -409,8 +442,10 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
     async def body():
         while True:
             try:
-                message = await asyncio.wait_for(receive(), idle)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: wait_for makes a task per call.
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
                 raise _ClientIdle() from None
             if message["type"] == "http.disconnect":
                 return
@@ -421,6 +456,16 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
 
     names = {k.lower() for k, _ in scope["headers"]}
     has_body = b"content-length" in names or b"transfer-encoding" in names
+    if not has_body and scope["method"] not in _AIOHTTP_METHODS:
+        raw = _forwarded_raw(scope, route)
+        raw_query = scope.get("query_string", b"")
+        if (
+            _TOKEN.fullmatch(scope["method"])
+            and not _UNSAFE_QUERY.search(raw_query)
+            and not _UNSAFE_HEADER.search(b"".join(b"".join(pair) for pair in raw))
+        ):
+            await _relay_plain(scope, send, route, target, raw, query)
+            return
     headers = CIMultiDict(_forwarded_headers(scope, route))
     for attempt in (1, 2):
         url = f"http://{target.host}:{target.port}{route.path}" + (f"?{query}" if query else "")
@@ -459,15 +504,95 @@ async def _relay_http(scope: dict, receive, send, route: Route, target: Target) 
                 "headers": _answer_headers(list(upstream.raw_headers), route),
             }
         )
+        content = upstream.content
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk := await content.readany():
+                # The last chunk (a small answer's only one) ends the body itself:
+                # one message less to send.
+                more = not content.at_eof()
                 # A client that stops reading holds the slot no longer than this.
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}), idle)
+                async with asyncio.timeout(idle):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
             # Cut off mid-answer: returning without ending the body makes the
             # server drop the connection, so the client sees it was cut.
             return
         await send({"type": "http.response.body", "body": b""})
+
+
+# Requests aiohttp still relays besides those with a body: HEAD (its answer's
+# Content-Length announces a body that never comes, which only the client that
+# sent the HEAD knows) and CONNECT.
+_AIOHTTP_METHODS = frozenset({"HEAD", "CONNECT"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNSAFE_QUERY = re.compile(rb"[^\x21-\x7e]")
+_UNSAFE_HEADER = re.compile(rb"[\x00\r\n]")
+
+
+async def _relay_plain(
+    scope: dict, send, route: Route, target: Target, headers: list[tuple[bytes, bytes]], query: str
+) -> None:
+    """_relay_http for a request without a body, through daemons/upstream.py."""
+    idle = settings.HERDER_PROXY_IDLE_TIMEOUT
+    read_timeout = settings.HERDER_PROXY_READ_TIMEOUT
+    request_target = route.path + (f"?{query}" if query else "")
+    for attempt in (1, 2):
+        address = (target.host, target.port)
+        head = upstream.request_head(scope["method"], request_target, target.host, target.port, headers)
+        try:
+            connection, _ = await upstream.send(
+                address,
+                head,
+                connect_timeout=settings.HERDER_PROXY_CONNECT_TIMEOUT,
+                read_timeout=read_timeout,
+                fresh=attempt == 2,
+            )
+            break
+        except (upstream.Refused, upstream.Dropped) as exc:
+            # Refused (Docker may have restarted the daemon on new host ports),
+            # or a kept connection the daemon had closed: once more.
+            if attempt == 2:
+                await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
+                return
+            if isinstance(exc, upstream.Refused):
+                target = await _refreshed_target(route, target) or target
+        except TimeoutError:
+            await _send_error(send, 504, "gateway_timeout", "The daemon did not answer in time.")
+            return
+        except (upstream.BadAnswer, OSError) as exc:
+            await _send_error(send, 502, "bad_gateway", f"The daemon did not answer: {type(exc).__name__}.")
+            return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": connection.status,
+                "headers": _answer_headers(connection.headers, route),
+            }
+        )
+        while True:
+            chunk = connection.chunk_nowait()
+            if chunk is None:
+                async with asyncio.timeout(read_timeout):
+                    chunk = await connection.chunk()
+            if not chunk:
+                break
+            # The last chunk (a small answer's only one) ends the body itself.
+            more = not connection.done
+            # A client that stops reading holds the slot no longer than this.
+            async with asyncio.timeout(idle):
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                return
+        await send({"type": "http.response.body", "body": b""})
+    except (TimeoutError, upstream.Cut, upstream.BadAnswer, OSError):
+        # Cut off mid-answer: returning without ending the body makes the
+        # server drop the connection, so the client sees it was cut.
+        return
+    finally:
+        upstream.give_back(address, connection)
 
 
 class PrefixRouter:

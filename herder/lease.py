@@ -59,7 +59,9 @@ class AdvisoryLease(Lease):
         params = wrapper.get_connection_params()
         # The server notices a vanished holder (a dead node) within about a minute.
         params.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
-        connection = wrapper.get_new_connection(params)
+        # Never from the connection pool (HERDER_DB_POOL): the lock lives as long
+        # as this session, which must be the lease's alone.
+        connection = wrapper.Database.connect(**params)
         connection.autocommit = True
         return connection
 

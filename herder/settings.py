@@ -378,6 +378,29 @@ HERDER_MINION_QUEUE_WAIT = env.float("HERDER_MINION_QUEUE_WAIT", default=10.0)
 HERDER_UPLOADS_MAX = _share(
     env.int("HERDER_UPLOADS_MAX", default=(HERDER_MINION_MAX_RUNNING + 16) * HERDER_WORKERS_HERE)
 )
+
+# --- Database connections (PostgreSQL) ----------------------------------------
+# Under ASGI every request's sync code runs in a thread of its own, so each
+# request that touches the database opened a connection of its own: ~4 ms of
+# the herder's CPU, ~5 ms of PostgreSQL's (SCRAM, a backend forked) and ~12 ms
+# before its first query, on every minion run (bench/workers.py). A pool per
+# process keeps them open (Django's psycopg pool; the supervisor lease keeps
+# its own connection, outside it). A connection is held from a request's first
+# query to its end, so a minion run holds one while it runs: room for every
+# run at once and some more; past that a request waits HERDER_DB_POOL_TIMEOUT.
+HERDER_DB_POOL = env.bool("HERDER_DB_POOL", default=True)
+HERDER_DB_POOL_MAX = env.int("HERDER_DB_POOL_MAX", default=HERDER_MINION_MAX_RUNNING + 16)
+HERDER_DB_POOL_TIMEOUT = env.float("HERDER_DB_POOL_TIMEOUT", default=10.0)
+if HERDER_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": HERDER_DB_POOL_MAX,
+        "timeout": HERDER_DB_POOL_TIMEOUT,
+    }
+    # With a pool: a connection whose session ended (the server restarted, an
+    # operator terminated it) is replaced before it is handed out, not failed on.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
 # Wrong token passwords per client, and failed admin logins per client and per
 # username, before 429 (fixed windows, counted in the cache).
 HERDER_TOKEN_GENERATE_RATE = _rate("HERDER_TOKEN_GENERATE_RATE", "10/m")

@@ -316,3 +316,28 @@ def test_the_path_route_websocket_forwards_no_cookie(alice):
     scope = {"headers": [(b"host", b"h"), (b"cookie", b"sessionid=s")], "client": ("1.2.3.4", 1)}
     assert "cookie" not in {k for k, _ in _forwarded_headers(scope, Route(key="x", on_origin=False, path="/"))}
     assert ("cookie", "sessionid=s") in _forwarded_headers(scope, Route(key="x", on_origin=True, path="/"))
+
+
+def test_requests_without_a_body_keep_their_connection_and_head_gets_no_body(alice):
+    """GETs go through the proxy's own client (daemons/upstream.py), one after
+    another on a kept connection; a HEAD's answer has no body, whatever its
+    Content-Length says (aiohttp relays it)."""
+    answer = spawn_ready(alice, name="kept")
+    prefix = answer["ProxyURL"].rstrip("/")
+
+    async def run():
+        try:
+            seen = []
+            for _ in range(3):
+                status, _, body = await _request(scope_of("GET", f"{prefix}/describe"))
+                assert status == 200
+                seen.append(json.loads(body)["headers"])
+            head = await _request(scope_of("HEAD", f"{prefix}/hello"))
+            return seen, head
+        finally:
+            await close_upstream_session()
+
+    seen, (status, headers, body) = async_to_sync(run)()
+    assert all(h["Host"].startswith("127.0.0.1:") and h["X-Forwarded-Host"] == "herder.test" for h in seen)
+    assert status == 200 and body == b""
+    assert header_values(headers, b"content-length") == [b"5"]
