@@ -71,6 +71,10 @@ def serve_uvicorn(
         # inflating every relayed frame cost CPU on each hop, and each socket
         # that took it held two zlib contexts.
         ws_per_message_deflate=False,
+        # The client's address is the herder's to judge (HERDER_TRUSTED_PROXIES,
+        # herder/admission.py): uvicorn's own default believed X-Forwarded-For
+        # from any loopback peer, so a local proxy's clients could name themselves.
+        proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
     Server(config).run(sockets=[sock] if sock is not None else None)

@@ -149,3 +149,22 @@ def test_the_real_servers_refuse_past_the_limit_and_cap_frames(tmp_path, docker_
     finally:
         herder.stop()
         print(herder.output())
+
+
+@pytest.mark.docker
+def test_uvicorn_does_not_take_a_forwarded_for_header_from_an_untrusted_peer(tmp_path, docker_engine):
+    """Without HERDER_TRUSTED_PROXIES, a client on loopback naming itself in
+    X-Forwarded-For is still one client: uvicorn's own proxy-header handling
+    (which trusts loopback by default) must not hand it another address."""
+    env = herder_env(tmp_path, HERDER_SERVER="uvicorn", HERDER_WS_MAX_PER_CLIENT="1")
+    env.pop("HERDER_TRUSTED_PROXIES", None)
+    migrate(env)
+    herder = Herder(env=env, log=tmp_path / "herder.log", herd=True)
+    url = f"{herder.ws}/minion/v1/connect/forwarded?type=python"
+    try:
+        with ws_connect(url, additional_headers={"X-Forwarded-For": "203.0.113.1"}):
+            with pytest.raises(InvalidStatus) as denied:
+                ws_connect(url, additional_headers={"X-Forwarded-For": "203.0.113.2"})
+            assert denied.value.response.status_code == 429
+    finally:
+        herder.stop()
