@@ -143,15 +143,34 @@ def websocket_kind(scope: dict) -> str:
     return "daemon_proxy" if _is_proxied(scope) else "other"
 
 
-def _incoming_id(scope: dict) -> str | None:
+def _from_trusted_proxy(scope: dict) -> bool:
     if not settings.HERDER_TRUSTED_PROXIES:
-        return None
-    peer = (scope.get("client") or ("", 0))[0] or ""
-    if not _trusted(peer):
+        return False
+    return _trusted((scope.get("client") or ("", 0))[0] or "")
+
+
+def _incoming_id(scope: dict) -> str | None:
+    if not _from_trusted_proxy(scope):
         return None
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             return safe_request_id(value.decode("latin-1"))
+    return None
+
+
+_SCHEMES = {"http": {b"http": "http", b"https": "https"}, "websocket": {b"http": "ws", b"https": "wss"}}
+
+
+def _forwarded_scheme(scope: dict) -> str | None:
+    """The scheme a trusted proxy says the client used (X-Forwarded-Proto): a
+    TLS proxy in front makes the request https for Django (secure cookies, the
+    admin's CSRF origin check). Never from anyone else (the servers' own
+    handling of it is off: herder/servers.py)."""
+    if not _from_trusted_proxy(scope):
+        return None
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-proto":
+            return _SCHEMES[scope["type"]].get(value.split(b",")[-1].strip().lower())
     return None
 
 
@@ -170,6 +189,9 @@ class RequestLog:
         if metrics._relayed:
             metrics.flush_relayed()  # a scrape sees every frame relayed so far
         rid = _incoming_id(scope) or new_request_id()
+        scheme = _forwarded_scheme(scope)
+        if scheme is not None:
+            scope = {**scope, "scheme": scheme}
         token = request_id.set(rid)
         try:
             if scope["type"] == "http":

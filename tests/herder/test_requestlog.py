@@ -246,3 +246,43 @@ def test_refusal_lines_stay_bounded_under_a_flood_from_many_addresses(settings):
     assert len(lines_._keys) <= 101
     # Past the bound, new addresses share one key: one more line, then counted.
     assert sum(1 for n in logged if n is not None) == 101
+
+
+@pytest.mark.parametrize(
+    "peer, trusted, forwarded, scheme",
+    [
+        ("10.0.0.5", "10.0.0.0/8", "https", "https"),  # a TLS proxy in front
+        ("10.0.0.5", "10.0.0.0/8", "http, https", "https"),  # the last hop's word
+        ("203.0.113.9", "10.0.0.0/8", "https", "http"),  # not a trusted proxy
+        ("10.0.0.5", "", "https", "http"),  # no proxy trusted at all
+        ("10.0.0.5", "10.0.0.0/8", "gopher", "http"),
+    ],
+)
+def test_the_scheme_is_taken_from_a_trusted_proxy_only(settings, peer, trusted, forwarded, scheme):
+    settings.HERDER_TRUSTED_PROXIES = [trusted] if trusted else []
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["scheme"] = scope["scheme"]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario():
+        communicator = ApplicationCommunicator(
+            RequestLog(app),
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/healthz",
+                "scheme": "http",
+                "headers": [(b"x-forwarded-proto", forwarded.encode())],
+                "client": (peer, 1234),
+                "query_string": b"",
+            },
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        await communicator.receive_output(5)
+        await communicator.receive_output(5)
+
+    async_to_sync(scenario)()
+    assert seen["scheme"] == scheme
