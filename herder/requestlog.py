@@ -150,8 +150,7 @@ def _from_trusted_proxy(scope: dict) -> bool:
 
 
 def _incoming_id(scope: dict) -> str | None:
-    if not _from_trusted_proxy(scope):
-        return None
+    """From a trusted proxy (the caller has checked)."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             return safe_request_id(value.decode("latin-1"))
@@ -165,9 +164,7 @@ def _forwarded_scheme(scope: dict) -> str | None:
     """The scheme a trusted proxy says the client used (X-Forwarded-Proto): a
     TLS proxy in front makes the request https for Django (secure cookies, the
     admin's CSRF origin check). Never from anyone else (the servers' own
-    handling of it is off: herder/servers.py)."""
-    if not _from_trusted_proxy(scope):
-        return None
+    handling of it is off: herder/servers.py). The caller has checked the proxy."""
     for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-proto":
             return _SCHEMES[scope["type"]].get(value.split(b",")[-1].strip().lower())
@@ -188,8 +185,9 @@ class RequestLog:
         probe.watch(asyncio.get_running_loop())
         if metrics._relayed:
             metrics.flush_relayed()  # a scrape sees every frame relayed so far
-        rid = _incoming_id(scope) or new_request_id()
-        scheme = _forwarded_scheme(scope)
+        proxied = _from_trusted_proxy(scope)
+        rid = (proxied and _incoming_id(scope)) or new_request_id()
+        scheme = _forwarded_scheme(scope) if proxied else None
         if scheme is not None:
             scope = {**scope, "scheme": scheme}
         token = request_id.set(rid)
