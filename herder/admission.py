@@ -76,12 +76,20 @@ def _trusted_networks() -> list:
     return _networks_cache[1]
 
 
+def from_trusted_proxy(scope: dict) -> bool:
+    """Whether the peer is one of HERDER_TRUSTED_PROXIES, whose forwarding
+    headers (X-Forwarded-For, -Proto, X-Request-Id) are believed."""
+    if not settings.HERDER_TRUSTED_PROXIES:
+        return False  # the usual case, on every request: no address parsed
+    return _trusted((scope.get("client") or ("", 0))[0] or "")
+
+
 def client_address(scope: dict) -> str:
     """The client's address: the peer, or, when the peer is a trusted proxy,
     the right-most `X-Forwarded-For` hop that is not a trusted proxy itself
     (a client can prepend anything; only what our proxies appended counts)."""
     peer = (scope.get("client") or ("unknown", 0))[0] or "unknown"
-    if not _trusted(peer):
+    if not from_trusted_proxy(scope):
         return peer
     forwarded = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
     hops = [hop.strip() for line in forwarded for hop in line.split(",") if hop.strip()]

@@ -32,7 +32,7 @@ from django.urls import Resolver404, resolve
 from django.utils.deprecation import MiddlewareMixin
 
 from herder import metrics
-from herder.admission import _trusted, client_address
+from herder.admission import client_address, from_trusted_proxy
 from herder.logs import log_event, new_request_id, request_id, safe_request_id
 
 logger = logging.getLogger("herder.request")
@@ -81,8 +81,7 @@ refusal_lines = RefusalLines()
 
 
 def _log_line(event: str, level: int, fields: dict) -> None:
-    if not logger.isEnabledFor(level):
-        return
+    """log_event for the request log, which has checked the level already."""
     if fields["status"] == 429:
         unlogged = refusal_lines.take(fields["client"], fields.get("route") or fields["kind"], time.monotonic())
         if unlogged is None:
@@ -143,12 +142,6 @@ def websocket_kind(scope: dict) -> str:
     return "daemon_proxy" if _is_proxied(scope) else "other"
 
 
-def _from_trusted_proxy(scope: dict) -> bool:
-    if not settings.HERDER_TRUSTED_PROXIES:
-        return False
-    return _trusted((scope.get("client") or ("", 0))[0] or "")
-
-
 def _incoming_id(scope: dict) -> str | None:
     """From a trusted proxy (the caller has checked)."""
     for name, value in scope.get("headers", ()):
@@ -185,7 +178,7 @@ class RequestLog:
         probe.watch(asyncio.get_running_loop())
         if metrics._relayed:
             metrics.flush_relayed()  # a scrape sees every frame relayed so far
-        proxied = _from_trusted_proxy(scope)
+        proxied = from_trusted_proxy(scope)
         rid = (proxied and _incoming_id(scope)) or new_request_id()
         scheme = _forwarded_scheme(scope) if proxied else None
         if scheme is not None:

@@ -16,7 +16,7 @@ from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
 from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
 from herder.files import files_from_request
-from herder.gate import ADMIT_MS
+from herder.gate import ADMIT_MS, WATCHED_BODY
 from herder.schema import errors, minion_form
 from minions.output import output_file_headers
 from minions.runner import Cancelled
@@ -95,11 +95,6 @@ class MinionSpawnView(APIView):
         )
 
 
-# A form this small (most runs) is parsed on the event loop in well under a
-# millisecond; a larger one, in the request's thread.
-_READ_INLINE = 64 * 1024
-
-
 def server_timing(parts: dict[str, float]) -> str:
     """Where the answer's time went (ms), for the client and the benchmarks: the
     wait for a slot, recording the run, taking a container, the exchange with
@@ -151,8 +146,10 @@ async def minion_spawn(request):
     view = MinionSpawnView()
     try:
         declared = request.META.get("CONTENT_LENGTH")  # none when chunked: size unknown
-        if declared and int(declared) <= _READ_INLINE:
-            files, env, output = _read(request)  # already in memory: no thread hop
+        if declared and int(declared) <= WATCHED_BODY:
+            # A form the gate read whole (most runs): parsed on the event loop in
+            # well under a millisecond, no hop to the request's thread.
+            files, env, output = _read(request)
         else:
             files, env, output = await sync_to_async(_read)(request)
         scope = request_scope(request)
