@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from accounts.services import token_generate, token_inspect
 from herder.admission import client_of, rate_count, rate_spent, request_scope
-from herder.errors import BadInput, InvalidToken, WrongPassword
+from herder.errors import BadInput, InvalidToken, TooManyRequests, WrongPassword
 from herder.schema import FormText, FormWholeNumber, errors
 
 
@@ -94,6 +94,15 @@ async def token_generate_admit(scope: dict) -> None:
     """For herder/gate.py: the 429 TokenGenerateView would answer at once,
     raised before Django is spent on it."""
     rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
+
+
+def token_generate_door(scope: dict) -> TooManyRequests | None:
+    """token_generate_admit's refusal, judged at the door (herder/door.py)."""
+    try:
+        rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
+    except TooManyRequests as refusal:
+        return refusal
+    return None
 
 
 class TokenInspectView(APIView):

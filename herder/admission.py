@@ -434,6 +434,18 @@ class Slots:
             return self._refuse_total(f"{self.name}_queue_full")
         return None
 
+    def refusal_now(self, client: str, *, may_wait: bool) -> TooManyRequests | None:
+        """The 429 that `acquire` (or, `may_wait`, `wait`) would raise for
+        `client` at once, else None; takes nothing (herder/door.py)."""
+        with self._lock:
+            if self._total_room() and self._client_room(client):
+                return None
+            if may_wait:
+                return self._refusal(client)
+            if not self._total_room():
+                return self._refuse_total(f"{self.name}_total")
+            return self._refuse_client(client)
+
     async def wait(self, client: str) -> None:
         """Take a slot, waiting for one in the queue when there is room in it.
 

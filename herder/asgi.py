@@ -11,15 +11,17 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import TokenAuthMiddleware  # noqa: E402
-from accounts.views import token_generate_admit  # noqa: E402
+from accounts.views import token_generate_admit, token_generate_door  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
+from daemons.proxy import route_of as daemon_route  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
+from herder.door import Door  # noqa: E402
 from herder.gate import Gate  # noqa: E402
-from herder.rawinput import RawInputGuard  # noqa: E402
+from herder.rawinput import RawInputGuard, bad_length  # noqa: E402
 from herder.requestlog import RequestLog  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
-from herder.wslimits import WebSocketLimits  # noqa: E402
-from minions.views import minion_spawn_admit  # noqa: E402
+from herder.wslimits import WebSocketLimits, door_refusal  # noqa: E402
+from minions.views import minion_spawn_admit, minion_spawn_door  # noqa: E402
 
 # Read top to bottom, the layers a request meets.
 # Both protocols first: the request id (answered as X-Request-Id), one log line
@@ -46,3 +48,12 @@ http = RawInputGuard(
 websocket = WebSocketLimits(TokenAuthMiddleware(PrefixRouter(URLRouter(websocket_urlpatterns))))
 
 application = RequestLog(ProtocolTypeRouter({"http": http, "websocket": websocket}))
+
+# The refusals the server can write itself, before any of the above runs
+# (herder/door.py): the same judges as the Gate's admits and WebSocketLimits,
+# for the requests that would reach them.
+door = Door(
+    http={"/minion/v1/spawn": minion_spawn_door, "/token/v1/generate": token_generate_door},
+    websocket=door_refusal,
+    reaches=lambda scope: not bad_length(scope) and daemon_route(scope) is None,
+)

@@ -19,14 +19,19 @@ _QUERY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 _UNSAFE = re.compile(rb"[^\x21-\x7e]")
 
 
+def bad_length(scope: dict) -> bool:
+    """More than one Content-Length, or one that is not a whole number."""
+    lengths = {value.strip() for key, value in scope.get("headers", ()) if key.lower() == b"content-length"}
+    return len(lengths) > 1 or any(not _DIGITS.fullmatch(value) for value in lengths)
+
+
 class RawInputGuard:
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            lengths = {value.strip() for key, value in scope.get("headers", ()) if key.lower() == b"content-length"}
-            if len(lengths) > 1 or any(not _DIGITS.fullmatch(value) for value in lengths):
+            if bad_length(scope):
                 await _bad_request(send, "The Content-Length header is not one whole number.")
                 return
             query = scope.get("query_string", b"")

@@ -22,6 +22,7 @@ every HTTP request and WebSocket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -294,6 +295,36 @@ class RequestLog:
                         "client": client_address(scope),
                     },
                 )
+
+
+def refused_at_door(scope: dict, started: float) -> str:
+    """What RequestLog does for a 429 the server answered itself (herder/door.py):
+    the request id (returned, to be answered), the metrics and the log line."""
+    rid = (from_trusted_proxy(scope) and _incoming_id(scope)) or new_request_id()
+    if scope["type"] == "http":
+        route = _door_route(scope["path"])
+        metrics.http_requests.labels(route, "429").inc()
+        event, fields = "http.request", {"method": scope["method"], "route": route}
+    else:
+        event, fields = "websocket", {"kind": websocket_kind(scope), "close_code": None}
+    if logger.isEnabledFor(logging.INFO):
+        fields.update(
+            status=429,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            client=client_address(scope),
+        )
+        token = request_id.set(rid)
+        try:
+            _log_line(event, logging.INFO, fields)
+        finally:
+            request_id.reset(token)
+    return rid
+
+
+@functools.lru_cache(maxsize=64)
+def _door_route(path: str) -> str:
+    # The door answers only its own few exact paths: resolved once each.
+    return route_of({"path": path, "headers": []})
 
 
 class LoopLagProbe:

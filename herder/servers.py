@@ -38,6 +38,64 @@ def _websocket_protocol():
     return Protocol
 
 
+class _Answered:
+    """Stands in for the request cycle of a request answered at the door: the
+    parser's callbacks for the rest of its bytes find it complete."""
+
+    response_complete = True
+    disconnected = False
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.message_event = asyncio.Event()
+
+
+def _http_protocol(door):
+    """uvicorn's httptools protocol, asking the door (herder/door.py) once a
+    POST's or a WebSocket handshake's headers are in."""
+    import urllib.parse
+
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            if (self.parser.should_upgrade() and self._should_upgrade()) or not self._answered_at_door("http"):
+                super().on_headers_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            if not self._answered_at_door("websocket"):
+                super().handle_websocket_upgrade()
+
+        def _answered_at_door(self, kind: str) -> bool:
+            method = self.parser.get_method()
+            if kind == "http" and method != b"POST":
+                return False
+            if self.cycle is not None and not self.cycle.response_complete:
+                return False  # pipelined behind a request in progress: answered in turn
+            url = httptools.parse_url(self.url)
+            path = url.path.decode("latin-1")
+            scope = {
+                "type": kind,
+                "method": method.decode("latin-1"),
+                "path": urllib.parse.unquote(path) if "%" in path else path,
+                "query_string": url.query or b"",
+                "client": self.client,
+                "headers": self.headers,
+            }
+            answer = door.answer(scope)
+            if answer is None:
+                return False
+            self.transport.write(answer)
+            self.transport.close()
+            if kind == "http":
+                self.cycle = _Answered()
+            return True
+
+    return Protocol
+
+
 def serve_uvicorn(
     application,
     *,
@@ -50,6 +108,8 @@ def serve_uvicorn(
     import uvicorn
     from django.conf import settings
 
+    from herder.asgi import door
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             _in_thread(on_signal)
@@ -60,7 +120,8 @@ def serve_uvicorn(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with refusals answered at the door (herder/door.py).
+        http=_http_protocol(door),
         ws=_websocket_protocol(),
         lifespan="off",
         access_log=access_log,

@@ -35,6 +35,11 @@ def snapshot() -> dict:
     return {**sockets.snapshot(), "max_frame": settings.HERDER_WS_MAX_FRAME}
 
 
+def door_refusal(scope: dict) -> TooManyRequests | None:
+    """WebSocketLimits' refusal of this handshake, judged at the door (herder/door.py)."""
+    return sockets.refusal_now(client_of(scope), may_wait=False)
+
+
 def _size(message: dict) -> int:
     data = message.get("bytes")
     if data is not None:

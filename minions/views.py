@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from accounts.middleware import token_from_scope
 from accounts.services import token_authenticate
 from herder.admission import client_address, client_of, request_scope
-from herder.errors import BadInput, ClientGone, InvalidToken, api_error_response
+from herder.errors import BadInput, ClientGone, InvalidToken, TooManyRequests, api_error_response
 from herder.files import files_from_request
 from herder.gate import ADMIT_MS, WATCHED_BODY
 from herder.schema import errors, minion_form
@@ -190,6 +190,15 @@ async def minion_spawn_admit(scope: dict):
     ticket = await minion_slots.ticket(client)
     scope[TICKET] = ticket
     return ticket.release_unless_taken
+
+
+def minion_spawn_door(scope: dict) -> TooManyRequests | None:
+    """minion_spawn_admit's refusal when it is sure at once (herder/door.py):
+    a client by address with its runs and its queue full, or the queue full.
+    A token holder's limit needs its account looked up: it goes on."""
+    if token_from_scope(scope):
+        return None
+    return minion_slots.refusal_now(client_of(scope), may_wait=True)
 
 
 # Let drf-spectacular find the view class behind the function.

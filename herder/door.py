@@ -1,0 +1,84 @@
+"""Refusals at the door: a 429 the HTTP server writes itself, before any ASGI
+task, Django or WebSocket handshake library is spent on the request.
+
+Under a flood nearly every request is a refusal: a client past its sockets
+reconnecting in a loop, past its minion runs posting again at once, past its
+password guesses. Through the ASGI layers each cost the herder's one event
+loop 0.6 ms of CPU (a refused WebSocket: the handshake parsed by `websockets`,
+a task, the layers, a log line), and every well-behaved request waited behind
+them. The server's protocol (herder/servers.py) asks the door once the
+headers are in; the door asks the same judges the layers behind it use
+(herder/wslimits.py, herder/gate.py's admits) whether they would surely refuse
+now, and when they would, answers in the layers' shape: status, Retry-After,
+the JSON error, X-Request-Id, the metrics and the (summarised) log line.
+
+A judge that cannot tell without awaiting (a token to look up) says None and
+the request goes on to the layers as before: the door only ever answers what
+they would have answered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+
+from herder.errors import TooManyRequests
+
+# The refusal for a request's scope (type, method, path, query_string,
+# client, headers), or None: it may go on.
+Judge = Callable[[dict], "TooManyRequests | None"]
+
+
+class Door:
+    """`http`: an exact path (POST) to its judge; `websocket`: the judge of
+    every handshake; `reaches(scope)`: whether an HTTP request would reach the
+    judges' layer at all (the layers in front may answer it otherwise)."""
+
+    def __init__(
+        self,
+        *,
+        http: dict[str, Judge],
+        websocket: Judge | None = None,
+        reaches: Callable[[dict], bool] = lambda scope: True,
+    ) -> None:
+        self.http = http
+        self.websocket = websocket
+        self.reaches = reaches
+
+    def answer(self, scope: dict) -> bytes | None:
+        """The whole HTTP answer to write before closing, or None."""
+        started = time.perf_counter()
+        if scope["type"] == "websocket":
+            judge = self.websocket
+        else:
+            judge = self.http.get(scope["path"]) if scope["method"] == "POST" else None
+            if judge is not None and not self.reaches(scope):
+                return None
+        if judge is None:
+            return None
+        refusal = judge(scope)
+        if refusal is None:
+            return None
+        from herder.requestlog import refused_at_door  # the request log's own bookkeeping
+
+        rid = refused_at_door(scope, started)
+        return _response(refusal, rid, websocket=scope["type"] == "websocket")
+
+
+def _response(refusal: TooManyRequests, rid: str, *, websocket: bool) -> bytes:
+    body = json.dumps({"code": refusal.default_code, "detail": str(refusal.detail)}).encode()
+    headers = [
+        b"HTTP/1.1 429 Too Many Requests",
+        b"date: " + formatdate(usegmt=True).encode(),
+        b"content-type: application/json",
+        b"content-length: " + str(len(body)).encode(),
+        b"retry-after: " + str(refusal.wait).encode(),
+        # The body (if any) is not read: the connection cannot be reused.
+        b"connection: close",
+        b"x-request-id: " + rid.encode(),
+    ]
+    if not websocket:
+        headers.append(b"access-control-allow-origin: *")  # as herder/gate.py's refusal
+    return b"\r\n".join(headers) + b"\r\n\r\n" + body
