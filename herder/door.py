@@ -15,15 +15,27 @@ the JSON error, X-Request-Id, the metrics and the (summarised) log line.
 A judge that cannot tell without awaiting (a token to look up) says None and
 the request goes on to the layers as before: the door only ever answers what
 they would have answered.
+
+A client refused more than HERDER_REFUSAL_DELAY_AFTER times within a second
+is retrying without heeding Retry-After: its next refusals are held back (up
+to HERDER_REFUSAL_DELAY, never past their Retry-After), the connection unread
+meanwhile. A client that waits for each answer, as nearly all do, then asks
+once per delay on each connection instead of hundreds of times a second. At
+most HERDER_REFUSAL_DELAY_MAX_HELD connections are held; past that, and for
+a client within its pace, the answer is written at once.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate
 
+from django.conf import settings
+
+from herder.admission import client_address
 from herder.errors import TooManyRequests
 
 # The refusal for a request's scope (type, method, path, query_string,
@@ -46,9 +58,13 @@ class Door:
         self.http = http
         self.websocket = websocket
         self.reaches = reaches
+        self.pace = Pace()
+        self.held = 0  # connections whose answer is held back now
 
-    def answer(self, scope: dict) -> bytes | None:
-        """The whole HTTP answer to write before closing, or None."""
+    def answer(self, scope: dict) -> tuple[bytes, float] | None:
+        """The whole HTTP answer to write before closing, and how many seconds
+        to hold it back first (call `hold()`, then `let_go()` once written or
+        lost); or None: the request goes on."""
         started = time.perf_counter()
         if scope["type"] == "websocket":
             judge = self.websocket
@@ -64,7 +80,47 @@ class Door:
         from herder.requestlog import refused_at_door  # the request log's own bookkeeping
 
         rid = refused_at_door(scope, started)
-        return _response(refusal, rid, websocket=scope["type"] == "websocket")
+        return _response(refusal, rid, websocket=scope["type"] == "websocket"), self._delay(scope, refusal)
+
+    def _delay(self, scope: dict, refusal: TooManyRequests) -> float:
+        longest = settings.HERDER_REFUSAL_DELAY
+        if not longest or self.held >= settings.HERDER_REFUSAL_DELAY_MAX_HELD:
+            return 0.0
+        if self.pace.count(client_address(scope), time.monotonic()) <= settings.HERDER_REFUSAL_DELAY_AFTER:
+            return 0.0
+        return min(longest, refusal.wait)
+
+    def hold(self) -> bool:
+        """Count one more held connection; False when there is no room."""
+        if self.held >= settings.HERDER_REFUSAL_DELAY_MAX_HELD:
+            return False
+        self.held += 1
+        return True
+
+    def let_go(self) -> None:
+        self.held -= 1
+
+
+class Pace:
+    """Refusals per client address in the current second (a fixed window).
+    Keys are bounded: past `max_keys` in one second (a flood from many
+    addresses) the newcomers share one count, and are held back together."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._second = 0
+        self._counts: Counter[str] = Counter()
+
+    def count(self, client: str, now: float) -> int:
+        """Count one refusal of `client`; its count in this second so far."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._counts.clear()
+        if client not in self._counts and len(self._counts) >= self.max_keys:
+            client = "*"
+        self._counts[client] += 1
+        return self._counts[client]
 
 
 def _response(refusal: TooManyRequests, rid: str, *, websocket: bool) -> bytes:

@@ -60,6 +60,8 @@ def _http_protocol(door):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
+        _door_timer = None  # an answer held back by the door, to write later
+
         def on_headers_complete(self) -> None:
             if (self.parser.should_upgrade() and self._should_upgrade()) or not self._answered_at_door("http"):
                 super().on_headers_complete()
@@ -87,11 +89,33 @@ def _http_protocol(door):
             answer = door.answer(scope)
             if answer is None:
                 return False
-            self.transport.write(answer)
-            self.transport.close()
+            data, delay = answer
             if kind == "http":
                 self.cycle = _Answered()
+            if delay and door.hold():
+                # Nothing more is read from it meanwhile.
+                self.transport.pause_reading()
+                self._door_timer = self.loop.call_later(delay, self._write_held, data)
+            else:
+                self._write_and_close(data)
             return True
+
+        def _write_held(self, data: bytes) -> None:
+            self._door_timer = None
+            door.let_go()
+            self._write_and_close(data)
+
+        def _write_and_close(self, data: bytes) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(data)
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._door_timer is not None:  # the client left, or the server is stopping
+                self._door_timer.cancel()
+                self._door_timer = None
+                door.let_go()
+            super().connection_lost(exc)
 
     return Protocol
 

@@ -612,6 +612,19 @@ HERDER_DAEMON_VOLUME_RETENTION = timedelta(days=env.float("HERDER_DAEMON_VOLUME_
 HERDER_LOG_FORMAT = env.str("HERDER_LOG_FORMAT", default="text").lower()
 if HERDER_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"HERDER_LOG_FORMAT is text or json, not {HERDER_LOG_FORMAT!r}")
+# A client refused at the door (herder/door.py) more than
+# HERDER_REFUSAL_DELAY_AFTER times within a second has its next refusals held
+# back up to HERDER_REFUSAL_DELAY seconds (never longer than their Retry-After):
+# a client retrying at once, ignoring Retry-After, then asks about once per
+# delay on each connection instead of hundreds of times a second, each asking
+# costing the herder's one event loop. At most HERDER_REFUSAL_DELAY_MAX_HELD
+# connections are held so (per process); past that they are answered at once.
+# HERDER_REFUSAL_DELAY=0: no delay.
+HERDER_REFUSAL_DELAY = env.float("HERDER_REFUSAL_DELAY", default=1.0)
+HERDER_REFUSAL_DELAY_AFTER = env.int("HERDER_REFUSAL_DELAY_AFTER", default=10)
+HERDER_REFUSAL_DELAY_MAX_HELD = env.int("HERDER_REFUSAL_DELAY_MAX_HELD", default=1000)
+if HERDER_REFUSAL_DELAY < 0 or HERDER_REFUSAL_DELAY_AFTER < 0 or HERDER_REFUSAL_DELAY_MAX_HELD < 0:
+    raise ImproperlyConfigured("HERDER_REFUSAL_DELAY, _AFTER and _MAX_HELD are 0 or more")
 # Refusals for load (429) are logged once per client and route in this many
 # seconds, the next line counting those left out (a flood is thousands a second).
 HERDER_LOG_REFUSALS_EVERY = _positive("HERDER_LOG_REFUSALS_EVERY", env.float("HERDER_LOG_REFUSALS_EVERY", default=10.0))

@@ -71,6 +71,8 @@ def served():
     yield port, behind
     server.should_exit = True
     thread.join(10)
+    # Nothing still counted as held: written, or let go when its connection ended.
+    assert door.held == 0
 
 
 def exchange(port: int, request: bytes) -> tuple[int, dict, bytes]:
@@ -192,3 +194,75 @@ def test_the_door_answers_in_turn_on_a_pipelined_connection(settings, served, he
     status, _, _ = exchange(port, first + post("/minion/v1/spawn", b"a=1"))
     assert status == 204
     assert behind.reached == [("http", "/first"), ("http", "/minion/v1/spawn")]
+
+
+HANDSHAKE = (
+    b"GET /minion/v1/connect/door?type=python HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def wait_until(condition, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def retrying(settings, held):
+    """A client past its sockets whose every refusal is past its pace."""
+    settings.HERDER_WS_MAX_PER_CLIENT = 1
+    settings.HERDER_REFUSAL_DELAY = 1.0
+    settings.HERDER_REFUSAL_DELAY_AFTER = 0
+    sockets.acquire(CLIENT)
+    held.append((sockets, CLIENT))
+    return settings
+
+
+def test_refusals_past_a_clients_pace_are_held_back_unread(served, retrying):
+    port, behind = served
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(HANDSHAKE)
+        wait_until(lambda: door.held == 1)
+        conn.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            conn.recv(1)  # nothing written while held
+        conn.settimeout(5)
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 429 ") and b"\r\nretry-after: " in answer
+    wait_until(lambda: door.held == 0)
+    assert behind.reached == []
+
+
+def test_no_more_than_the_most_held_and_a_client_leaving_frees_its_place(served, retrying):
+    port, _ = served
+    retrying.HERDER_REFUSAL_DELAY_MAX_HELD = 1
+    first = socket.create_connection(("127.0.0.1", port), timeout=5)
+    first.sendall(HANDSHAKE)
+    wait_until(lambda: door.held == 1)
+    # No room to hold another: answered at once, while the first is still held.
+    status, headers, _ = exchange(port, HANDSHAKE)
+    assert status == 429 and door.held == 1
+    # The first client leaves: its place is given back once its delay is over.
+    first.close()
+    wait_until(lambda: door.held == 0)
+
+
+def test_pace_counts_each_client_per_second_and_bounds_its_keys():
+    from herder.door import Pace
+
+    pace = Pace(max_keys=2)
+    assert [pace.count("a", 10.1), pace.count("a", 10.9), pace.count("b", 10.5)] == [1, 2, 1]
+    # A third address within the second shares the overflow count.
+    assert [pace.count("c", 10.6), pace.count("d", 10.7)] == [1, 2]
+    assert pace.count("a", 11.0) == 1  # a new second
+
+
+def test_the_server_stops_with_an_answer_held(served, retrying):
+    """The fixture stops the server with the connection still held: it is let
+    go (the fixture checks nothing is left counted)."""
+    port, _ = served
+    conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+    conn.sendall(HANDSHAKE)
+    wait_until(lambda: door.held == 1)
