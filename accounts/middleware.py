@@ -35,6 +35,19 @@ def _authenticate(raw: str):
     return token_authenticate(raw)
 
 
+async def token_refusal(scope: dict) -> str | None:
+    """Why a request that needs a token may not go on (none, or not valid),
+    or None (herder/bodycap.py asks before reading a large body)."""
+    raw = token_from_scope(scope)
+    if not raw:
+        return "A token is required: send Authorization: Bearer <token> or ?token=<token>."
+    try:
+        await _authenticate(raw)
+    except InvalidToken as exc:
+        return str(exc.detail)
+    return None
+
+
 class TokenAuthMiddleware(BaseMiddleware):
     async def __call__(self, scope, receive, send):
         scope = dict(scope, account=None, token=None, token_error=None)

@@ -10,7 +10,7 @@ django_application = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from accounts.middleware import TokenAuthMiddleware  # noqa: E402
+from accounts.middleware import TokenAuthMiddleware, token_refusal  # noqa: E402
 from accounts.views import token_generate_admit, token_generate_door  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from daemons.proxy import route_of as daemon_route  # noqa: E402
@@ -30,11 +30,12 @@ from minions.views import minion_spawn_admit, minion_spawn_door  # noqa: E402
 # origin (any path) and the path route go to the proxy, which streams bodies
 # both ways; the herder's own routes meet admission (429 at once, or a wait for
 # a slot with no thread held), then the body cap (413 while the body streams),
-# then Django.
+# then Django (a large body to a route that needs a token is read only with a
+# valid one).
 http = RawInputGuard(
     PrefixRouter(
         Gate(
-            BodyCap(django_application),
+            BodyCap(django_application, token_routes=frozenset({"/daemon/v1/spawn"}), token_refusal=token_refusal),
             routes={
                 "/minion/v1/spawn": minion_spawn_admit,
                 "/token/v1/generate": token_generate_admit,

@@ -15,6 +15,10 @@ while their request lasts: at most HERDER_UPLOADS_PER_CLIENT per client and
 HERDER_UPLOADS_MAX in all, else 429 before any is read. So the memory and
 disk that bodies take is bounded in total, not only per request.
 
+A route that needs a token (daemon spawn) has it checked before a large body
+is read: a stranger without a valid one is answered 401 at once, instead of
+making the herder read the cap's worth of bytes for a request it would refuse.
+
 Holds on uvicorn (`herd`'s default). Daphne reads whole bodies itself before
 the application sees them: put a proxy with its own cap in front of it.
 """
@@ -22,6 +26,7 @@ the application sees them: put a proxy with its own cap in front of it.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
@@ -87,13 +92,42 @@ async def _bad_length(send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _unauthorized(send, detail: str) -> None:
+    body = json.dumps({"code": "invalid_token", "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="herder"'),
+                (b"connection", b"close"),
+                (b"access-control-allow-origin", b"*"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyCap:
     """The ASGI layer. `skip`: path prefixes it leaves alone (the daemon
-    proxy streams bodies to the daemon and caps nothing itself)."""
+    proxy streams bodies to the daemon and caps nothing itself).
+    `token_routes`: exact paths whose large bodies are read only once
+    `token_refusal(scope)` (awaited) finds no reason to refuse (it returns one)."""
 
-    def __init__(self, app, *, skip: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app,
+        *,
+        skip: tuple[str, ...] = (),
+        token_routes: frozenset[str] = frozenset(),
+        token_refusal: Callable[[dict], Awaitable[str | None]] | None = None,
+    ) -> None:
         self.app = app
         self.skip = skip
+        self.token_routes = token_routes
+        self.token_refusal = token_refusal
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or (self.skip and scope["path"].startswith(self.skip)):
@@ -115,6 +149,10 @@ class BodyCap:
         else:
             # Neither: a request without a body.
             return await self.app(scope, receive, send)
+        if self.token_refusal is not None and scope["path"] in self.token_routes:
+            detail = await self.token_refusal(scope)
+            if detail is not None:
+                return await _unauthorized(send, detail)
         client = client_of(scope)
         try:
             uploads.acquire(client)

@@ -204,3 +204,46 @@ def test_small_bodies_are_not_counted(settings):
     server = Server(chunks=1, chunk=100)
     run(BodyCap(Echo()), scope("/minion/v1/spawn", (b"content-length", b"100")), server)
     assert server.status == 200 and uploads.in_use == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("where", ["none", "bad", "revoked"])
+def test_a_large_body_to_a_route_that_needs_a_token_is_not_read_without_a_valid_one(where):
+    from django.utils import timezone
+
+    from accounts.middleware import token_refusal
+    from accounts.models import Token
+    from accounts.services import token_authenticate, token_mint
+
+    query = b""
+    if where == "bad":
+        query = b"token=not-a-token"
+    elif where == "revoked":
+        raw = token_mint(email="bodycap@example.org", credits=10)
+        Token.objects.filter(jti=token_authenticate(raw)[1].jti).update(revoked=timezone.now())
+        query = b"token=" + raw.encode()
+    server = Server(chunks=10**6)  # 64 GiB, were it read
+    app = Echo()
+    cap = BodyCap(app, token_routes=frozenset({"/daemon/v1/spawn"}), token_refusal=token_refusal)
+    request = dict(scope("/daemon/v1/spawn", (b"transfer-encoding", b"chunked")), query_string=query)
+    run(cap, request, server)
+
+    assert server.status == 401 and server.json()["code"] == "invalid_token"
+    assert server.pulled == 0 and not hasattr(app, "body")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_body_with_a_valid_token_is_read_as_before():
+    from accounts.middleware import token_refusal
+    from accounts.services import token_mint
+
+    raw = token_mint(email="bodycap@example.org", credits=10)
+    server = Server(chunks=3, chunk=1000)
+    app = Echo()
+    cap = BodyCap(app, token_routes=frozenset({"/daemon/v1/spawn"}), token_refusal=token_refusal)
+    request = scope(
+        "/daemon/v1/spawn", (b"transfer-encoding", b"chunked"), (b"authorization", b"Bearer " + raw.encode())
+    )
+    run(cap, request, server)
+
+    assert server.status == 200 and len(app.body) == 3000

@@ -186,6 +186,20 @@ def test_a_chunked_100_mib_stream_is_cut_off_near_the_cap(herd):
     assert dir_bytes(herd.data) - before < MAX_BYTES
 
 
+def test_a_chunked_daemon_spawn_without_a_token_is_answered_before_its_body(herd):
+    """Daemon spawn needs a token: a stranger's large body is not read first."""
+    sock = raw(
+        herd,
+        b"POST /daemon/v1/spawn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n",
+    )
+    answer = read_answer(sock)  # not one byte of the body sent
+    sock.close()
+
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b'"code": "invalid_token"' in answer
+
+
 def test_a_small_chunked_multipart_form_runs(herd):
     body = (
         b'--B\r\nContent-Disposition: form-data; name="env"\r\n\r\npython\r\n'
