@@ -30,13 +30,16 @@ def token_from_request(request: Request) -> str | None:
     return token_from_header(request.META.get("HTTP_AUTHORIZATION", "")) or request.query_params.get("token") or None
 
 
+NO_TOKEN = "A token is required: send Authorization: Bearer <token> or ?token=<token>."
+
+
 class TokenAuthentication(BaseAuthentication):
     """Requires a valid token: without one the view answers 401 invalid_token."""
 
     def authenticate(self, request: Request) -> tuple[Account, Token] | None:
         raw = token_from_request(request)
         if raw is None:
-            raise InvalidToken("A token is required: send Authorization: Bearer <token> or ?token=<token>.")
+            raise InvalidToken(NO_TOKEN)
         return token_authenticate(raw)
 
     def authenticate_header(self, request: Request) -> str:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 
-from accounts.authentication import token_from_header
+from accounts.authentication import NO_TOKEN, token_from_header
 from accounts.services import token_authenticate
 from herder.errors import InvalidToken
 
@@ -40,7 +40,7 @@ async def token_refusal(scope: dict) -> str | None:
     or None (herder/bodycap.py asks before reading a large body)."""
     raw = token_from_scope(scope)
     if not raw:
-        return "A token is required: send Authorization: Bearer <token> or ?token=<token>."
+        return NO_TOKEN
     try:
         await _authenticate(raw)
     except InvalidToken as exc:

@@ -6,10 +6,12 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import TokenAuthentication
+from accounts.authentication import NO_TOKEN, TokenAuthentication
+from accounts.middleware import token_from_scope
 from daemons.models import Daemon
 from daemons.proxy import origin_url
 from daemons.services import daemon_kill, daemon_list, daemon_spawn, parse_ports
+from herder.errors import InvalidToken
 from herder.files import files_from_request
 from herder.schema import DAEMON_NAME_PARAMETER, TOKEN_REQUIRED, daemon_form, errors
 
@@ -138,3 +140,9 @@ class DaemonKillView(_TokenView):
     @extend_schema(operation_id="daemon_kill_post", **_KILL)
     def post(self, request, name: str):
         return self.get(request, name)
+
+
+def daemon_spawn_door(scope: dict) -> InvalidToken | None:
+    """DaemonSpawnView's 401 for a request with no token at all, answered
+    at the door (herder/door.py) before its body is read."""
+    return None if token_from_scope(scope) else InvalidToken(NO_TOKEN)

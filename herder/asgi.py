@@ -14,6 +14,7 @@ from accounts.middleware import TokenAuthMiddleware, token_refusal  # noqa: E402
 from accounts.views import token_generate_admit, token_generate_door  # noqa: E402
 from daemons.proxy import PrefixRouter  # noqa: E402
 from daemons.proxy import route_of as daemon_route  # noqa: E402
+from daemons.views import daemon_spawn_door  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
 from herder.door import Door  # noqa: E402
 from herder.gate import Gate  # noqa: E402
@@ -52,9 +53,14 @@ application = RequestLog(ProtocolTypeRouter({"http": http, "websocket": websocke
 
 # The refusals the server can write itself, before any of the above runs
 # (herder/door.py): the same judges as the Gate's admits and WebSocketLimits,
-# for the requests that would reach them.
+# and daemon spawn's 401 for a request with no token, for the requests that
+# would reach them.
 door = Door(
-    http={"/minion/v1/spawn": minion_spawn_door, "/token/v1/generate": token_generate_door},
+    http={
+        "/minion/v1/spawn": minion_spawn_door,
+        "/token/v1/generate": token_generate_door,
+        "/daemon/v1/spawn": daemon_spawn_door,
+    },
     websocket=door_refusal,
     reaches=lambda scope: not bad_length(scope) and daemon_route(scope) is None,
 )

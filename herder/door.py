@@ -32,15 +32,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate
+from http import HTTPStatus
 
 from django.conf import settings
+from rest_framework.exceptions import APIException
 
 from herder.admission import client_address
-from herder.errors import TooManyRequests
 
 # The refusal for a request's scope (type, method, path, query_string,
-# client, headers), or None: it may go on.
-Judge = Callable[[dict], "TooManyRequests | None"]
+# client, headers), or None: it may go on. A 429 (TooManyRequests) carries
+# its Retry-After; a 401 (InvalidToken) is answered with WWW-Authenticate.
+Judge = Callable[[dict], "APIException | None"]
 
 
 class Door:
@@ -79,16 +81,16 @@ class Door:
             return None
         from herder.requestlog import refused_at_door  # the request log's own bookkeeping
 
-        rid = refused_at_door(scope, started)
+        rid = refused_at_door(scope, started, refusal.status_code)
         return _response(refusal, rid, websocket=scope["type"] == "websocket"), self._delay(scope, refusal)
 
-    def _delay(self, scope: dict, refusal: TooManyRequests) -> float:
+    def _delay(self, scope: dict, refusal: APIException) -> float:
         longest = settings.HERDER_REFUSAL_DELAY
         if not longest or self.held >= settings.HERDER_REFUSAL_DELAY_MAX_HELD:
             return 0.0
         if self.pace.count(client_address(scope), time.monotonic()) <= settings.HERDER_REFUSAL_DELAY_AFTER:
             return 0.0
-        return min(longest, refusal.wait)
+        return min(longest, getattr(refusal, "wait", longest))
 
     def hold(self) -> bool:
         """Count one more held connection; False when there is no room."""
@@ -123,18 +125,22 @@ class Pace:
         return self._counts[client]
 
 
-def _response(refusal: TooManyRequests, rid: str, *, websocket: bool) -> bytes:
+def _response(refusal: APIException, rid: str, *, websocket: bool) -> bytes:
+    status = HTTPStatus(refusal.status_code)
     body = json.dumps({"code": refusal.default_code, "detail": str(refusal.detail)}).encode()
     headers = [
-        b"HTTP/1.1 429 Too Many Requests",
+        f"HTTP/1.1 {status.value} {status.phrase}".encode(),
         b"date: " + formatdate(usegmt=True).encode(),
         b"content-type: application/json",
         b"content-length: " + str(len(body)).encode(),
-        b"retry-after: " + str(refusal.wait).encode(),
         # The body (if any) is not read: the connection cannot be reused.
         b"connection: close",
         b"x-request-id: " + rid.encode(),
     ]
+    if hasattr(refusal, "wait"):
+        headers.append(b"retry-after: " + str(refusal.wait).encode())
+    if status == HTTPStatus.UNAUTHORIZED:
+        headers.append(b'www-authenticate: Bearer realm="herder"')
     if not websocket:
         headers.append(b"access-control-allow-origin: *")  # as herder/gate.py's refusal
     return b"\r\n".join(headers) + b"\r\n\r\n" + body

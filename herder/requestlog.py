@@ -297,19 +297,20 @@ class RequestLog:
                 )
 
 
-def refused_at_door(scope: dict, started: float) -> str:
-    """What RequestLog does for a 429 the server answered itself (herder/door.py):
-    the request id (returned, to be answered), the metrics and the log line."""
+def refused_at_door(scope: dict, started: float, status: int) -> str:
+    """What RequestLog does for a refusal the server answered itself
+    (herder/door.py): the request id (returned, to be answered), the metrics
+    and the log line."""
     rid = (from_trusted_proxy(scope) and _incoming_id(scope)) or new_request_id()
     if scope["type"] == "http":
         route = _door_route(scope["path"])
-        metrics.http_requests.labels(route, "429").inc()
+        metrics.http_requests.labels(route, str(status)).inc()
         event, fields = "http.request", {"method": scope["method"], "route": route}
     else:
         event, fields = "websocket", {"kind": websocket_kind(scope), "close_code": None}
     if logger.isEnabledFor(logging.INFO):
         fields.update(
-            status=429,
+            status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             client=client_address(scope),
         )

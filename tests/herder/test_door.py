@@ -266,3 +266,18 @@ def test_the_server_stops_with_an_answer_held(served, retrying):
     conn = socket.create_connection(("127.0.0.1", port), timeout=5)
     conn.sendall(HANDSHAKE)
     wait_until(lambda: door.held == 1)
+
+
+@pytest.mark.django_db
+def test_a_daemon_spawn_without_a_token_is_answered_at_the_door_as_the_view_would(served, client):
+    port, behind = served
+    status, headers, body = exchange(port, post("/daemon/v1/spawn", b"name=x"))
+    assert status == 401 and headers["www-authenticate"] == 'Bearer realm="herder"'
+    assert "retry-after" not in headers and len(headers["x-request-id"]) == 32
+    assert behind.reached == []
+    # The same answer the view gives (Django's test client: no door in front).
+    view = client.post("/daemon/v1/spawn", {"name": "x"})
+    assert view.status_code == 401 and json.loads(body) == view.json()
+    # With a token (valid or not: the layers behind judge it), it goes on.
+    assert exchange(port, post("/daemon/v1/spawn?token=x", b"name=x"))[0] == 204
+    assert behind.reached == [("http", "/daemon/v1/spawn")]
