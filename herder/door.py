@@ -28,6 +28,7 @@ a client within its pace, the answer is written at once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from django.conf import settings
 from rest_framework.exceptions import APIException
 
 from herder.admission import client_address
+
+logger = logging.getLogger(__name__)
 
 # The refusal for a request's scope (type, method, path, query_string,
 # client, headers), or None: it may go on. A 429 (TooManyRequests) carries
@@ -76,7 +79,12 @@ class Door:
                 return None
         if judge is None:
             return None
-        refusal = judge(scope)
+        try:
+            refusal = judge(scope)
+        except Exception:
+            # (The cache down, say.) The layers behind judge again and answer it.
+            logger.exception("the door's judge of %s failed", scope["path"])
+            return None
         if refusal is None:
             return None
         from herder.requestlog import refused_at_door  # the request log's own bookkeeping

@@ -281,3 +281,15 @@ def test_a_daemon_spawn_without_a_token_is_answered_at_the_door_as_the_view_woul
     # With a token (valid or not: the layers behind judge it), it goes on.
     assert exchange(port, post("/daemon/v1/spawn?token=x", b"name=x"))[0] == 204
     assert behind.reached == [("http", "/daemon/v1/spawn")]
+
+
+def test_a_judge_that_fails_leaves_the_request_to_the_layers(served, monkeypatch):
+    """(The cache down, say): the request goes on, where the layers answer it."""
+    port, behind = served
+
+    def broken(scope):
+        raise ConnectionError("the cache is down")
+
+    monkeypatch.setitem(door.http, "/token/v1/generate", broken)
+    assert exchange(port, post("/token/v1/generate", b"password=x"))[0] == 204
+    assert behind.reached == [("http", "/token/v1/generate")]
