@@ -7,14 +7,17 @@ world quiet, then again while one client floods:
 - minion runs from many concurrent loops (each burns CPU for a while),
   retrying at once when refused (it ignores Retry-After);
 - WebSockets held open (ad-hoc minions waiting for golems);
-- 1 GiB chunked uploads to minion spawn, in a loop;
+- 1 GiB chunked uploads to minion and daemon spawn, in a loop;
 - golem spawns for new webstrate ids;
 - token password guessing.
 
 The flood comes from 127.0.0.1, the good client from 127.0.0.2 (in a process
-of its own, as another machine would be): two clients
-by address. The flood's process runs at nice 19: an attacker's CPU is its
-own, and on two cores its event loop would take one from the herder. Prints the good client's p50/p95 beside 2 x its quiet p95, its
+of its own, as another machine would be): two clients by address. The flood
+is written as a flood tool would be (uvloop, raw requests and handshakes),
+and its process runs at nice 19: an attacker's CPU is its own, and on two
+cores its event loop would take one from the herder. It still takes what the
+kernel gives a niced process of the herder's own session (--flood-idle: none
+but idle CPU; it then asks far less often). Prints the good client's p50/p95 beside 2 x its quiet p95, its
 errors, the herder's RSS growth, disk growth of its data and temporary
 folders, and the flood's answers by status. All traffic goes to 127.0.0.1
 and every part of the flood is bounded in count and time. Golem containers
@@ -416,8 +419,9 @@ def main() -> None:
     parser.add_argument(
         "--flood-idle",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the flood in a cgroup marked cpu.idle, when this machine allows it",
+        default=False,
+        help="run the flood in a cgroup marked cpu.idle, when this machine allows it (the flood then "
+        "gets only CPU nobody else wants, and asks far less often than it would from a machine of its own)",
     )
     args = parser.parse_args()
 
