@@ -58,26 +58,30 @@ def body_cap(path: str) -> int:
 uploads = Slots("upload", per_client="HERDER_UPLOADS_PER_CLIENT", total="HERDER_UPLOADS_MAX")
 
 
-async def _too_large(send, cap: int, length: int | None) -> None:
-    note_refusal("payload_too_large")
-    sent = f"{length} bytes" if length is not None else "more"
-    body = json.dumps(
-        {"code": "payload_too_large", "detail": f"The request body has {sent}; this route takes at most {cap}."}
-    ).encode()
+async def _answer(send, status: int, code: str, detail: str, *headers: tuple[bytes, bytes]) -> None:
+    """A JSON error in the handler's shape; the rest of the body is never
+    read, so the connection cannot be reused."""
+    body = json.dumps({"code": code, "detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                # The rest of the body is never read: the connection cannot be reused.
                 (b"connection", b"close"),
                 (b"access-control-allow-origin", b"*"),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _too_large(send, cap: int, length: int | None) -> None:
+    note_refusal("payload_too_large")
+    sent = f"{length} bytes" if length is not None else "more"
+    await _answer(send, 413, "payload_too_large", f"The request body has {sent}; this route takes at most {cap}.")
 
 
 async def _bad_length(send) -> None:
@@ -93,21 +97,7 @@ async def _bad_length(send) -> None:
 
 
 async def _unauthorized(send, detail: str) -> None:
-    body = json.dumps({"code": "invalid_token", "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="herder"'),
-                (b"connection", b"close"),
-                (b"access-control-allow-origin", b"*"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, 401, "invalid_token", detail, (b"www-authenticate", b'Bearer realm="herder"'))
 
 
 class BodyCap:
