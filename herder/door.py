@@ -1,5 +1,6 @@
-"""Refusals at the door: a 429 the HTTP server writes itself, before any ASGI
-task, Django or WebSocket handshake library is spent on the request.
+"""Refusals at the door: answers the HTTP server writes itself (429s, and a
+401 for a token route asked without any), before any ASGI task, Django or
+WebSocket handshake library is spent on the request.
 
 Under a flood nearly every request is a refusal: a client past its sockets
 reconnecting in a loop, past its minion runs posting again at once, past its

@@ -63,6 +63,8 @@ def _http_protocol(door):
         _door_timer = None  # an answer held back by the door, to write later
 
         def on_headers_complete(self) -> None:
+            if self.transport.is_closing():
+                return  # pipelined behind a request answered at the door: nothing more is served
             if (self.parser.should_upgrade() and self._should_upgrade()) or not self._answered_at_door("http"):
                 super().on_headers_complete()
 
