@@ -93,7 +93,9 @@ class TokenGenerateView(APIView):
 async def token_generate_admit(scope: dict) -> None:
     """For herder/gate.py: the 429 TokenGenerateView would answer at once,
     raised before Django is spent on it."""
-    rate_spent("token_generate", client_of(scope), settings.HERDER_TOKEN_GENERATE_RATE)
+    refusal = token_generate_door(scope)
+    if refusal is not None:
+        raise refusal
 
 
 def token_generate_door(scope: dict) -> TooManyRequests | None:

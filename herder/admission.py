@@ -382,11 +382,18 @@ class Slots:
 
     def acquire(self, client: str) -> None:
         with self._lock:
-            if not self._total_room():
-                raise self._refuse_total(f"{self.name}_total")
-            if not self._client_room(client):
-                raise self._refuse_client(client)
+            refusal = self._no_room(client)
+            if refusal is not None:
+                raise refusal
             self._take(client)
+
+    def _no_room(self, client: str) -> TooManyRequests | None:
+        """Under the lock: the refusal when no slot is free for `client` now."""
+        if not self._total_room():
+            return self._refuse_total(f"{self.name}_total")
+        if not self._client_room(client):
+            return self._refuse_client(client)
+        return None
 
     def release(self, client: str, *, held: float | None = None) -> None:
         """Give a slot back (`held`: for how long, seconds) and hand it on to a waiter."""
@@ -440,11 +447,7 @@ class Slots:
         with self._lock:
             if self._total_room() and self._client_room(client):
                 return None
-            if may_wait:
-                return self._refusal(client)
-            if not self._total_room():
-                return self._refuse_total(f"{self.name}_total")
-            return self._refuse_client(client)
+            return self._refusal(client) if may_wait else self._no_room(client)
 
     async def wait(self, client: str) -> None:
         """Take a slot, waiting for one in the queue when there is room in it.
