@@ -298,4 +298,6 @@ def test_the_answer_says_where_its_time_went():
     timings = {name: float(ms) for name, ms in parts.items()}
     assert all(ms >= 0 for ms in timings.values())
     assert timings["exchange"] >= 300  # the program's own 0.3 s is in the exchange
-    assert timings["take"] + timings["exchange"] <= response.json()["DurationMs"] + 1
+    # DurationMs is truncated to whole ms (< 1 ms lost) and each part rounded to
+    # 0.1 ms (<= 0.05 ms gained each).
+    assert timings["take"] + timings["exchange"] <= response.json()["DurationMs"] + 1 + 2 * 0.05
