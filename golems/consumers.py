@@ -26,7 +26,15 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 from rest_framework.exceptions import APIException
 
-from golems.pairing import Outbox, event, local_sockets, minion_group, send_patiently, waiting_group
+from golems.pairing import (
+    Outbox,
+    event,
+    is_minion_id,
+    local_sockets,
+    minion_group,
+    send_patiently,
+    waiting_group,
+)
 from golems.services import (
     PROOF_COOKIE,
     golem_control_admit,
@@ -66,13 +74,6 @@ class MinionPaired(APIException):
 class BadMinionId(BadInput):
     default_detail = "A minion id is the UUID given in the golem's minion-connected event."
     default_code = "bad_minion_id"
-
-
-def _uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
 
 
 class _PairingConsumer(AsyncWebsocketConsumer):
@@ -537,7 +538,7 @@ class GolemMinionConsumer(_PairingConsumer):
     async def connect(self) -> None:
         try:
             webstrate_validate(self.webstrate)
-            if not _uuid(self.minion_id):
+            if not is_minion_id(self.minion_id):
                 raise BadMinionId()
         except BadInput as exc:
             await self.refuse(exc)

@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 from channels.exceptions import ChannelFull
@@ -76,6 +78,32 @@ def waiting_group(webstrate: str) -> str:
 
 def minion_group(webstrate: str, minion_id: str) -> str:
     return f"golems.minion.{_digest(webstrate)}.{minion_id}"
+
+
+def is_minion_id(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+_CONNECT_TO = re.compile(r"/golem/v1/connect-to/([^/]+)/([^/]+)")
+
+
+async def minion_process(scope: dict) -> str | None:
+    """For a golem's socket to an ad-hoc minion, the channel-layer client prefix
+    of the process holding the minion's socket (herder/handoff.py); None for
+    any other socket, or a minion not found."""
+    found = _CONNECT_TO.fullmatch(scope["path"])
+    if found is None or not is_minion_id(found[2]):
+        return None
+    from channels.layers import get_channel_layer
+
+    from herder.channel_layer import client_of
+
+    members = await get_channel_layer().group_members(minion_group(found[1], found[2]))
+    processes = {client_of(member) for member in members}
+    return processes.pop() if len(processes) == 1 else None
 
 
 async def send_patiently(layer, channel: str, message: dict, *, timeout: float = 30.0) -> bool:

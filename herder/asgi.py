@@ -15,9 +15,11 @@ from accounts.views import token_generate_admit, token_generate_door  # noqa: E4
 from daemons.proxy import PrefixRouter  # noqa: E402
 from daemons.proxy import route_of as daemon_route  # noqa: E402
 from daemons.views import daemon_spawn_door  # noqa: E402
+from golems.pairing import minion_process  # noqa: E402
 from herder.bodycap import BodyCap  # noqa: E402
 from herder.door import Door  # noqa: E402
 from herder.gate import Gate  # noqa: E402
+from herder.handoff import Handoff  # noqa: E402
 from herder.rawinput import RawInputGuard, bad_length  # noqa: E402
 from herder.requestlog import RequestLog  # noqa: E402
 from herder.routing import websocket_urlpatterns  # noqa: E402
@@ -64,3 +66,9 @@ door = Door(
     websocket=door_refusal,
     reaches=lambda scope: not bad_length(scope) and daemon_route(scope) is None,
 )
+
+# A golem's socket to an ad-hoc minion held by another process of this host is
+# passed to that process before its handshake (herder/handoff.py), so the pair
+# relays within one process. Only with the Redis layer and its links between
+# processes (the in-memory layer serves one process).
+handoff = Handoff.for_layer(minion_process)

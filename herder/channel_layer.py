@@ -28,11 +28,10 @@ consumer of the process, so pairs within one process go on relaying.
 
 Not chosen: channels-redis' pub/sub layer (one command a message, but no
 capacity, so no backpressure between a fast and a slow socket, and a message
-to a process not subscribed at that moment is lost silently); steering both
-sockets of a pair to one worker (the kernel hands each connection to whichever
-worker accepts first, and the golem's socket arrives knowing nothing of where
-its minion is; handing an upgraded socket to another process would mean
-reaching into the ASGI server's internals).
+to a process not subscribed at that moment is lost silently). On uvicorn, a
+golem's socket to a minion of another process of this host is handed to that
+process before its handshake (herder/handoff.py), so pairs rarely cross the
+link; Daphne's and other hosts' still do.
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ def link_address(client_prefix: str) -> str:
     return f"\0herder-channels-{client_prefix}"
 
 
-def _client_of(channel: str) -> str | None:
+def client_of(channel: str) -> str | None:
     """The client prefix of a process-specific channel (`specific.<prefix>!<id>`)."""
     head, bang, _ = channel.partition("!")
     if not bang:
@@ -261,7 +260,7 @@ class HerderChannelLayer(RedisChannelLayer):
     # --- Within the process ------------------------------------------------
 
     def _is_local(self, channel: str) -> bool:
-        return _client_of(channel) == self.client_prefix
+        return client_of(channel) == self.client_prefix
 
     def _deliver(self, channel: str, message: dict, *, overflow: _LinkServer | None = None) -> bool:
         """Into this process's buffer for `channel`; False when it is full (then
@@ -337,7 +336,7 @@ class HerderChannelLayer(RedisChannelLayer):
     async def send(self, channel: str, message: dict) -> None:
         assert isinstance(message, dict), "message is not a dict"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
-        client = _client_of(channel)
+        client = client_of(channel)
         loop = asyncio.get_running_loop()
         if client == self.client_prefix and loop is self._loop:
             if not self._deliver(channel, dict(message)):
@@ -489,6 +488,13 @@ class HerderChannelLayer(RedisChannelLayer):
                 others.append(name)
         if others:
             await self._group_send_redis(group, others, message)
+
+    async def group_members(self, group: str) -> list[str]:
+        """The channels in a group now (expired memberships left out)."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        connection = self.connection(self.consistent_hash(group))
+        members = await connection.zrangebyscore(self._group_key(group), int(time.time()) - self.group_expiry, "+inf")
+        return [member.decode("utf8") for member in members]
 
     async def _group_send_redis(self, group: str, names: list[str], message: dict) -> None:
         by_connection, messages, capacities = self._map_channel_keys_to_connection(names, message)

@@ -82,6 +82,10 @@ relay_messages = Counter(
     "herder_relay_messages",
     "Frames relayed between paired golem and minion sockets (delivered to a client).",
 )
+websockets_handed_over = Counter(
+    "herder_websockets_handed_over",
+    "Golem sockets to an ad-hoc minion passed, before their handshake, to the process holding the minion.",
+)
 
 # --- HTTP, the proxy, the event loop, the engine, refusals ---------------------------
 

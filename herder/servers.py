@@ -11,6 +11,7 @@ SO_REUSEPORT socket, herder/workers.py); otherwise the server binds host:port.
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 import sys
@@ -51,9 +52,10 @@ class _Answered:
         self.message_event = asyncio.Event()
 
 
-def _http_protocol(door):
+def _http_protocol(door, handoff=None):
     """uvicorn's httptools protocol, asking the door (herder/door.py) once a
-    POST's or a WebSocket handshake's headers are in."""
+    POST's or a WebSocket handshake's headers are in, then, for a handshake,
+    whether another process should serve it (herder/handoff.py)."""
     import urllib.parse
 
     import httptools
@@ -61,6 +63,7 @@ def _http_protocol(door):
 
     class Protocol(HttpToolsProtocol):
         _door_timer = None  # an answer held back by the door, to write later
+        handed_in = False  # handed here by another process, or already asked: served here
 
         def on_headers_complete(self) -> None:
             if self.transport.is_closing():
@@ -69,8 +72,33 @@ def _http_protocol(door):
                 super().on_headers_complete()
 
         def handle_websocket_upgrade(self) -> None:
-            if not self._answered_at_door("websocket"):
+            if self._answered_at_door("websocket"):
+                return
+            if handoff is None or self.handed_in:
                 super().handle_websocket_upgrade()
+                return
+            self.handed_in = True
+            # Nothing more is read until it is known where it is served.
+            self.transport.pause_reading()
+            self._handing = self.loop.create_task(self._hand_off())
+
+        async def _hand_off(self) -> None:
+            process = await handoff.where(self._head("websocket"))
+            if self.transport.is_closing():
+                return  # the client left meanwhile
+            if process is not None:
+                # As uvicorn gives a handshake to its WebSocket protocol.
+                request = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+                for name, value in self.scope["headers"]:
+                    request += [name, b": ", value, b"\r\n"]
+                request.append(b"\r\n")
+                connection = self.transport.get_extra_info("socket")
+                if handoff.send(process, connection.fileno(), b"".join(request)):
+                    # The other process holds the connection: closing this copy leaves it open.
+                    self.transport.abort()
+                    return
+            super().handle_websocket_upgrade()
+            self.transport.resume_reading()
 
         def _answered_at_door(self, kind: str) -> bool:
             method = self.parser.get_method()
@@ -78,17 +106,7 @@ def _http_protocol(door):
                 return False
             if self.cycle is not None and not self.cycle.response_complete:
                 return False  # pipelined behind a request in progress: answered in turn
-            url = httptools.parse_url(self.url)
-            path = url.path.decode("latin-1")
-            scope = {
-                "type": kind,
-                "method": method.decode("latin-1"),
-                "path": urllib.parse.unquote(path) if "%" in path else path,
-                "query_string": url.query or b"",
-                "client": self.client,
-                "headers": self.headers,
-            }
-            answer = door.answer(scope)
+            answer = door.answer(self._head(kind))
             if answer is None:
                 return False
             data, delay = answer
@@ -101,6 +119,20 @@ def _http_protocol(door):
             else:
                 self._write_and_close(data)
             return True
+
+        def _head(self, kind: str) -> dict:
+            """What the door and the handoff judge by: the scope's first keys
+            (uvicorn builds none for a handshake until its WebSocket protocol runs)."""
+            url = httptools.parse_url(self.url)
+            path = url.path.decode("latin-1")
+            return {
+                "type": kind,
+                "method": self.parser.get_method().decode("latin-1"),
+                "path": urllib.parse.unquote(path) if "%" in path else path,
+                "query_string": url.query or b"",
+                "client": self.client,
+                "headers": self.headers,
+            }
 
         def _write_held(self, data: bytes) -> None:
             self._door_timer = None
@@ -134,12 +166,30 @@ def serve_uvicorn(
     import uvicorn
     from django.conf import settings
 
-    from herder.asgi import door
+    from herder.asgi import door, handoff
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             _in_thread(on_signal)
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if handoff is not None and not self.should_exit:
+                # Connections handed here are served as if accepted here.
+                handoff.listen(
+                    functools.partial(
+                        self.config.http_protocol_class,
+                        config=self.config,
+                        server_state=self.server_state,
+                        app_state=self.lifespan.state,
+                    )
+                )
+
+        async def shutdown(self, sockets=None) -> None:
+            if handoff is not None:
+                handoff.close()
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         application,
@@ -147,7 +197,7 @@ def serve_uvicorn(
         port=port,
         loop="uvloop",
         # httptools, with refusals answered at the door (herder/door.py).
-        http=_http_protocol(door),
+        http=_http_protocol(door, handoff),
         ws=_websocket_protocol(),
         lifespan="off",
         access_log=access_log,

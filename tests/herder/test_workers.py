@@ -339,8 +339,9 @@ def test_metering_across_a_failover_charges_every_second_once(deployment):
 def test_two_workers_pair_and_run(deployment, server):
     herd = deployment.start("w", workers=2, server=server)
     assert wait_for(lambda: len(herd.children()) == 2, 30)
-    # Which worker takes a connection is the kernel's choice (SO_REUSEPORT): with
-    # six pairs, a pair across workers is all but certain (1 - 2**-11).
+    # Which worker takes a connection is the kernel's choice: with six pairs, on
+    # Daphne a pair across workers is all but certain (1 - 2**-11); on uvicorn
+    # the golem's socket is then handed to its minion's worker.
     pair_and_relay(herd, herd, herd, f"herder-test-workers-{uuid.uuid4().hex[:6]}", minions=6)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: run_minion(herd, f"run {i}"), range(8)))
@@ -353,6 +354,66 @@ def test_two_workers_pair_and_run(deployment, server):
     status, body = get(f"{herd.http}/pressure")
     assert status == 200
     assert json.loads(body)["minions"]["max_running"] == -(-_default_minion_slots() // 2)
+
+
+def serving_process(port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of `pids` holds the server's end of our connection from `client_port`."""
+    held = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, inode = line.split()[1], line.split()[2], line.split()[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                held.add(f"socket:[{inode}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in held:
+                    return pid
+            except OSError:
+                pass  # closed meanwhile
+    return None
+
+
+def handed_over(herd: Herd) -> float:
+    status, body = get(f"{herd.http}/metrics")
+    assert status == 200
+    found = re.search(rb"^herder_websockets_handed_over_total (\S+)$", body, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_a_golem_socket_is_served_by_its_minions_worker(deployment):
+    # The kernel gives each connection to whichever worker accepts first; the
+    # golem's socket to a minion is passed to the minion's worker before its
+    # handshake (herder/handoff.py), so the pair relays within one process. The
+    # minion's worker is stopped while the golem connects, so that the other one
+    # surely accepts it.
+    herd = deployment.start("w", workers=2)
+    assert wait_for(lambda: len(herd.children()) == 2, 30)
+    webstrate = f"herder-test-handoff-{uuid.uuid4().hex[:6]}"
+    workers = herd.children()
+    with ExitStack() as sockets, ThreadPoolExecutor(1) as pool:
+        control = sockets.enter_context(connect(f"{herd.ws}/golem/v1/connect/{webstrate}"))
+        for i in range(4):
+            minion = sockets.enter_context(connect(f"{herd.ws}/minion/v1/connect/{webstrate}?type=python"))
+            connected = event(control)
+            minion_at = serving_process(herd.port, minion.local_address[1], workers)
+            assert minion_at in workers
+            handed = handed_over(herd)
+            os.kill(minion_at, signal.SIGSTOP)
+            try:
+                golem = pool.submit(connect, f"{herd.ws}/golem/v1/connect-to/{webstrate}/{connected['ID']}")
+                assert wait_for(
+                    lambda handed=handed: handed_over(herd) == handed + 1, 10
+                )  # answered by the other worker
+            finally:
+                os.kill(minion_at, signal.SIGCONT)
+            golem = sockets.enter_context(golem.result(timeout=10))
+            assert event(minion) == {"Event": "golem-connected"}
+            assert serving_process(herd.port, golem.local_address[1], workers) == minion_at
+            minion.send(f"to the golem {i}")
+            assert golem.recv(timeout=10) == f"to the golem {i}"
+            golem.send(f"to the minion {i}")
+            assert minion.recv(timeout=10) == f"to the minion {i}"
 
 
 def test_a_worker_killed_with_9_while_the_other_serves(deployment):
