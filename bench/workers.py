@@ -10,11 +10,11 @@ PostgreSQL and Redis (so only the number of processes differs):
   wrk or this script's clients), and the bound they set on the ratio: on a
   shared machine requests/s move with everybody's load, CPU per request not;
 - relay round trip: an ad-hoc minion and its golem socket echoing, each pair's
-  p50, in a herd of its own; with two workers, pairs whose two sockets landed on
-  one worker and pairs split over both (told apart by `ss`), until there are
-  `--pairs` of each; and split pairs with the link between workers off
-  (HERDER_RELAY_LINK=false), through Redis as between hosts (`--relay-only`
-  measures only the relay).
+  p50, in a herd of its own; with two workers, 2 x `--pairs` pairs as they come,
+  each told "same" (both sockets served by one worker, as the handoff makes
+  them) or "split" (by `ss`); and split pairs with the link between workers off
+  (HERDER_RELAY_LINK=false, so no handoff either), through Redis as between
+  hosts (`--relay-only` measures only the relay).
 
     .venv/bin/python bench/workers.py [--seconds 8] [--connections 20] [--workers 2]
 
@@ -305,12 +305,15 @@ async def relay_rtt(
     pair: "same" when the minion's socket and the golem's socket to it landed on one
     worker, "split" when on two. Pairs are opened until `want` of each kind were
     measured (at most 8 x as many), as the kernel hands connections to whichever
-    worker accepts first; a pair of a kind not wanted (any more) is closed unmeasured."""
+    worker accepts first; a pair of a kind not wanted (any more) is closed
+    unmeasured. A kind "any" takes every pair, whatever its kind."""
     base = f"ws://127.0.0.1:{port}"
     results: list[tuple[str, float, float]] = []
     for _ in range(8 * sum(want.values())):
         kinds = [kind for kind, *_ in results]
-        if all(kinds.count(kind) >= n for kind, n in want.items()):
+        if "any" in want and len(results) >= want["any"]:
+            break
+        if "any" not in want and all(kinds.count(kind) >= n for kind, n in want.items()):
             break
         webstrate = f"bench-{uuid.uuid4().hex[:8]}"
         async with (
@@ -322,7 +325,7 @@ async def relay_rtt(
                 assert json.loads(await minion.recv()) == {"Event": "golem-connected"}
                 pids = {server_pid(port, ws.local_address[1]) for ws in (minion, golem)}
                 kind = "same" if len(pids) == 1 else "split"
-                if kinds.count(kind) >= want.get(kind, 0):
+                if "any" not in want and kinds.count(kind) >= want.get(kind, 0):
                     continue
 
                 async def echo():
@@ -361,7 +364,9 @@ def measure_relay(workers: int, env: dict[str, str], args, *, link: bool = True)
         if workers == 1:
             want = {"same": args.pairs}
         else:
-            want = {"same": args.pairs, "split": args.pairs} if link else {"split": args.pairs}
+            # With the link, golem sockets are handed to their minion's worker
+            # (herder/handoff.py): every pair as it comes.
+            want = {"any": 2 * args.pairs} if link else {"split": args.pairs}
         return asyncio.run(relay_rtt(port, want, args.round_trips, workers=pids))
     finally:
         herd.send_signal(signal.SIGTERM)
