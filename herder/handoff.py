@@ -3,19 +3,22 @@
 A golem's socket to an ad-hoc minion (`/golem/v1/connect-to/<webstrate>/<id>`)
 is accepted by whichever worker the kernel picks, often not the one holding the
 minion's socket. Split that way, every relayed frame crossed two more processes
-each way (about 2.6 x the round trip of a pair in one process). So before the
+each way (2-3 x the round trip of a pair in one process). So before the
 handshake is answered, the worker looks up which process the minion's channel
 belongs to (its group in Redis) and, if that is another process of this host,
 passes it the connection itself: the socket's descriptor (SCM_RIGHTS) with the
-request's bytes, over a datagram socket that every process listens on (Linux's
-abstract namespace, named after its channel-layer client prefix, as the layer's
-links are). The receiving process serves the connection as if it had accepted
-it, so the pair relays within one process.
+request's bytes, in one message over a Unix socket that every process listens
+on (SOCK_SEQPACKET, in Linux's abstract namespace, named after its
+channel-layer client prefix, as the layer's links are). The receiving process
+serves the connection as if it had accepted it, so the pair relays within one
+process.
 
 Anything else (no such minion, one in this process, a process not on this host
-or stopping, a full queue) serves the handshake here, as before. Only processes
-of the same user are heard (SCM_CREDENTIALS). The sender has already asked the
-door (herder/door.py); the receiver asks it again, with its own counts.
+or stopping, a full backlog) serves the handshake here, as before. Both ends
+check that the other is a process of the same user (SO_PEERCRED): anyone on
+the host may bind an abstract name, a dead worker's too. The sender has
+already asked the door (herder/door.py); the receiver asks it again, with its
+own counts.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ logger = logging.getLogger(__name__)
 # A request larger than this (its headers) is served where it arrived.
 MAX_REQUEST = 64 * 1024
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
-_ANCILLARY = socket.CMSG_SPACE(array.array("i", [0]).itemsize) + socket.CMSG_SPACE(_CREDENTIALS.size)
+_ANCILLARY = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 
 
 def address(client_prefix: str) -> str:
     """The abstract datagram socket a process with this client prefix listens on."""
     return f"\0herder-handoff-{client_prefix}"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket."""
+    _, uid, _ = _CREDENTIALS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    return uid
 
 
 class Handoff:
@@ -61,8 +70,7 @@ class Handoff:
         self.handed = 0  # connections passed to other processes (tests read it)
         self.taken = 0  # connections passed here
         self._listening: socket.socket | None = None
-        self._sending = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sending.setblocking(False)
+        self._arriving: set[socket.socket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -90,66 +98,94 @@ class Handoff:
     def send(self, process: str, connection: socket.socket | int, request: bytes) -> bool:
         """Pass the connection and the request read from it so far; True when
         the other process has it (then this one closes its copy, which leaves
-        the connection open)."""
+        the connection open). Never waits: a Unix socket connects at once or
+        is refused, and one message fits an empty connection's queue."""
         if len(request) > MAX_REQUEST:
             return False
         fd = connection if isinstance(connection, int) else connection.fileno()
-        try:
-            self._sending.sendmsg(
-                [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, address(process)
-            )
-        except OSError:  # not on this host, gone, stopping, or its queue full
-            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.setblocking(False)
+            try:
+                sock.connect(address(process))
+                # Anyone may bind an abstract name, e.g. a dead worker's: only a
+                # process of this user is given a client's connection.
+                if peer_uid(sock) != os.getuid():
+                    logger.warning("the handoff socket of %s is not this user's", process)
+                    return False
+                sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            except OSError:  # not on this host, gone, stopping, or too busy to accept
+                return False
         self.handed += 1
         metrics.websockets_handed_over.inc()
         return True
 
     def listen(self, create_protocol: Callable[[], asyncio.Protocol]) -> None:
         """On the serving loop, once the server is up."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.bind(address(self.here))
         except OSError:
             sock.close()
             logger.warning("cannot take connections from this host's other processes: pairs split across them")
             return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.listen(128)
         sock.setblocking(False)
         self.create_protocol = create_protocol
         self._listening = sock
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._receive)
+        self._loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop taking connections: senders find nobody and serve theirs themselves."""
+        """Stop taking connections: senders find nobody and serve theirs themselves.
+        (A connection on its way is closed with the socket: its client sees it end.)"""
         sock, self._listening = self._listening, None
         if sock is not None:
             self._loop.remove_reader(sock.fileno())
             sock.close()
-            # What was queued but not taken: their senders already closed their copies.
-            # (The kernel closes the descriptors still in flight with the socket.)
+        for arriving in list(self._arriving):
+            self._done_with(arriving)
 
-    def _receive(self) -> None:
+    def _accept(self) -> None:
         while self._listening is not None:
             try:
-                request, ancillary, flags, _ = self._listening.recvmsg(MAX_REQUEST, _ANCILLARY)
+                sock, _ = self._listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 logger.warning("the handoff socket failed", exc_info=True)
                 return
-            fds, uid = [], None
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += array.array("i", data[: len(data) - len(data) % 4]).tolist()
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    _, uid, _ = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
-            if uid != os.getuid() or len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                for fd in fds:
-                    os.close(fd)
-                logger.warning("refused a connection handed over by uid %s", uid)
+            uid = peer_uid(sock)
+            if uid != os.getuid():
+                logger.warning("refused a connection handed over by uid %d", uid)
+                sock.close()
                 continue
-            self._loop.create_task(self._serve(socket.socket(fileno=fds[0]), request))
+            sock.setblocking(False)
+            self._arriving.add(sock)
+            # Its one message may come after the accept.
+            self._loop.add_reader(sock.fileno(), self._receive, sock)
+
+    def _done_with(self, sock: socket.socket) -> None:
+        self._arriving.discard(sock)
+        self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def _receive(self, sock: socket.socket) -> None:
+        try:
+            request, ancillary, flags, _ = sock.recvmsg(MAX_REQUEST, _ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            request, ancillary, flags = b"", [], 0
+        self._done_with(sock)
+        fds = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", data[: len(data) - len(data) % 4]).tolist()
+        if len(fds) != 1 or not request or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            return
+        self._loop.create_task(self._serve(socket.socket(fileno=fds[0]), request))
 
     async def _serve(self, connection: socket.socket, request: bytes) -> None:
         connection.setblocking(False)

@@ -95,9 +95,10 @@ def test_a_connection_handed_by_another_user_is_closed_unserved():
                 try:
                     os.setgid(NOBODY)
                     os.setuid(NOBODY)
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    sock.connect(address(here))
                     fds = array.array("i", [accepted.fileno()])
-                    sock.sendmsg([REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, address(here))
+                    sock.sendmsg([REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                     sent = True
                 finally:
                     os._exit(0 if sent else 1)
@@ -111,6 +112,39 @@ def test_a_connection_handed_by_another_user_is_closed_unserved():
             receiver.close()
 
     uvloop.run(main())
+
+
+def test_a_connection_is_not_handed_to_another_users_socket():
+    # Anyone on the host may bind an abstract name, e.g. a dead worker's that
+    # Redis still names: a process of another user listens on it.
+    here = f"test-{uuid.uuid4().hex}"
+    listening, tell_listening = os.pipe()
+    done, tell_done = os.pipe()
+    squatter = os.fork()
+    if squatter == 0:
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.bind(address(here))
+            sock.listen(8)
+            os.write(tell_listening, b"listening")
+            os.read(done, 1)  # until the test is done
+        finally:
+            os._exit(0)
+    client, accepted = connected_pair()
+    try:
+        assert os.read(listening, 9) == b"listening"
+        sender = Handoff(here="sender", peer_process=nothing)
+        assert not sender.send(here, accepted.fileno(), REQUEST)
+        assert sender.handed == 0
+    finally:
+        os.write(tell_done, b"x")
+        os.waitpid(squatter, 0)
+        for fd in (listening, tell_listening, done, tell_done):
+            os.close(fd)
+        client.close()
+        accepted.close()
 
 
 def test_nobody_listening_or_a_request_too_large_keeps_the_connection_here():
