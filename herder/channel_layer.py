@@ -17,8 +17,9 @@ to receive). A frame between two herder workers took 1.5-2.5 ms each way. So:
    raise ChannelFull until told there is room again (at half); what was
    already on its way is kept (order is never broken), so a channel overshoots
    by at most what one sender had in flight. Only processes of the same user
-   may connect (SO_PEERCRED). A process that is not there (another host, a
-   dead worker) refuses the connection at once and Redis is used.
+   talk over it, each end checking the other (SO_PEERCRED). A process that is
+   not there (another host, a dead worker) refuses the connection at once and
+   Redis is used.
 3. Through Redis, a send is one Lua script instead of four commands.
 
 Groups stay in Redis (membership is shared by every process, with its expiry
@@ -92,12 +93,19 @@ _LINK_PATIENCE = 10.0
 _ELSEWHERE_MAX = 4096
 # Messages taken from Redis in one command while they keep coming.
 _READ_BATCH = 64
+_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 _REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
 def link_address(client_prefix: str) -> str:
     """The abstract Unix socket a process with this client prefix listens on."""
     return f"\0herder-channels-{client_prefix}"
+
+
+def peer_uid(sock) -> int:
+    """The uid of the process at the other end of a connected Unix socket."""
+    _, uid, _ = _CREDENTIALS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    return uid
 
 
 def client_of(channel: str) -> str | None:
@@ -183,8 +191,7 @@ class _LinkServer(asyncio.Protocol):
         self._full: set[str] = set()  # channels this sender was told are full
 
     def connection_made(self, transport) -> None:
-        sock = transport.get_extra_info("socket")
-        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        uid = peer_uid(transport.get_extra_info("socket"))
         if uid != os.getuid():
             logger.warning("refused a channel-layer link from uid %d", uid)
             transport.abort()
@@ -555,6 +562,10 @@ class HerderChannelLayer(RedisChannelLayer):
                 # paths as C strings and so cannot name an abstract one. A Unix
                 # socket connects at once, or is refused, or its backlog is full.
                 sock.connect(link_address(client))
+                # Anyone may bind an abstract name, e.g. a dead process's that
+                # Redis still names: only a process of this user is told messages.
+                if peer_uid(sock) != os.getuid():
+                    raise ConnectionRefusedError(f"the link socket of {client} is not this user's")
             except OSError:
                 sock.close()
                 raise

@@ -28,28 +28,21 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 
 from herder import metrics
+from herder.channel_layer import peer_uid
 
 logger = logging.getLogger(__name__)
 
 # A request larger than this (its headers) is served where it arrived.
 MAX_REQUEST = 64 * 1024
-_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 _ANCILLARY = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 
 
 def address(client_prefix: str) -> str:
     """The abstract datagram socket a process with this client prefix listens on."""
     return f"\0herder-handoff-{client_prefix}"
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a connected Unix socket."""
-    _, uid, _ = _CREDENTIALS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
-    return uid
 
 
 class Handoff:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -375,6 +377,43 @@ def test_a_process_of_another_user_cannot_inject_messages(private_redis):
         same.kill()
         await communicating
         await one.close_links()
+
+    asyncio.run(scenario())
+
+
+def test_a_process_of_another_user_on_a_link_name_is_not_told_messages(private_redis):
+    """Anyone may bind an abstract name, e.g. that of a dead process Redis still
+    names: another user (nobody) listening on it gets nothing; Redis is used."""
+
+    async def scenario():
+        a = layer(private_redis.url)
+        await a.new_channel()
+        gone = f"specific.{uuid.uuid4().hex}!{uuid.uuid4().hex}"
+        listening, tell_listening = os.pipe()
+        done, tell_done = os.pipe()
+        squatter = os.fork()
+        if squatter == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(link_address(gone.partition("!")[0].rpartition(".")[2]))
+                sock.listen(8)
+                os.write(tell_listening, b"listening")
+                os.read(done, 1)  # until the test is done
+            finally:
+                os._exit(0)
+        try:
+            assert os.read(listening, 9) == b"listening"
+            private_redis.reset_counts()
+            await a.send(gone, {"type": "m", "text": "not for strangers"})
+            assert private_redis.calls("evalsha", "eval") >= 1  # through Redis, not the squatter
+        finally:
+            os.write(tell_done, b"x")
+            os.waitpid(squatter, 0)
+            for fd in (listening, tell_listening, done, tell_done):
+                os.close(fd)
+            await a.close_links()
 
     asyncio.run(scenario())
 
