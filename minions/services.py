@@ -170,7 +170,7 @@ def minion_run(
     runtime = get_runtime()
     started = time.monotonic()
     handle = attachment = None
-    outcome = None
+    outcome = exchanged = None
     warm = None
     try:
         clock = time.perf_counter()
@@ -200,6 +200,7 @@ def minion_run(
             file_cap=settings.HERDER_MINION_FILE_CAP,
             cancelled=lambda: cancelled() or _stopping.is_set(),
         )
+        exchanged = time.perf_counter()
         if not (outcome.finished or outcome.timed_out):
             # The program cannot end its runner: the engine or an operator did.
             raise RuntimeUnavailable("The minion's container ended before the run finished.")
@@ -236,7 +237,8 @@ def minion_run(
             run.output_bytes = len(outcome.output) if outcome.output is not None else None
             run.stderr_tail = stderr_tail(outcome)
         if "take" in timings:
-            timings["exchange"] = (time.perf_counter() - clock) * 1000
+            # Until the runner answered (or failed): giving the container back is not the exchange.
+            timings["exchange"] = ((exchanged or time.perf_counter()) - clock) * 1000
         run.state = MinionRun.State.FINISHED if outcome is not None and not run.error else MinionRun.State.FAILED
         run.finished = timezone.now()
         clock = time.perf_counter()
