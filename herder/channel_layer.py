@@ -108,6 +108,18 @@ def peer_uid(sock) -> int:
     return uid
 
 
+def listening_on(name: str, kind: int) -> socket.socket | None:
+    """A Unix socket listening on an abstract name; None when it is taken."""
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.bind(name)
+    except OSError:
+        sock.close()
+        return None
+    sock.listen(128)
+    return sock
+
+
 def client_of(channel: str) -> str | None:
     """The client prefix of a process-specific channel (`specific.<prefix>!<id>`)."""
     head, bang, _ = channel.partition("!")
@@ -522,14 +534,10 @@ class HerderChannelLayer(RedisChannelLayer):
         """Listen on this process's link socket, on the receiving loop."""
         if not self.link:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(link_address(self.client_prefix))
-        except OSError:
-            sock.close()
+        sock = listening_on(link_address(self.client_prefix), socket.SOCK_STREAM)
+        if sock is None:
             logger.warning("cannot listen for this host's other processes: they reach this one through Redis")
             return
-        sock.listen(128)
         self._server_sock = sock
         self._server = await asyncio.get_running_loop().create_unix_server(lambda: _LinkServer(self), sock=sock)
 

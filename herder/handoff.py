@@ -31,7 +31,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from herder import metrics
-from herder.channel_layer import peer_uid
+from herder.channel_layer import listening_on, peer_uid
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +114,10 @@ class Handoff:
 
     def listen(self, create_protocol: Callable[[], asyncio.Protocol]) -> None:
         """On the serving loop, once the server is up."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.bind(address(self.here))
-        except OSError:
-            sock.close()
+        sock = listening_on(address(self.here), socket.SOCK_SEQPACKET)
+        if sock is None:
             logger.warning("cannot take connections from this host's other processes: pairs split across them")
             return
-        sock.listen(128)
         sock.setblocking(False)
         self.create_protocol = create_protocol
         self._listening = sock
